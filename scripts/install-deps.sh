@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install flowprior's build and test dependencies from Debian 12 packages (no other downloads).
+# Idempotent: does nothing when every package is already installed. Uses sudo only when not root.
+set -euo pipefail
+
+packages=(
+  cmake g++ ninja-build make
+  libeigen3-dev catch2 libbenchmark-dev
+  libcli11-dev nlohmann-json3-dev libstb-dev zlib1g-dev
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("${pkg}")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+as_root() {
+  if [[ "$(id -u)" -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2
+    exit 1
+  fi
+}
+
+echo "install-deps: installing ${missing[*]}"
+as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+as_root env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y --no-install-recommends "${missing[@]}"
