@@ -1,0 +1,403 @@
+/// @file
+/// CpuBackend: the Eigen implementation of the backend primitives that the layers in nn/ are
+/// written against (docs/backends.md). Matrix products go to Eigen's GEMM through Eigen::Map
+/// (no copies, no temporaries); element-wise primitives are plain loops over the scalar
+/// formulas of core/math.hpp, which the CUDA kernels share.
+///
+/// Conventions of every primitive:
+/// - views are column-major (features, batch), one column per sample;
+/// - outputs named `*_out` are overwritten, outputs named `d_*` are accumulated (+=);
+/// - "K-broadcast" primitives take per-sample quantities of shape (C, B) and tangents of shape
+///   (C, B*K), where tangent column b*K + k belongs to sample b.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include <flowprior/core/activation.hpp>
+#include <flowprior/core/math.hpp>
+#include <flowprior/core/types.hpp>
+
+namespace flowprior {
+
+namespace detail {
+template <class T>
+struct type_identity {
+  using type = T;
+};
+}  // namespace detail
+
+/// Read-only views in a non-deduced context: primitives deduce S from their mutable arguments,
+/// so a MatrixView<S> can be passed where a read-only view is expected.
+template <class S>
+using CView = typename detail::type_identity<ConstMatrixView<S>>::type;
+template <class S>
+using CVec = typename detail::type_identity<ConstVectorView<S>>::type;
+
+struct CpuBackend {
+  /// Owning storage of the backend (16-byte aligned for Eigen's vectorised kernels).
+  template <class S>
+  using Buffer = std::vector<S, Eigen::aligned_allocator<S>>;
+
+  static constexpr const char* name() { return "cpu"; }
+
+  template <class S>
+  static void resize(Buffer<S>& b, Index n) {
+    if (Index(b.size()) < n) b.resize(static_cast<std::size_t>(n));
+  }
+  template <class S>
+  static void copy_from_host(const S* src, Index n, Buffer<S>& dst) {
+    dst.assign(src, src + n);
+  }
+  template <class S>
+  static void copy_to_host(const Buffer<S>& src, S* dst) {
+    std::copy(src.begin(), src.end(), dst);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Matrix products.
+
+  template <class S>
+  using EMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+  template <class S>
+  using CMap = Eigen::Map<const EMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
+  template <class S>
+  using MMap = Eigen::Map<EMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+  template <class S>
+  static CMap<S> emap(ConstMatrixView<S> a) {
+    return CMap<S>(a.data, a.rows, a.cols, Eigen::OuterStride<>(a.ld > 0 ? a.ld : 1));
+  }
+  template <class S>
+  static MMap<S> emap(MatrixView<S> a) {
+    return MMap<S>(a.data, a.rows, a.cols, Eigen::OuterStride<>(a.ld > 0 ? a.ld : 1));
+  }
+
+  /// C = alpha op(A) op(B) + beta C, op(X) = X or X^T (BLAS gemm semantics; beta = 0 ignores
+  /// the previous content of C, NaN included).
+  template <class S>
+  static void gemm(bool trans_a, bool trans_b, S alpha, CView<S> A,
+                   CView<S> B, S beta, MatrixView<S> C) {
+    if (C.empty()) return;
+    auto c = emap(C);
+    auto a = emap(A);
+    auto b = emap(B);
+    if (beta == S(0)) {
+      if (alpha == S(1)) {
+        if (!trans_a && !trans_b) c.noalias() = a * b;
+        if (trans_a && !trans_b) c.noalias() = a.transpose() * b;
+        if (!trans_a && trans_b) c.noalias() = a * b.transpose();
+        if (trans_a && trans_b) c.noalias() = a.transpose() * b.transpose();
+        return;
+      }
+      c.setZero();
+    } else if (beta != S(1)) {
+      c *= beta;
+    }
+    if (!trans_a && !trans_b) c.noalias() += alpha * a * b;
+    if (trans_a && !trans_b) c.noalias() += alpha * a.transpose() * b;
+    if (!trans_a && trans_b) c.noalias() += alpha * a * b.transpose();
+    if (trans_a && trans_b) c.noalias() += alpha * a.transpose() * b.transpose();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Simple element-wise primitives.
+
+  /// C(:, j) = b for every column.
+  template <class S>
+  static void broadcast_cols(const S* b, MatrixView<S> C_out) {
+    for (Index j = 0; j < C_out.cols; ++j) std::memcpy(C_out.col(j), b, sizeof(S) * C_out.rows);
+  }
+
+  /// C(:, j) += b for every column.
+  template <class S>
+  static void add_cols(const S* b, MatrixView<S> C) {
+    for (Index j = 0; j < C.cols; ++j) {
+      S* c = C.col(j);
+      for (Index i = 0; i < C.rows; ++i) c[i] += b[i];
+    }
+  }
+
+  /// d_b += sum_j C(:, j).
+  template <class S>
+  static void sum_cols(CView<S> C, S* d_b) {
+    for (Index j = 0; j < C.cols; ++j) {
+      const S* c = C.col(j);
+      for (Index i = 0; i < C.rows; ++i) d_b[i] += c[i];
+    }
+  }
+
+  template <class S>
+  static void fill(MatrixView<S> C_out, S value) {
+    for (Index j = 0; j < C_out.cols; ++j) std::fill(C_out.col(j), C_out.col(j) + C_out.rows, value);
+  }
+
+  template <class S>
+  static void copy(CView<S> A, MatrixView<S> B_out) {
+    for (Index j = 0; j < A.cols; ++j) std::memcpy(B_out.col(j), A.col(j), sizeof(S) * A.rows);
+  }
+
+  /// B += alpha A.
+  template <class S>
+  static void axpy(S alpha, CView<S> A, MatrixView<S> B) {
+    for (Index j = 0; j < A.cols; ++j) {
+      const S* a = A.col(j);
+      S* b = B.col(j);
+      for (Index i = 0; i < A.rows; ++i) b[i] += alpha * a[i];
+    }
+  }
+
+  /// Tangents of the identity for K = dim directions per sample: out (dim, B*dim) holds B copies
+  /// of the dim x dim identity (used for the exact divergence).
+  template <class S>
+  static void identity_tiles(MatrixView<S> out) {
+    const Index d = out.rows;
+    for (Index j = 0; j < out.cols; ++j) {
+      S* c = out.col(j);
+      std::fill(c, c + d, S(0));
+      c[j % d] = S(1);
+    }
+  }
+
+  /// div[b] = sum_k J(k, b*dim + k): the traces of B stacked dim x dim blocks.
+  template <class S>
+  static void block_traces(CView<S> J, S* div_out) {
+    const Index d = J.rows;
+    const Index batch = J.cols / d;
+    for (Index b = 0; b < batch; ++b) {
+      S acc = 0;
+      for (Index k = 0; k < d; ++k) acc += J(k, b * d + k);
+      div_out[b] = acc;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Activations: docs/math/activations.md.
+
+  /// a = act(z).
+  template <class S>
+  static void activation_forward(Activation act, CView<S> z, MatrixView<S> a_out) {
+    if (act == Activation::SiLU) return map_act<math::Act<Activation::SiLU>>(z, a_out);
+    return map_act<math::Act<Activation::GELU>>(z, a_out);
+  }
+
+  /// d_z_out = act'(z) * d_a (overwrite).          activations.md (7)
+  template <class S>
+  static void activation_backward(Activation act, CView<S> z, CView<S> d_a,
+                                  MatrixView<S> d_z_out) {
+    if (act == Activation::SiLU) return act_jvp<math::Act<Activation::SiLU>>(z, d_a, d_z_out, 1);
+    return act_jvp<math::Act<Activation::GELU>>(z, d_a, d_z_out, 1);
+  }
+
+  /// K-broadcast JVP: out(:, bK+k) = act'(z(:, b)) * dz(:, bK+k).  activations.md (7)
+  template <class S>
+  static void activation_jvp(Activation act, CView<S> z, CView<S> dz,
+                             MatrixView<S> out, Index K) {
+    if (act == Activation::SiLU) return act_jvp<math::Act<Activation::SiLU>>(z, dz, out, K);
+    return act_jvp<math::Act<Activation::GELU>>(z, dz, out, K);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Sinusoidal time features: docs/math/time_embedding.md (1).
+
+  /// e(i, b) = cos(t_b f_i), e(half + i, b) = sin(t_b f_i), f_i = exp(-ln(max_period) i / half).
+  template <class S>
+  static void time_features(CVec<S> t, S max_period, MatrixView<S> e_out) {
+    const Index half = e_out.rows / 2;
+    const double lp = std::log(static_cast<double>(max_period));
+    for (Index b = 0; b < e_out.cols; ++b) {
+      S* e = e_out.col(b);
+      for (Index i = 0; i < half; ++i) {
+        const double f = std::exp(-lp * static_cast<double>(i) / static_cast<double>(half));
+        const double arg = static_cast<double>(t[b]) * f;
+        e[i] = static_cast<S>(std::cos(arg));
+        e[half + i] = static_cast<S>(std::sin(arg));
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // LayerNorm fused with the AdaLN modulation: docs/math/layer_norm.md, docs/math/adaln.md.
+
+  /// Per column: n = (h - mean) * rstd, a = n * gamma + beta (gamma/beta may be null: no
+  /// affine), m = a * (1 + scale) + shift (scale/shift may be empty: no modulation).
+  /// Caches n (nhat_out) and rstd (rstd_out, one per column).  layer_norm.md (1)-(2), adaln.md (1)
+  template <class S>
+  static void norm_modulate_forward(CView<S> h, const S* gamma, const S* beta, S eps,
+                                    CView<S> shift, CView<S> scale,
+                                    MatrixView<S> nhat_out, S* rstd_out, MatrixView<S> m_out) {
+    const Index C = h.rows;
+    const bool mod = !scale.empty();
+    for (Index b = 0; b < h.cols; ++b) {
+      const S* x = h.col(b);
+      double mean = 0;
+      for (Index i = 0; i < C; ++i) mean += x[i];
+      mean /= static_cast<double>(C);
+      double var = 0;
+      for (Index i = 0; i < C; ++i) {
+        const double d = x[i] - mean;
+        var += d * d;
+      }
+      var /= static_cast<double>(C);  // biased variance, as torch.nn.LayerNorm
+      const S rstd = static_cast<S>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+      rstd_out[b] = rstd;
+      S* n = nhat_out.col(b);
+      S* m = m_out.col(b);
+      const S* sh = mod ? shift.col(b) : nullptr;
+      const S* sc = mod ? scale.col(b) : nullptr;
+      const S mu = static_cast<S>(mean);
+      for (Index i = 0; i < C; ++i) {
+        const S ni = (x[i] - mu) * rstd;
+        n[i] = ni;
+        S a = gamma ? ni * gamma[i] + beta[i] : ni;
+        m[i] = mod ? a * (S(1) + sc[i]) + sh[i] : a;
+      }
+    }
+  }
+
+  /// Backward of norm_modulate_forward, given d_m:           adaln.md (2)-(3), layer_norm.md (3)-(5)
+  ///   d_shift_out = d_m,  d_scale_out = d_m * a  (written, if non-empty),
+  ///   d_gamma += sum_b d_a * n,  d_beta += sum_b d_a  (if non-null),
+  ///   d_h += rstd (g - mean(g) - n mean(g n)),  g = d_a * gamma,  d_a = d_m * (1 + scale).
+  template <class S>
+  static void norm_modulate_backward(CView<S> nhat, const S* rstd, const S* gamma,
+                                     const S* beta, CView<S> scale,
+                                     CView<S> d_m, MatrixView<S> d_h,
+                                     MatrixView<S> d_shift_out, MatrixView<S> d_scale_out,
+                                     S* d_gamma, S* d_beta) {
+    const Index C = nhat.rows;
+    const bool mod = !scale.empty();
+    const bool want_mod = !d_scale_out.empty();
+    for (Index b = 0; b < nhat.cols; ++b) {
+      const S* n = nhat.col(b);
+      const S* dm = d_m.col(b);
+      const S* sc = mod ? scale.col(b) : nullptr;
+      S* dsh = want_mod ? d_shift_out.col(b) : nullptr;
+      S* dsc = want_mod ? d_scale_out.col(b) : nullptr;
+      double sum_g = 0, sum_gn = 0;
+      for (Index i = 0; i < C; ++i) {
+        const S da = mod ? dm[i] * (S(1) + sc[i]) : dm[i];
+        if (want_mod) {
+          const S a = gamma ? n[i] * gamma[i] + beta[i] : n[i];
+          dsh[i] = dm[i];
+          dsc[i] = dm[i] * a;
+        }
+        if (d_gamma) {
+          d_gamma[i] += da * n[i];
+          d_beta[i] += da;
+        }
+        const S g = gamma ? da * gamma[i] : da;
+        sum_g += g;
+        sum_gn += g * n[i];
+      }
+      const S mean_g = static_cast<S>(sum_g / static_cast<double>(C));
+      const S mean_gn = static_cast<S>(sum_gn / static_cast<double>(C));
+      S* dh = d_h.col(b);
+      const S r = rstd[b];
+      for (Index i = 0; i < C; ++i) {
+        const S da = mod ? dm[i] * (S(1) + sc[i]) : dm[i];
+        const S g = gamma ? da * gamma[i] : da;
+        dh[i] += r * (g - mean_g - n[i] * mean_gn);
+      }
+    }
+  }
+
+  /// K-broadcast JVP of norm_modulate_forward w.r.t. h:       layer_norm.md (6), adaln.md (4)
+  ///   out = (1 + scale) * gamma * rstd (dh - mean(dh) - n mean(n dh)).
+  template <class S>
+  static void norm_modulate_jvp(CView<S> nhat, const S* rstd, const S* gamma,
+                                CView<S> scale, CView<S> dh,
+                                MatrixView<S> out, Index K) {
+    const Index C = nhat.rows;
+    const bool mod = !scale.empty();
+    for (Index col = 0; col < dh.cols; ++col) {
+      const Index b = col / K;
+      const S* n = nhat.col(b);
+      const S* sc = mod ? scale.col(b) : nullptr;
+      const S* x = dh.col(col);
+      S* o = out.col(col);
+      double s1 = 0, s2 = 0;
+      for (Index i = 0; i < C; ++i) {
+        s1 += x[i];
+        s2 += x[i] * n[i];
+      }
+      const S m1 = static_cast<S>(s1 / static_cast<double>(C));
+      const S m2 = static_cast<S>(s2 / static_cast<double>(C));
+      const S r = rstd[b];
+      for (Index i = 0; i < C; ++i) {
+        S y = r * (x[i] - m1 - n[i] * m2);
+        if (gamma) y *= gamma[i];
+        if (mod) y *= S(1) + sc[i];
+        o[i] = y;
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Gated residual h <- h + gate * z: docs/math/adaln.md (5)-(7).
+
+  template <class S>
+  static void gated_residual_forward(CView<S> gate, CView<S> z,
+                                     MatrixView<S> h) {
+    for (Index b = 0; b < h.cols; ++b) {
+      const S* g = gate.col(b);
+      const S* zz = z.col(b);
+      S* hh = h.col(b);
+      for (Index i = 0; i < h.rows; ++i) hh[i] += g[i] * zz[i];
+    }
+  }
+
+  /// d_z_out = gate * d_h; d_gate_out = d_h * z (written if non-empty).
+  template <class S>
+  static void gated_residual_backward(CView<S> gate, CView<S> z,
+                                      CView<S> d_h, MatrixView<S> d_z_out,
+                                      MatrixView<S> d_gate_out) {
+    const bool want_gate = !d_gate_out.empty();
+    for (Index b = 0; b < d_h.cols; ++b) {
+      const S* g = gate.col(b);
+      const S* dh = d_h.col(b);
+      S* dz = d_z_out.col(b);
+      for (Index i = 0; i < d_h.rows; ++i) dz[i] = g[i] * dh[i];
+      if (want_gate) {
+        const S* zz = z.col(b);
+        S* dg = d_gate_out.col(b);
+        for (Index i = 0; i < d_h.rows; ++i) dg[i] = dh[i] * zz[i];
+      }
+    }
+  }
+
+  /// K-broadcast JVP: dh(:, bK+k) += gate(:, b) * dz(:, bK+k).
+  template <class S>
+  static void gated_residual_jvp(CView<S> gate, CView<S> dz, MatrixView<S> dh,
+                                 Index K) {
+    for (Index col = 0; col < dh.cols; ++col) {
+      const S* g = gate.col(col / K);
+      const S* x = dz.col(col);
+      S* o = dh.col(col);
+      for (Index i = 0; i < dh.rows; ++i) o[i] += g[i] * x[i];
+    }
+  }
+
+ private:
+  template <class A, class S>
+  static void map_act(CView<S> z, MatrixView<S> a_out) {
+    for (Index j = 0; j < z.cols; ++j) {
+      const S* zz = z.col(j);
+      S* aa = a_out.col(j);
+      for (Index i = 0; i < z.rows; ++i) aa[i] = A::f(zz[i]);
+    }
+  }
+  template <class A, class S>
+  static void act_jvp(CView<S> z, CView<S> dz, MatrixView<S> out, Index K) {
+    for (Index col = 0; col < dz.cols; ++col) {
+      const S* zz = z.col(col / K);
+      const S* x = dz.col(col);
+      S* o = out.col(col);
+      for (Index i = 0; i < dz.rows; ++i) o[i] = A::df(zz[i]) * x[i];
+    }
+  }
+};
+
+}  // namespace flowprior

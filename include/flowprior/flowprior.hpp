@@ -1,0 +1,19 @@
+/// @file
+/// Umbrella header of the CPU API of flowprior. Includes no CUDA header.
+#pragma once
+
+#include <flowprior/version.hpp>
+#include <flowprior/config.hpp>
+#include <flowprior/core/activation.hpp>
+#include <flowprior/core/check.hpp>
+#include <flowprior/core/error.hpp>
+#include <flowprior/core/math.hpp>
+#include <flowprior/core/random.hpp>
+#include <flowprior/core/types.hpp>
+#include <flowprior/backend/cpu.hpp>
+#include <flowprior/nn/params.hpp>
+#include <flowprior/nn/linear.hpp>
+#include <flowprior/nn/time_embedding.hpp>
+#include <flowprior/nn/adaln_blocks.hpp>
+#include <flowprior/nn/adaln_mlp.hpp>
+#include <flowprior/nn/mlp.hpp>

@@ -1,0 +1,59 @@
+/// @file
+/// Named parameter layout. Every field stores all its parameters in one flat vector; each tensor
+/// is a slice of it, named exactly as in the PyTorch state_dict of the reference module, with the
+/// PyTorch shape (Linear weights are (out, in), row-major). The packing order is the module's
+/// registration order (docs/conventions.md "parameter packing").
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <flowprior/core/error.hpp>
+#include <flowprior/core/types.hpp>
+
+namespace flowprior {
+namespace nn {
+
+/// One named tensor inside a flat parameter vector.
+struct TensorInfo {
+  std::string name;
+  Index offset = 0;
+  std::vector<Index> shape;  ///< PyTorch shape, e.g. {out, in} for a Linear weight.
+  Index size() const {
+    Index n = 1;
+    for (Index s : shape) n *= s;
+    return n;
+  }
+};
+
+/// The ordered list of named tensors of a module and their offsets.
+class ParamLayout {
+ public:
+  /// Appends a tensor and returns its offset.
+  Index add(std::string name, std::vector<Index> shape) {
+    TensorInfo t{std::move(name), total_, std::move(shape)};
+    total_ += t.size();
+    tensors_.push_back(std::move(t));
+    return tensors_.back().offset;
+  }
+  Index total() const { return total_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  /// Returns the tensor called `name`, or nullptr.
+  const TensorInfo* find(const std::string& name) const {
+    for (const auto& t : tensors_)
+      if (t.name == name) return &t;
+    return nullptr;
+  }
+  /// Returns the tensor called `name`; throws flowprior::error naming it if absent.
+  const TensorInfo& at(const std::string& name) const {
+    if (const auto* t = find(name)) return *t;
+    detail::raise<error>("[flowprior.param] no parameter named '" + name + "'");
+  }
+
+ private:
+  std::vector<TensorInfo> tensors_;
+  Index total_ = 0;
+};
+
+}  // namespace nn
+}  // namespace flowprior
