@@ -68,6 +68,7 @@ inline void check_size(const char* where, const char* name, const View& v, Index
 }
 
 /// Throws numeric_error naming the tensor and the first bad index if m holds NaN or Inf.
+/// (Eigen vectors convert to a one-column view.)
 template <class S>
 inline void check_finite(const char* where, const char* name, ConstMatrixView<S> m) {
   for (Index j = 0; j < m.cols; ++j) {
@@ -81,12 +82,6 @@ inline void check_finite(const char* where, const char* name, ConstMatrixView<S>
       }
     }
   }
-}
-
-/// Throws numeric_error if v holds NaN or Inf.
-template <class S>
-inline void check_finite(const char* where, const char* name, ConstVectorView<S> v) {
-  check_finite<S>(where, name, ConstMatrixView<S>(v.data, v.size, 1));
 }
 
 /// Throws value_error unless every t lies in [0, 1] (NaN fails too).

@@ -113,6 +113,21 @@ class AdaLNMlp {
   VectorView<S> parameters() { return {params_.data(), layout_.total()}; }
   ConstVectorView<S> parameters() const { return {params_.data(), layout_.total()}; }
 
+  /// Matrix-product FLOPs per sample of each pass (2 m n k per product).
+  MatmulFlops matmul_flops_per_row() const {
+    const double W = double(cfg_.width), d = double(cfg_.dim), F = double(cfg_.time_freq_dim);
+    const double c = double(cfg_.cond_dim), L = double(cfg_.depth);
+    MatmulFlops f;
+    // time MLP, cond, input, blocks (adaLN 3W^2 + MLP 2W^2), final (adaLN 2W^2 + W d)
+    f.forward = 2 * (F * W + W * W + c * W + d * W + L * 5 * W * W + 2 * W * W + W * d);
+    // x path only: final linear, block MLPs, input projection
+    f.vjp_x = 2 * (W * d + L * 2 * W * W + d * W);
+    f.jvp_x = f.vjp_x;
+    // every weight gradient (= forward) + input gradients incl. the conditioning path
+    f.backward = f.forward + 2 * (W * d + L * 5 * W * W + 2 * W * W + d * W + W * W);
+    return f;
+  }
+
   /// The released initialisation (docs/math/adaln.md "initialisation"): Xavier-uniform Linear
   /// weights and zero biases; time-MLP weights N(0, 0.02^2); cond_embed Xavier; every adaLN
   /// modulation and the final linear zero. Hence v == 0 at initialisation.

@@ -90,6 +90,18 @@ class MlpField {
   VectorView<S> parameters() { return {params_.data(), layout_.total()}; }
   ConstVectorView<S> parameters() const { return {params_.data(), layout_.total()}; }
 
+  /// Matrix-product FLOPs per sample of each pass (2 m n k per product).
+  MatmulFlops matmul_flops_per_row() const {
+    const double W = double(cfg_.width), d = double(cfg_.dim);
+    const double F = double(cfg_.time_features()), L = double(cfg_.depth);
+    MatmulFlops f;
+    f.forward = 2 * ((d + F) * W + (L - 1) * W * W + W * d);
+    f.vjp_x = 2 * (W * d + (L - 1) * W * W + d * W);
+    f.jvp_x = f.vjp_x;
+    f.backward = f.forward + f.vjp_x;
+    return f;
+  }
+
   /// Xavier-uniform weights and zero biases for every layer (the output layer included).
   void init(Rng& rng) {
     std::vector<S> host(static_cast<std::size_t>(layout_.total()), S(0));

@@ -26,6 +26,15 @@ struct TensorInfo {
   }
 };
 
+/// Matrix-product FLOPs per sample (row) of a field's passes, counting 2 m n k per product
+/// (docs/benchmarks.md): what the benchmarks divide by to report GFLOP/s.
+struct MatmulFlops {
+  double forward = 0;   ///< forward pass
+  double vjp_x = 0;     ///< input-gradient products only (after a forward)
+  double backward = 0;  ///< parameter- and input-gradient products (after a forward)
+  double jvp_x = 0;     ///< one tangent (after a forward)
+};
+
 /// The ordered list of named tensors of a module and their offsets.
 class ParamLayout {
  public:
