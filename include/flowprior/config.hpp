@@ -13,8 +13,8 @@
 #endif
 
 /// Internal invariant checks (not input validation; public entry points always validate their
-/// arguments). On unless NDEBUG or FLOWPRIOR_NO_DEBUG is defined. Test builds make them throw
-/// flowprior::assert_error (see core/check.hpp).
+/// arguments). On unless NDEBUG or FLOWPRIOR_NO_DEBUG is defined; when on, a failed assertion
+/// throws flowprior::assert_error (see core/check.hpp; define FLOWPRIOR_ASSERT to override).
 #ifndef FLOWPRIOR_ENABLE_ASSERTS
 #if defined(NDEBUG) || defined(FLOWPRIOR_NO_DEBUG)
 #define FLOWPRIOR_ENABLE_ASSERTS 0

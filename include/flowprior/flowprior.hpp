@@ -17,3 +17,10 @@
 #include <flowprior/nn/adaln_blocks.hpp>
 #include <flowprior/nn/adaln_mlp.hpp>
 #include <flowprior/nn/mlp.hpp>
+#include <flowprior/core/convention.hpp>
+#include <flowprior/prior.hpp>
+#include <flowprior/analytic/gaussian_mixture.hpp>
+#include <flowprior/loss/draws.hpp>
+#include <flowprior/loss/flow_loss.hpp>
+#include <flowprior/data/projection.hpp>
+#include <flowprior/optim/optimizer.hpp>

@@ -33,6 +33,10 @@ TEST_CASE("views: convert from Eigen matrices, blocks and vectors", "[core]") {
   r << 4, 5, 6;
   ConstVectorView<double> rv = r;  // a row vector is still a contiguous vector
   REQUIRE(rv[1] == 5);
+  ConstMatrixView<double> rm = r;  // as a matrix: 1 x 3 with consecutive columns
+  REQUIRE(rm.rows == 1);
+  REQUIRE(rm.cols == 3);
+  REQUIRE(rm(0, 2) == 6);
   REQUIRE_THROWS_AS(ConstVectorView<double>(m), flowprior::shape_error);
   Eigen::Map<Eigen::MatrixXd, 0, Eigen::Stride<Eigen::Dynamic, 2>> strided(
       m.data(), 2, 2, Eigen::Stride<Eigen::Dynamic, 2>(4, 2));

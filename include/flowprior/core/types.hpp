@@ -75,7 +75,8 @@ struct MatrixView {
     static_assert(!detail::is_row_major<D>::value || detail::is_vector_at_compile_time<D>::value,
                   "flowprior views are column-major: (features, batch) with one column per sample");
     if (m.innerStride() != 1) detail::raise_strided();
-    if (cols == 1 || ld < rows) ld = rows;
+    // A row-major type is a 1 x n row vector (static_assert above): consecutive columns.
+    if (detail::is_row_major<D>::value || cols == 1 || ld < rows) ld = rows;
   }
 
   FLOWPRIOR_HD S& operator()(Index i, Index j) const { return data[i + j * ld]; }
@@ -117,7 +118,7 @@ struct ConstMatrixView {
     static_assert(!detail::is_row_major<D>::value || detail::is_vector_at_compile_time<D>::value,
                   "flowprior views are column-major: (features, batch) with one column per sample");
     if (m.innerStride() != 1) detail::raise_strided();
-    if (cols == 1 || ld < rows) ld = rows;
+    if (detail::is_row_major<D>::value || cols == 1 || ld < rows) ld = rows;
   }
 
   FLOWPRIOR_HD const S& operator()(Index i, Index j) const { return data[i + j * ld]; }

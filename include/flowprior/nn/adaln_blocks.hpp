@@ -4,7 +4,7 @@
 /// ResBlock (one per depth), with conditioning s = SiLU(c):
 ///   [shift, scale, gate] = W_ada s + b_ada            (3 chunks of `width` rows, in this order)
 ///   m = LayerNorm_affine(h) * (1 + scale) + shift
-///   h <- h + gate * W2 act(W1 m + b1) + b2
+///   h <- h + gate * (W2 act(W1 m + b1) + b2)
 /// FinalLayer:
 ///   [shift, scale] = W_ada s + b_ada
 ///   v = W_out (LayerNorm_noaffine(h) * (1 + scale) + shift) + b_out

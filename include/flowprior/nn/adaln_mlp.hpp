@@ -16,10 +16,11 @@
 /// Thread safety: const methods only read the parameters; each thread needs its own Workspace.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
-#include <flowprior/backend/cpu.hpp>
+#include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/random.hpp>
@@ -353,3 +354,7 @@ class AdaLNMlp {
 
 }  // namespace nn
 }  // namespace flowprior
+
+#if !defined(__CUDACC__)
+#include <flowprior/backend/cpu.hpp>  // the default backend of host code
+#endif

@@ -7,10 +7,11 @@
 /// Parameter names: `layers.<l>.{weight,bias}` for l = 0..depth, the last one being the output.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
-#include <flowprior/backend/cpu.hpp>
+#include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/random.hpp>
@@ -66,7 +67,7 @@ class MlpField {
     MatrixView<S> z;                  // (dim + F, B) network input
     std::vector<MatrixView<S>> pre;   // (W, B) pre-activations
     std::vector<MatrixView<S>> post;  // (W, B) activations
-    MatrixView<S> t1, t2, dz;         // backward scratch
+    MatrixView<S> t1, t2;             // backward scratch
     MatrixView<S> j1, j2, tan_in, tan_out;  // jvp scratch
   };
 
@@ -187,6 +188,7 @@ class MlpField {
     }
     ws.fwd_layout_ = B;
     ws.bwd_batch_ = -1;
+    ws.jvp_cols_ = -1;
   }
 
   void prepare_backward(Workspace& ws) const {
@@ -196,7 +198,6 @@ class MlpField {
       ws.bwd_.begin(pass == 0);
       ws.t1 = ws.bwd_.take(cfg_.width, B);
       ws.t2 = ws.bwd_.take(cfg_.width, B);
-      ws.dz = ws.bwd_.take(cfg_.dim + cfg_.time_features(), B);
       if (pass == 0) ws.bwd_.reserve_counted();
     }
     ws.bwd_batch_ = B;
@@ -288,3 +289,7 @@ class MlpField {
 
 }  // namespace nn
 }  // namespace flowprior
+
+#if !defined(__CUDACC__)
+#include <flowprior/backend/cpu.hpp>  // the default backend of host code
+#endif

@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include <flowprior/backend/cpu.hpp>
+#include <flowprior/core/activation.hpp>
 #include <flowprior/nn/linear.hpp>
 #include <flowprior/nn/params.hpp>
 #include <flowprior/nn/workspace.hpp>

@@ -1,0 +1,122 @@
+/// @file
+/// Draws of (t, eps) for flow-matching and alignment losses (docs/math/flow_matching.md,
+/// section "sampling"). Each of N rows gets K independent draws ("flow_mul", K = 4 in the
+/// released code); draw k of row b is column b*K + k. All randomness comes from the caller's
+/// generator, consumed in column order, so the same seed gives the same draws on any machine
+/// and thread count.
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <flowprior/core/check.hpp>
+#include <flowprior/core/convention.hpp>
+#include <flowprior/core/math.hpp>
+#include <flowprior/core/random.hpp>
+#include <flowprior/core/types.hpp>
+
+namespace flowprior {
+namespace loss {
+
+/// How the times t are drawn. Times are in the convention of the draws (FlowDraws::convention):
+/// for the symmetric kinds this does not matter, for a logit-normal with mean != 0 it does.
+struct TimeSampler {
+  enum class Kind {
+    Uniform,      ///< t ~ U[0, 1)
+    LogitNormal,  ///< t = sigmoid(mean + std z), z ~ N(0, 1)
+    Stratified,   ///< the N*K draws take one each of N*K equal strata, in random order
+    Grid          ///< draw k of every row at the midpoint t = (k + 1/2) / K (landscapes)
+  };
+  Kind kind = Kind::Uniform;
+  double mean = 0.0;  ///< logit-normal location
+  double std = 1.0;   ///< logit-normal scale
+
+  static TimeSampler uniform() { return {}; }
+  static TimeSampler logit_normal(double m, double s) { return {Kind::LogitNormal, m, s}; }
+  static TimeSampler stratified() { return {Kind::Stratified, 0, 1}; }
+  static TimeSampler grid() { return {Kind::Grid, 0, 1}; }
+
+  void validate() const {
+    if (kind == Kind::LogitNormal && (!(std > 0) || !std::isfinite(std) || !std::isfinite(mean)))
+      raise_config("TimeSampler", "logit-normal needs a finite mean and std > 0");
+  }
+};
+
+/// N rows x K draws of (t, eps) in a stated convention.
+template <class S>
+struct FlowDraws {
+  Convention convention = Convention::Paper;
+  Index rows = 0;  ///< N
+  Index K = 0;     ///< draws per row
+  Index dim = 0;   ///< d
+  std::vector<S> t;    ///< (N*K)
+  std::vector<S> eps;  ///< (d, N*K) column-major
+
+  Index cols() const { return rows * K; }
+  ConstVectorView<S> times() const { return {t.data(), cols()}; }
+  ConstMatrixView<S> noise() const { return {eps.data(), dim, cols()}; }
+  VectorView<S> times() { return {t.data(), cols()}; }
+  MatrixView<S> noise() { return {eps.data(), dim, cols()}; }
+
+  /// Sizes the buffers (reusing their memory) for N rows, K draws, dimension d.
+  void resize(Convention conv, Index n_rows, Index d, Index draws_per_row) {
+    if (draws_per_row <= 0)
+      raise_config("FlowDraws", "K (draws per row) must be >= 1, got " +
+                                    std::to_string(draws_per_row));
+    if (n_rows < 0 || d <= 0) raise_config("FlowDraws", "rows must be >= 0 and dim >= 1");
+    convention = conv;
+    rows = n_rows;
+    K = draws_per_row;
+    dim = d;
+    t.resize(static_cast<std::size_t>(cols()));
+    eps.resize(static_cast<std::size_t>(d * cols()));
+  }
+};
+
+/// Fills `out` with N rows x K draws: t from `sampler`, eps ~ N(0, I). With `antithetic`,
+/// draws come in pairs (k = 2j, 2j + 1) that share t and use eps and -eps (K must be even);
+/// the estimator stays unbiased and its variance falls for fields odd in eps.
+template <class S>
+void draw(FlowDraws<S>& out, Convention conv, Index rows, Index dim, Index K,
+          const TimeSampler& sampler, Rng& rng, bool antithetic = false) {
+  sampler.validate();
+  if (antithetic && K % 2 != 0)
+    raise_config("loss::draw", "antithetic draws need an even K, got " + std::to_string(K));
+  out.resize(conv, rows, dim, K);
+  const Index M = out.cols();
+  std::vector<Index> strata;
+  if (sampler.kind == TimeSampler::Kind::Stratified) {
+    strata.resize(static_cast<std::size_t>(M));
+    for (Index i = 0; i < M; ++i) strata[std::size_t(i)] = i;
+    for (Index i = M - 1; i > 0; --i) {  // Fisher-Yates with our portable uniform
+      const Index j = std::min<Index>(i, Index(uniform01(rng) * double(i + 1)));
+      std::swap(strata[std::size_t(i)], strata[std::size_t(j)]);
+    }
+  }
+  for (Index col = 0; col < M; ++col) {
+    const Index k = col % K;
+    if (antithetic && k % 2 == 1) {  // the partner of the previous draw
+      out.t[std::size_t(col)] = out.t[std::size_t(col - 1)];
+      for (Index i = 0; i < dim; ++i)
+        out.eps[std::size_t(col * dim + i)] = -out.eps[std::size_t((col - 1) * dim + i)];
+      continue;
+    }
+    double tt = 0;
+    switch (sampler.kind) {
+      case TimeSampler::Kind::Uniform: tt = uniform01(rng); break;
+      case TimeSampler::Kind::LogitNormal:
+        tt = math::sigmoid(sampler.mean + sampler.std * normal01(rng));
+        break;
+      case TimeSampler::Kind::Stratified:
+        tt = (double(strata[std::size_t(col)]) + uniform01(rng)) / double(M);
+        break;
+      case TimeSampler::Kind::Grid: tt = (double(k) + 0.5) / double(K); break;
+    }
+    out.t[std::size_t(col)] = static_cast<S>(std::min(std::max(tt, 0.0), 1.0));
+    for (Index i = 0; i < dim; ++i) out.eps[std::size_t(col * dim + i)] = static_cast<S>(normal01(rng));
+  }
+}
+
+}  // namespace loss
+}  // namespace flowprior

@@ -1,0 +1,195 @@
+/// @file
+/// The flow-matching loss (stage 1: train the prior) and the ODE-free alignment loss (stage 2:
+/// regularise latents with the frozen prior). Both evaluate, for rows x_b (targets or latents)
+/// and K draws (t, eps) per row, in a stated convention (core/convention.hpp):
+///
+///   x_t = a(t) x + b(t) eps,   u = c x + e eps,   r = v(x_t, t) - u          flow_matching.md (4)
+///   loss_b = weight * (1/K) sum_k ||r_bk||^2 / n_c,  loss = (1/N) sum_b loss_b  flow_matching.md (5)
+///
+/// with n_c = dim for Reduction::Mean (the released code's mse_loss(reduction='mean')) and n_c = 1
+/// for Reduction::SumChannels (the paper's L_align). The alignment gradient w.r.t. the rows,
+/// through both the network input and the target velocity, with the prior frozen, is
+///
+///   dloss/dx_b = (2 weight / (N K n_c)) sum_k [ a(t) J_v^T r_bk - c r_bk ]     alignment.md (1)
+///
+/// (code convention: 2[(1-t) J^T r + r]; paper: 2[t J^T r - r]). detach_pred_v drops the J^T term.
+/// No parameter gradient is computed or allocated by the alignment loss.
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <flowprior/core/check.hpp>
+#include <flowprior/core/convention.hpp>
+#include <flowprior/core/types.hpp>
+#include <flowprior/loss/draws.hpp>
+#include <flowprior/prior.hpp>
+
+namespace flowprior {
+namespace loss {
+
+/// How squared residuals are reduced. Both average over rows (and over the K draws of a row).
+enum class Reduction {
+  Mean,        ///< mean over rows AND channels: the released code (mse_loss 'mean'), lambda 0.01
+  SumChannels  ///< sum over channels, mean over rows: the paper's L_align
+};
+
+inline const char* to_string(Reduction r) { return r == Reduction::Mean ? "mean" : "sum"; }
+
+/// Options of the alignment loss.
+struct AlignmentOptions {
+  Reduction reduction = Reduction::Mean;
+  double weight = 1.0;         ///< lambda: multiplies the loss and its gradient
+  bool detach_pred_v = false;  ///< drop the J^T r term (released `detach_pred_v`)
+};
+
+/// Memory reused across calls (one per thread).
+template <class Field>
+struct LossWorkspace {
+  using S = typename Field::Scalar;
+  typename Prior<Field>::Workspace prior;
+  std::vector<S> xt, v, dv, dxt;
+};
+
+namespace detail {
+
+template <class S>
+MatrixView<S> sized(std::vector<S>& buf, Index rows, Index cols) {
+  buf.resize(static_cast<std::size_t>(rows * cols));
+  return {buf.data(), rows, cols};
+}
+
+/// Shared core: builds x_t, evaluates v, forms r = v - u in ws.v, fills the per-row loss and
+/// returns the total (weight and reduction applied).
+template <class Field>
+double residuals(const char* where, const char* xname, const Prior<Field>& prior,
+                 Convention conv, ConstMatrixView<typename Field::Scalar> x,
+                 const FlowDraws<typename Field::Scalar>& draws, Reduction reduction,
+                 double weight, VectorView<typename Field::Scalar> loss_per_row,
+                 LossWorkspace<Field>& ws) {
+  using S = typename Field::Scalar;
+  const Index d = prior.dim(), N = x.cols, K = draws.K;
+  check_convention(where, "the prior", prior.convention(), conv);
+  check_convention(where, "the draws", draws.convention, conv);
+  check_shape(where, xname, x, d, N);
+  if (draws.rows != N || draws.dim != d)
+    flowprior::detail::raise<shape_error>(std::string("[flowprior.shape] ") + where + ": draws are for " +
+                               std::to_string(draws.rows) + " rows of dim " +
+                               std::to_string(draws.dim) + ", the rows are (" +
+                               std::to_string(d) + ", " + std::to_string(N) + ")");
+  if (loss_per_row.data != nullptr || loss_per_row.size != 0)
+    check_size(where, "loss_per_row", loss_per_row, N);
+  if (!std::isfinite(weight)) raise_config(where, "weight must be finite");
+  check_finite(where, xname, x);
+  const Index M = N * K;
+  MatrixView<S> xt = sized(ws.xt, d, M), v = sized(ws.v, d, M);
+  const ConstMatrixView<S> eps = draws.noise();
+  for (Index col = 0; col < M; ++col) {  // x_t = a x + b eps            flow_matching.md (4)
+    const auto pc = path_coefficients(conv, double(draws.t[std::size_t(col)]));
+    const S* xb = x.col(col / K);
+    for (Index i = 0; i < d; ++i) xt(i, col) = S(pc.a) * xb[i] + S(pc.b) * eps(i, col);
+  }
+  prior.forward(xt, draws.times(), v, ws.prior);
+  const double nc = reduction == Reduction::Mean ? double(d) : 1.0;
+  double total = 0;
+  for (Index b = 0; b < N; ++b) {
+    double row = 0;
+    for (Index k = 0; k < K; ++k) {
+      const Index col = b * K + k;
+      const auto pc = path_coefficients(conv, double(draws.t[std::size_t(col)]));
+      for (Index i = 0; i < d; ++i) {  // r = v - (c x + e eps)
+        const S r = v(i, col) - (S(pc.c) * x(i, b) + S(pc.e) * eps(i, col));
+        v(i, col) = r;
+        row += double(r) * double(r);
+      }
+    }
+    row *= weight / (double(K) * nc);
+    if (loss_per_row.size) loss_per_row[b] = static_cast<S>(row);
+    total += row;
+  }
+  total /= double(std::max<Index>(N, 1));
+  if (!std::isfinite(total))
+    flowprior::detail::raise<numeric_error>(std::string("[flowprior.numeric] ") + where +
+                                            ": the loss is not finite (" + std::to_string(total) +
+                                            ")");
+  return total;
+}
+
+}  // namespace detail
+
+/// The alignment loss of latents y (dim, N) under a frozen prior, and (optionally) its gradient.
+///
+/// @param prior         the frozen prior; its convention must equal `conv`
+/// @param conv          the convention this call works in (checked against prior and draws)
+/// @param y             latents (dim, N), one per column (tokens of (batch, tokens, dim) latents
+///                      are simply N = batch * tokens columns: alignment is per token)
+/// @param draws         K draws per row in convention `conv` (loss::draw)
+/// @param loss_per_row  optional (N): each row's loss (weight and reduction applied)
+/// @param d_y           optional (dim, N): accumulates (+=) dloss/dy, alignment.md (1)
+/// @return the loss: mean over rows of loss_per_row
+template <class Field>
+double alignment_loss(const Prior<Field>& prior, Convention conv,
+                      ConstMatrixView<typename Field::Scalar> y,
+                      const FlowDraws<typename Field::Scalar>& draws,
+                      const AlignmentOptions& opt, LossWorkspace<Field>& ws,
+                      VectorView<typename Field::Scalar> loss_per_row = {},
+                      MatrixView<typename Field::Scalar> d_y = {}) {
+  using S = typename Field::Scalar;
+  const char* w = "alignment_loss";
+  const double total =
+      detail::residuals(w, "y", prior, conv, y, draws, opt.reduction, opt.weight, loss_per_row, ws);
+  if (d_y.empty()) return total;
+  const Index d = prior.dim(), N = y.cols, K = draws.K, M = N * K;
+  check_shape(w, "d_y", d_y, d, N);
+  const double nc = opt.reduction == Reduction::Mean ? double(d) : 1.0;
+  const S scale = static_cast<S>(2.0 * opt.weight / (double(N) * double(K) * nc));
+  MatrixView<S> r = detail::sized(ws.v, d, M);  // residuals from detail::residuals
+  MatrixView<S> dv = detail::sized(ws.dv, d, M), dxt = detail::sized(ws.dxt, d, M);
+  for (Index col = 0; col < M; ++col)
+    for (Index i = 0; i < d; ++i) dv(i, col) = scale * r(i, col);
+  if (!opt.detach_pred_v) {  // dxt = J^T dv (input VJP, no parameter gradients)
+    for (Index col = 0; col < M; ++col)
+      for (Index i = 0; i < d; ++i) dxt(i, col) = S(0);
+    prior.vjp_x(ws.prior, dv, dxt);
+  }
+  for (Index col = 0; col < M; ++col) {  // d_y += a dxt - c dv      alignment.md (1)
+    const auto pc = path_coefficients(conv, double(draws.t[std::size_t(col)]));
+    const Index b = col / K;
+    for (Index i = 0; i < d; ++i) {
+      S g = -S(pc.c) * dv(i, col);
+      if (!opt.detach_pred_v) g += S(pc.a) * dxt(i, col);
+      d_y(i, b) += g;
+    }
+  }
+  return total;
+}
+
+/// The flow-matching loss of target samples x (dim, N) under a trainable field, with parameter
+/// gradients accumulated (+=) into d_params (size num_params(); pass an empty view to skip).
+/// d_v = (2 / (N K n_c)) r, then the field's backward.                  flow_matching.md (6)
+template <class Field>
+double flow_matching_loss(const Prior<Field>& prior, Convention conv,
+                          ConstMatrixView<typename Field::Scalar> x,
+                          const FlowDraws<typename Field::Scalar>& draws, Reduction reduction,
+                          LossWorkspace<Field>& ws,
+                          VectorView<typename Field::Scalar> d_params = {},
+                          VectorView<typename Field::Scalar> loss_per_row = {}) {
+  using S = typename Field::Scalar;
+  const char* w = "flow_matching_loss";
+  const double total =
+      detail::residuals(w, "x", prior, conv, x, draws, reduction, 1.0, loss_per_row, ws);
+  if (d_params.size == 0 && d_params.data == nullptr) return total;
+  check_size(w, "d_params", d_params, prior.num_params());
+  const Index d = prior.dim(), N = x.cols, K = draws.K, M = N * K;
+  const double nc = reduction == Reduction::Mean ? double(d) : 1.0;
+  const S scale = static_cast<S>(2.0 / (double(N) * double(K) * nc));
+  MatrixView<S> r = detail::sized(ws.v, d, M), dv = detail::sized(ws.dv, d, M);
+  for (Index col = 0; col < M; ++col)
+    for (Index i = 0; i < d; ++i) dv(i, col) = scale * r(i, col);
+  prior.backward(ws.prior, dv, MatrixView<S>(), d_params);
+  return total;
+}
+
+}  // namespace loss
+}  // namespace flowprior

@@ -1,0 +1,404 @@
+/// @file
+/// Training utilities on flat parameter vectors: Adam / AdamW with PyTorch's bias correction,
+/// global gradient-norm clipping, learning-rate schedules (linear warmup, then constant or
+/// cosine) and an exponential moving average of the weights. Every routine works on one
+/// contiguous vector (a field's `parameters()` / gradient buffer, STYLE.md B3 "Parameters"), so
+/// it is one loop; this header includes no Eigen. Equations: docs/math/optim.md.
+///
+/// Scalars: `S` is float or double. Optimizer moments and EMA weights are stored in `S`; the
+/// scalar coefficients (betas, bias corrections, step size, decay) are doubles and each
+/// element's update is evaluated in double before it is rounded back to `S`.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <flowprior/core/check.hpp>
+#include <flowprior/core/error.hpp>
+#include <flowprior/core/types.hpp>
+
+namespace flowprior {
+namespace detail {
+
+/// "<value>" with the stream's default 6 significant digits (1e-08 stays readable).
+inline std::string optim_num(double x) {
+  std::ostringstream os;
+  os << x;
+  return os.str();
+}
+
+/// Throws numeric_error naming the argument, the value and its index in a flat vector.
+[[noreturn]] inline FLOWPRIOR_COLD void optim_raise_nonfinite(const char* where, const char* name,
+                                                              double value, Index i) {
+  std::ostringstream os;
+  os << "[flowprior.numeric] " << where << ": argument '" << name << "' has a non-finite value "
+     << value << " at index " << i;
+  raise<numeric_error>(os.str());
+}
+
+/// Index of the first NaN or Inf in [p, p + n), or -1.
+template <class S>
+Index optim_first_nonfinite(const S* p, Index n) {
+  for (Index i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return i;
+  return -1;
+}
+
+}  // namespace detail
+
+namespace optim {
+
+// ---------------------------------------------------------------------------------------------
+// Adam / AdamW
+// ---------------------------------------------------------------------------------------------
+
+/// Hyper-parameters of Adam. The defaults are torch.optim.Adam's, except `lr` (1e-4, the
+/// released prior's rate; PyTorch uses 1e-3). The released prior trains with betas (0.9, 0.95)
+/// and no weight decay (docs/math/optim.md "Released recipe").
+struct AdamConfig {
+  double lr = 1e-4;         ///< rate used by Adam::step(params, grads) (no schedule)
+  double beta1 = 0.9;       ///< first-moment decay, in [0, 1)
+  double beta2 = 0.999;     ///< second-moment decay, in [0, 1)
+  double eps = 1e-8;        ///< added to sqrt(v_hat) (outside the root), > 0
+  double weight_decay = 0;  ///< lambda >= 0
+  bool decoupled = true;    ///< true: AdamW, docs/math/optim.md (3); false: L2 Adam, (4)
+
+  /// Throws config_error naming the field: lr finite and >= 0, 0 <= beta1, beta2 < 1, eps > 0
+  /// and finite, weight_decay finite and >= 0. (NaN fails every check.)
+  void validate() const {
+    if (!(std::isfinite(lr) && lr >= 0))
+      raise_config("AdamConfig", "lr must be finite and >= 0, got " + detail::optim_num(lr));
+    if (!(beta1 >= 0 && beta1 < 1))
+      raise_config("AdamConfig", "beta1 must lie in [0, 1), got " + detail::optim_num(beta1));
+    if (!(beta2 >= 0 && beta2 < 1))
+      raise_config("AdamConfig", "beta2 must lie in [0, 1), got " + detail::optim_num(beta2));
+    if (!(std::isfinite(eps) && eps > 0))
+      raise_config("AdamConfig", "eps must be finite and > 0, got " + detail::optim_num(eps));
+    if (!(std::isfinite(weight_decay) && weight_decay >= 0))
+      raise_config("AdamConfig",
+                   "weight_decay must be finite and >= 0, got " + detail::optim_num(weight_decay));
+  }
+};
+
+/// Adam (decoupled = false) or AdamW (decoupled = true) over a flat parameter vector of size n,
+/// matching torch.optim.Adam / torch.optim.AdamW (amsgrad = False, maximize = False) up to
+/// rounding. State: the step count t and the moments m, v (size n, type S), all zero at
+/// construction and after reset().
+///
+/// Typical loop, with the schedule's step counted from 0 as the optimizer's steps so far
+/// (the same as torch's LambdaLR stepped after each optimizer.step()):
+/// @code
+///   adam.step(params, grads, schedule.at(adam.steps()));
+/// @endcode
+template <class S>
+class Adam {
+ public:
+  using Scalar = S;
+
+  /// An optimizer for n parameters. @pre n >= 0 (else config_error); cfg.validate() is called.
+  Adam(Index n, AdamConfig cfg) : cfg_(cfg) {
+    if (n < 0) raise_config("Adam", "n must be >= 0, got " + std::to_string(n));
+    cfg_.validate();
+    n_ = n;
+    m_.assign(static_cast<std::size_t>(n), S(0));
+    v_.assign(static_cast<std::size_t>(n), S(0));
+  }
+
+  /// One Adam step at learning rate `lr` (this step's rate, e.g. LrSchedule::at(steps())):
+  /// t += 1, then docs/math/optim.md (3) or (4) (weight decay), (1) (moments) and (2) (bias
+  /// correction and update):
+  ///   AdamW: p <- p (1 - lr wd);   L2 Adam: g <- g + wd p;
+  ///   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+  ///   p <- p - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps),  bc_k = 1 - b_k^t.
+  /// Shapes: params and grads have size n. grads is not modified.
+  /// Throws, leaving params and the state unchanged: shape_error if a size differs from n,
+  /// config_error if lr is negative or not finite, numeric_error naming the index of the first
+  /// NaN/Inf gradient.
+  void step(VectorView<S> params, ConstVectorView<S> grads, double lr) {
+    check_size("Adam::step", "params", params, n_);
+    check_size("Adam::step", "grads", grads, n_);
+    if (!(std::isfinite(lr) && lr >= 0))
+      raise_config("Adam::step", "lr must be finite and >= 0, got " + detail::optim_num(lr));
+    const Index bad = detail::optim_first_nonfinite(grads.data, n_);
+    if (bad >= 0)
+      detail::optim_raise_nonfinite("Adam::step", "grads", static_cast<double>(grads[bad]), bad);
+
+    ++t_;
+    const double b1 = cfg_.beta1, b2 = cfg_.beta2, wd = cfg_.weight_decay;
+    // (2): bias corrections in double; torch's form step_size = lr / bc1 and
+    // denom = sqrt(v) / sqrt(bc2) + eps (eps outside the root, after the correction).
+    const double bc1 = 1.0 - std::pow(b1, static_cast<double>(t_));
+    const double bc2 = 1.0 - std::pow(b2, static_cast<double>(t_));
+    const double step_size = lr / bc1;
+    const double bc2_sqrt = std::sqrt(bc2);
+    // (3) AdamW shrinks the parameter by this step's lr; (4) L2 Adam adds wd p to the gradient.
+    const double shrink = cfg_.decoupled ? 1.0 - lr * wd : 1.0;
+    const double l2 = cfg_.decoupled ? 0.0 : wd;
+    for (Index i = 0; i < n_; ++i) {
+      const auto k = static_cast<std::size_t>(i);
+      const double p = static_cast<double>(params[i]);
+      const double g = static_cast<double>(grads[i]) + l2 * p;                // (4)
+      const double m = b1 * static_cast<double>(m_[k]) + (1.0 - b1) * g;      // (1)
+      const double v = b2 * static_cast<double>(v_[k]) + (1.0 - b2) * g * g;  // (1)
+      m_[k] = static_cast<S>(m);
+      v_[k] = static_cast<S>(v);
+      const double denom = std::sqrt(static_cast<double>(v_[k])) / bc2_sqrt + cfg_.eps;
+      params[i] = static_cast<S>(p * shrink - step_size * static_cast<double>(m_[k]) / denom);
+    }
+  }
+
+  /// step(params, grads, config().lr): a step at the configured constant rate.
+  void step(VectorView<S> params, ConstVectorView<S> grads) { step(params, grads, cfg_.lr); }
+
+  /// Number of steps taken (t of the last step; 0 before the first).
+  Index steps() const { return t_; }
+  /// Number of parameters n.
+  Index size() const { return n_; }
+  /// The hyper-parameters.
+  const AdamConfig& config() const { return cfg_; }
+  /// First moment m (size n), docs/math/optim.md (1); for checkpoints.
+  const std::vector<S>& m() const { return m_; }
+  /// Second moment v (size n), docs/math/optim.md (1); for checkpoints.
+  const std::vector<S>& v() const { return v_; }
+
+  /// Zeroes the step count and both moments (a fresh optimizer).
+  void reset() {
+    t_ = 0;
+    m_.assign(m_.size(), S(0));
+    v_.assign(v_.size(), S(0));
+  }
+
+  /// Restores a checkpointed state (steps(), m(), v() of the saved optimizer), so that the next
+  /// step is bit-identical to the one the saved optimizer would have taken.
+  /// Throws shape_error if m or v has a size other than n, value_error if steps < 0, numeric_error
+  /// if m or v holds NaN/Inf, value_error if v has a negative entry; the state is unchanged then.
+  void set_state(Index steps, ConstVectorView<S> m, ConstVectorView<S> v) {
+    check_size("Adam::set_state", "m", m, n_);
+    check_size("Adam::set_state", "v", v, n_);
+    if (steps < 0)
+      detail::raise<value_error>("[flowprior.value] Adam::set_state: steps must be >= 0, got " +
+                                 std::to_string(steps));
+    Index bad = detail::optim_first_nonfinite(m.data, n_);
+    if (bad >= 0) detail::optim_raise_nonfinite("Adam::set_state", "m", double(m[bad]), bad);
+    bad = detail::optim_first_nonfinite(v.data, n_);
+    if (bad >= 0) detail::optim_raise_nonfinite("Adam::set_state", "v", double(v[bad]), bad);
+    for (Index i = 0; i < n_; ++i)
+      if (v[i] < S(0))
+        detail::raise<value_error>(
+            "[flowprior.value] Adam::set_state: argument 'v' must be >= 0, got " +
+            detail::optim_num(double(v[i])) + " at index " + std::to_string(i));
+    t_ = steps;
+    m_.assign(m.data, m.data + n_);
+    v_.assign(v.data, v.data + n_);
+  }
+
+ private:
+  AdamConfig cfg_;
+  Index n_ = 0;
+  Index t_ = 0;
+  std::vector<S> m_;
+  std::vector<S> v_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Gradient-norm clipping
+// ---------------------------------------------------------------------------------------------
+
+/// Global L2 norm sqrt(sum_i g_i^2), accumulated in double, docs/math/optim.md (5). Returns NaN
+/// or Inf if g holds NaN or Inf (never throws); a finite g whose squares overflow double is
+/// rescaled by its largest magnitude, so the result is finite whenever the norm is. 0 if empty.
+template <class S>
+double grad_norm(ConstVectorView<S> g) {
+  double ss = 0;
+  for (Index i = 0; i < g.size; ++i) {
+    const double x = static_cast<double>(g[i]);
+    ss += x * x;
+  }
+  if (std::isfinite(ss)) return std::sqrt(ss);
+  // Either a NaN/Inf entry (propagate it) or overflow of the squares (rescale and retry).
+  double amax = 0;
+  for (Index i = 0; i < g.size; ++i) {
+    const double a = std::abs(static_cast<double>(g[i]));
+    if (!std::isfinite(a)) return std::sqrt(ss);
+    if (a > amax) amax = a;
+  }
+  double scaled = 0;
+  for (Index i = 0; i < g.size; ++i) {
+    const double x = static_cast<double>(g[i]) / amax;
+    scaled += x * x;
+  }
+  return amax * std::sqrt(scaled);
+}
+
+/// Clips g in place to global L2 norm max_norm with torch.nn.utils.clip_grad_norm_ semantics
+/// (error_if_nonfinite = True), docs/math/optim.md (5): with N = grad_norm(g) and
+/// c = max_norm / (N + 1e-6), g <- c g when c < 1, otherwise g is unchanged. (So g is scaled
+/// when N > max_norm - 1e-6: a norm equal to max_norm is scaled by max_norm / (max_norm + 1e-6),
+/// as in PyTorch.) Returns N, the norm before clipping.
+/// Throws config_error if max_norm is not > 0 (NaN included; +Inf means "never clip"), and
+/// numeric_error naming the first NaN/Inf entry if N is not finite; g is unchanged then.
+template <class S>
+double clip_grad_norm(VectorView<S> g, double max_norm) {
+  if (!(max_norm > 0))
+    raise_config("clip_grad_norm", "max_norm must be > 0, got " + detail::optim_num(max_norm));
+  const double norm = grad_norm(ConstVectorView<S>(g));
+  if (!std::isfinite(norm)) {
+    const Index bad = detail::optim_first_nonfinite(g.data, g.size);
+    detail::optim_raise_nonfinite("clip_grad_norm", "g",
+                                  bad >= 0 ? static_cast<double>(g[bad]) : norm, bad);
+  }
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1.0)
+    for (Index i = 0; i < g.size; ++i) g[i] = static_cast<S>(static_cast<double>(g[i]) * coef);
+  return norm;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Learning-rate schedules
+// ---------------------------------------------------------------------------------------------
+
+/// Learning rate as a function of the optimizer step s = 0, 1, 2, ... (s is the number of steps
+/// already taken, i.e. Adam::steps() before the step; the first step uses at(0)).
+/// - Warmup, docs/math/optim.md (6): lr(s) = base_lr (s + 1) / warmup_steps for s < warmup_steps,
+///   so the first step already moves (base_lr / warmup_steps) and s = warmup_steps - 1 reaches
+///   base_lr.
+/// - After warmup, Constant: base_lr. Cosine, (7): min_lr + (base_lr - min_lr) (1 + cos(pi q)) / 2
+///   with q = (s - warmup_steps) / max(1, total_steps - warmup_steps) clamped to [0, 1]: base_lr
+///   at s = warmup_steps, min_lr at s = total_steps and ever after.
+/// Plain aggregate; call validate() after filling it (the factories below do).
+struct LrSchedule {
+  enum class Kind { Constant, Cosine };
+  Kind kind = Kind::Constant;
+  double base_lr = 1e-4;   ///< peak rate, >= 0
+  Index warmup_steps = 0;  ///< W >= 0 (0: no warmup)
+  Index total_steps = 0;   ///< T; Cosine needs T > W; ignored by Constant
+  double min_lr = 0;       ///< final rate of Cosine, in [0, base_lr]; ignored by Constant
+
+  /// Throws config_error naming the field: base_lr finite and >= 0, min_lr in [0, base_lr],
+  /// warmup_steps >= 0, and for Cosine total_steps > warmup_steps.
+  void validate() const {
+    if (kind != Kind::Constant && kind != Kind::Cosine)
+      raise_config("LrSchedule", "kind must be Constant or Cosine");
+    if (!(std::isfinite(base_lr) && base_lr >= 0))
+      raise_config("LrSchedule",
+                   "base_lr must be finite and >= 0, got " + detail::optim_num(base_lr));
+    if (!(min_lr >= 0 && min_lr <= base_lr))
+      raise_config("LrSchedule", "min_lr must lie in [0, base_lr = " + detail::optim_num(base_lr) +
+                                     "], got " + detail::optim_num(min_lr));
+    if (warmup_steps < 0)
+      raise_config("LrSchedule", "warmup_steps must be >= 0, got " + std::to_string(warmup_steps));
+    if (kind == Kind::Cosine && !(total_steps > warmup_steps))
+      raise_config("LrSchedule",
+                   "total_steps must be > warmup_steps = " + std::to_string(warmup_steps) +
+                       " for a cosine schedule, got " + std::to_string(total_steps));
+  }
+
+  /// The rate for step s (counted from 0), docs/math/optim.md (6)-(7).
+  /// @pre validate() passes. Throws value_error if s < 0.
+  double at(Index s) const {
+    if (s < 0)
+      detail::raise<value_error>("[flowprior.value] LrSchedule::at: step must be >= 0, got " +
+                                 std::to_string(s));
+    if (s < warmup_steps)  // (6)
+      return base_lr * static_cast<double>(s + 1) / static_cast<double>(warmup_steps);
+    if (kind == Kind::Constant) return base_lr;
+    const Index span = total_steps - warmup_steps > 1 ? total_steps - warmup_steps : 1;
+    double q = static_cast<double>(s - warmup_steps) / static_cast<double>(span);
+    q = q < 0 ? 0 : (q > 1 ? 1 : q);
+    const double pi = 3.14159265358979323846;
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + std::cos(pi * q));  // (7)
+  }
+
+  /// A constant rate lr after an optional linear warmup of warmup_steps (6). Validated.
+  static LrSchedule constant(double lr, Index warmup_steps = 0) {
+    LrSchedule s;
+    s.kind = Kind::Constant;
+    s.base_lr = lr;
+    s.warmup_steps = warmup_steps;
+    s.validate();
+    return s;
+  }
+
+  /// Linear warmup to base_lr over warmup_steps (6), then cosine decay to min_lr at
+  /// total_steps (7). Validated. The released prior: cosine(1e-4, 2500, total, 0) or so
+  /// (docs/math/optim.md "Released recipe").
+  static LrSchedule cosine(double base_lr, Index warmup_steps, Index total_steps,
+                           double min_lr = 0) {
+    LrSchedule s;
+    s.kind = Kind::Cosine;
+    s.base_lr = base_lr;
+    s.warmup_steps = warmup_steps;
+    s.total_steps = total_steps;
+    s.min_lr = min_lr;
+    s.validate();
+    return s;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Exponential moving average of the weights
+// ---------------------------------------------------------------------------------------------
+
+/// Exponential moving average of a flat parameter vector, docs/math/optim.md (8):
+/// e <- decay e + (1 - decay) p at every update(), starting from e = the parameters given to the
+/// constructor (as the released code's EMA copy of the model). No warmup of the decay.
+template <class S>
+class Ema {
+ public:
+  using Scalar = S;
+
+  /// Starts the average at a copy of params (size n). Throws config_error unless
+  /// 0 <= decay < 1 (NaN fails).
+  Ema(ConstVectorView<S> params, double decay) : decay_(decay) {
+    if (!(decay >= 0 && decay < 1))
+      raise_config("Ema", "decay must lie in [0, 1), got " + detail::optim_num(decay));
+    if (params.size < 0)
+      raise_config("Ema", "params must have size >= 0, got " + std::to_string(params.size));
+    w_.assign(params.data, params.data + params.size);
+  }
+
+  /// e <- decay e + (1 - decay) p, elementwise in double with double coefficients, (8).
+  /// Throws shape_error if params has a size other than weights().size() (state unchanged).
+  void update(ConstVectorView<S> params) {
+    check_size("Ema::update", "params", params, size());
+    const double a = decay_, b = 1.0 - decay_;
+    for (Index i = 0; i < params.size; ++i) {
+      auto& e = w_[static_cast<std::size_t>(i)];
+      e = static_cast<S>(a * static_cast<double>(e) + b * static_cast<double>(params[i]));
+    }
+    ++updates_;
+  }
+
+  /// The averaged weights e (size n).
+  const std::vector<S>& weights() const { return w_; }
+  /// The decay in [0, 1).
+  double decay() const { return decay_; }
+  /// Number of update() calls since construction (or as restored by set_state).
+  Index updates() const { return updates_; }
+  /// Number of parameters n.
+  Index size() const { return static_cast<Index>(w_.size()); }
+
+  /// Restores a checkpointed average: updates() and weights() of the saved Ema.
+  /// Throws shape_error if weights has a size other than n, value_error if updates < 0 (state
+  /// unchanged then).
+  void set_state(Index updates, ConstVectorView<S> weights) {
+    check_size("Ema::set_state", "weights", weights, size());
+    if (updates < 0)
+      detail::raise<value_error>("[flowprior.value] Ema::set_state: updates must be >= 0, got " +
+                                 std::to_string(updates));
+    updates_ = updates;
+    w_.assign(weights.data, weights.data + weights.size);
+  }
+
+ private:
+  double decay_;
+  Index updates_ = 0;
+  std::vector<S> w_;
+};
+
+}  // namespace optim
+}  // namespace flowprior

@@ -1,0 +1,297 @@
+// The alignment and flow-matching losses: closed forms, gradients, conventions, reductions,
+// K draws, and input validation.
+#include <flowprior/flowprior.hpp>
+
+#include "catch.hpp"
+#include "field_checks.hpp"
+
+using flowprior::Convention;
+using flowprior::Index;
+using flowprior::Prior;
+using flowprior::Rng;
+using fpt::Mat;
+using fpt::Vec;
+namespace nn = flowprior::nn;
+namespace loss = flowprior::loss;
+namespace analytic = flowprior::analytic;
+using GmmField = analytic::GaussianMixtureField<double>;
+
+namespace {
+
+analytic::GaussianMixture three_modes() {
+  Mat means(2, 3);
+  means << -1.0, 0.5, 1.5,  //
+      0.5, -1.0, 1.0;
+  return analytic::GaussianMixture(means, {0.3, 0.5, 0.2}, {0.5, 0.3, 0.2});
+}
+
+nn::AdaLNMlpConfig small_adaln(Index dim) {
+  nn::AdaLNMlpConfig c;
+  c.dim = dim;
+  c.width = 8;
+  c.depth = 2;
+  c.time_freq_dim = 8;
+  return c;
+}
+
+/// Draws with t -> 1 - t and the same eps: the same path points in the other convention.
+loss::FlowDraws<double> mirrored(const loss::FlowDraws<double>& d) {
+  loss::FlowDraws<double> m = d;
+  m.convention = flowprior::flipped(d.convention);
+  for (auto& t : m.t) t = 1.0 - t;
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("alignment: Gaussian target matches (pi/4)(d sigma + |y|^2/sigma) within 3 SE",
+          "[loss]") {
+  const double sigma = GENERATE(0.1, 0.5, 1.0, 2.0);
+  const Index d = GENERATE(Index(1), Index(4));
+  const double ynorm = GENERATE(0.0, 0.7, 2.5);
+  CAPTURE(sigma, d, ynorm);
+  GmmField field(analytic::GaussianMixture::isotropic(d, sigma));
+  Prior<GmmField> prior(field, Convention::Paper);
+  Rng rng(101);
+  Vec dir = fpt::random_vec(d, rng);
+  const Index N = 20000;
+  Mat y = (dir.normalized() * ynorm).replicate(1, N);  // N copies of one latent, 1 draw each
+  loss::FlowDraws<double> draws;
+  loss::draw(draws, Convention::Paper, N, d, 1, loss::TimeSampler::uniform(), rng);
+  loss::LossWorkspace<GmmField> ws;
+  loss::AlignmentOptions opt;
+  opt.reduction = loss::Reduction::SumChannels;
+  Vec per_row(N);
+  const double mc = loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws, per_row);
+  const double se = std::sqrt((per_row.array() - mc).square().sum() / double(N - 1) / double(N));
+  const double exact = M_PI / 4 * (double(d) * sigma + ynorm * ynorm / sigma);
+  INFO("Monte Carlo " << mc << " +- " << se << ", closed form " << exact);
+  REQUIRE(std::abs(mc - exact) < 3 * se);
+  // The code convention on the mirrored draws evaluates the same path points: same values.
+  Vec per_row_code(N);
+  const double code = loss::alignment_loss(prior.as(Convention::Code), Convention::Code, y,
+                                           mirrored(draws), opt, ws, per_row_code);
+  REQUIRE(code == Approx(mc).epsilon(1e-12));
+  REQUIRE((per_row_code - per_row).cwiseAbs().maxCoeff() < 1e-9 * (1 + per_row.maxCoeff()));
+}
+
+TEST_CASE("alignment: the mean reduction is the sum reduction over dim; weight scales",
+          "[loss]") {
+  GmmField field(three_modes());
+  Prior<GmmField> prior(field, Convention::Paper);
+  Rng rng(102);
+  Mat y = fpt::random_mat(2, 7, rng);
+  loss::FlowDraws<double> draws;
+  loss::draw(draws, Convention::Paper, 7, 2, 4, loss::TimeSampler::uniform(), rng);
+  loss::LossWorkspace<GmmField> ws;
+  loss::AlignmentOptions sum{loss::Reduction::SumChannels, 1.0, false};
+  loss::AlignmentOptions mean{loss::Reduction::Mean, 0.01, false};
+  const double ls = loss::alignment_loss(prior, Convention::Paper, y, draws, sum, ws);
+  const double lm = loss::alignment_loss(prior, Convention::Paper, y, draws, mean, ws);
+  REQUIRE(lm == Approx(0.01 * ls / 2).epsilon(1e-13));
+}
+
+namespace {
+
+// Checks dL/dy of the alignment loss against finite differences (fixed draws).
+template <class Field>
+void check_alignment_gradient(const Prior<Field>& prior, Convention conv, Rng& rng,
+                              const loss::AlignmentOptions& opt, Index N, Index K) {
+  const Index d = prior.dim();
+  Mat y = fpt::random_mat(d, N, rng, -1.5, 1.5);
+  loss::FlowDraws<double> draws;
+  loss::draw(draws, conv, N, d, K, loss::TimeSampler::uniform(), rng);
+  loss::LossWorkspace<Field> ws;
+  Mat d_y = Mat::Zero(d, N);
+  loss::alignment_loss(prior, conv, y, draws, opt, ws, {}, d_y);
+  auto f = [&] { return loss::alignment_loss(prior, conv, y, draws, opt, ws); };
+  fpt::require_close("d_y", d_y.data(), fpt::fd_gradient(f, y.data(), y.size()), 1e-6);
+}
+
+}  // namespace
+
+TEST_CASE("alignment: dL/dy matches finite differences (AdaLN at random parameters)",
+          "[loss][grad]") {
+  const Convention conv = GENERATE(Convention::Paper, Convention::Code);
+  const auto red = GENERATE(loss::Reduction::Mean, loss::Reduction::SumChannels);
+  CAPTURE(flowprior::to_string(conv), loss::to_string(red));
+  Rng rng(103);
+  nn::AdaLNMlp<double> net(small_adaln(3));
+  fpt::randomize_field(net, rng);
+  Prior<nn::AdaLNMlp<double>> prior(net, conv);
+  check_alignment_gradient(prior, conv, rng, {red, 0.37, false}, 4, 3);
+  // The same network seen in the other convention (time-reversed view).
+  check_alignment_gradient(prior.as(flowprior::flipped(conv)), flowprior::flipped(conv), rng,
+                           {red, 1.0, false}, 3, 2);
+}
+
+TEST_CASE("alignment: dL/dy matches finite differences (mixture field, both conventions)",
+          "[loss][grad]") {
+  const Convention conv = GENERATE(Convention::Paper, Convention::Code);
+  CAPTURE(flowprior::to_string(conv));
+  Rng rng(104);
+  GmmField field(three_modes());
+  Prior<GmmField> prior = Prior<GmmField>(field, Convention::Paper).as(conv);
+  check_alignment_gradient(prior, conv, rng, {loss::Reduction::SumChannels, 1.0, false}, 5, 4);
+  check_alignment_gradient(prior, conv, rng, {loss::Reduction::Mean, 0.01, false}, 5, 1);
+}
+
+TEST_CASE("alignment: the detach variant keeps only the direct term", "[loss][grad]") {
+  const Convention conv = GENERATE(Convention::Paper, Convention::Code);
+  CAPTURE(flowprior::to_string(conv));
+  Rng rng(105);
+  nn::AdaLNMlp<double> net(small_adaln(3));
+  fpt::randomize_field(net, rng);
+  Prior<nn::AdaLNMlp<double>> prior(net, conv);
+  const Index N = 4, K = 2, d = 3;
+  Mat y = fpt::random_mat(d, N, rng);
+  loss::FlowDraws<double> draws;
+  loss::draw(draws, conv, N, d, K, loss::TimeSampler::uniform(), rng);
+  loss::LossWorkspace<nn::AdaLNMlp<double>> ws;
+  const loss::AlignmentOptions full{loss::Reduction::Mean, 2.0, false};
+  const loss::AlignmentOptions det{loss::Reduction::Mean, 2.0, true};
+  Mat g_full = Mat::Zero(d, N), g_det = Mat::Zero(d, N);
+  const double l_full = loss::alignment_loss(prior, conv, y, draws, full, ws, {}, g_full);
+  const double l_det = loss::alignment_loss(prior, conv, y, draws, det, ws, {}, g_det);
+  REQUIRE(l_full == l_det);  // detaching changes the gradient only
+  // Direct term by hand: d/dy ||v0 - u(y)||^2 with v0 frozen = -2 c r.
+  Mat direct = Mat::Zero(d, N), jterm = Mat::Zero(d, N);
+  Mat xt(d, N * K), v(d, N * K), dv(d, N * K);
+  for (Index col = 0; col < N * K; ++col) {
+    const auto pc = flowprior::path_coefficients(conv, draws.t[std::size_t(col)]);
+    for (Index i = 0; i < d; ++i)
+      xt(i, col) = pc.a * y(i, col / K) + pc.b * draws.noise()(i, col);
+  }
+  typename Prior<nn::AdaLNMlp<double>>::Workspace pws;
+  prior.forward(xt, draws.times(), v, pws);
+  const double scale = 2.0 * 2.0 / double(N * K * d);
+  for (Index col = 0; col < N * K; ++col) {
+    const auto pc = flowprior::path_coefficients(conv, draws.t[std::size_t(col)]);
+    for (Index i = 0; i < d; ++i) {
+      const double r = v(i, col) - (pc.c * y(i, col / K) + pc.e * draws.noise()(i, col));
+      direct(i, col / K) += -pc.c * scale * r;
+      dv(i, col) = scale * r;
+    }
+  }
+  REQUIRE((g_det - direct).norm() < 1e-13 * direct.norm());
+  // And the full gradient is the direct term plus a(t) J^T dv.
+  Mat jt = Mat::Zero(d, N * K);
+  prior.vjp_x(pws, dv, jt);
+  for (Index col = 0; col < N * K; ++col) {
+    const auto pc = flowprior::path_coefficients(conv, draws.t[std::size_t(col)]);
+    jterm.col(col / K) += pc.a * jt.col(col);
+  }
+  REQUIRE((g_full - direct - jterm).norm() < 1e-12 * g_full.norm());
+}
+
+TEST_CASE("alignment: the K-draw loss is the mean of K single-draw losses", "[loss]") {
+  Rng rng(106);
+  GmmField field(three_modes());
+  Prior<GmmField> prior(field, Convention::Paper);
+  const Index N = 6, K = 4, d = 2;
+  Mat y = fpt::random_mat(d, N, rng);
+  loss::FlowDraws<double> draws;
+  loss::draw(draws, Convention::Paper, N, d, K, loss::TimeSampler::uniform(), rng);
+  loss::LossWorkspace<GmmField> ws;
+  const loss::AlignmentOptions opt{loss::Reduction::Mean, 1.0, false};
+  Mat g = Mat::Zero(d, N), g_sum = Mat::Zero(d, N);
+  const double lk = loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws, {}, g);
+  double mean = 0;
+  for (Index k = 0; k < K; ++k) {
+    loss::FlowDraws<double> one;
+    one.resize(Convention::Paper, N, d, 1);
+    for (Index b = 0; b < N; ++b) {
+      one.t[std::size_t(b)] = draws.t[std::size_t(b * K + k)];
+      for (Index i = 0; i < d; ++i) one.noise()(i, b) = draws.noise()(i, b * K + k);
+    }
+    Mat gk = Mat::Zero(d, N);
+    mean += loss::alignment_loss(prior, Convention::Paper, y, one, opt, ws, {}, gk) / double(K);
+    g_sum += gk / double(K);
+  }
+  REQUIRE(lk == Approx(mean).epsilon(1e-13));
+  REQUIRE((g - g_sum).norm() < 1e-13 * g.norm());
+}
+
+TEST_CASE("flow matching: parameter gradients match finite differences", "[loss][grad]") {
+  const Convention conv = GENERATE(Convention::Paper, Convention::Code);
+  const auto red = GENERATE(loss::Reduction::Mean, loss::Reduction::SumChannels);
+  CAPTURE(flowprior::to_string(conv), loss::to_string(red));
+  Rng rng(108);
+  nn::AdaLNMlp<double> net(small_adaln(2));
+  fpt::randomize_field(net, rng);
+  Prior<nn::AdaLNMlp<double>> prior(net, conv);
+  const Index N = 3, K = 2;
+  Mat x = fpt::random_mat(2, N, rng);
+  loss::FlowDraws<double> draws;
+  loss::draw(draws, conv, N, 2, K, loss::TimeSampler::logit_normal(0.3, 1.2), rng);
+  loss::LossWorkspace<nn::AdaLNMlp<double>> ws;
+  Vec g = Vec::Zero(net.num_params());
+  loss::flow_matching_loss(prior, conv, x, draws, red, ws, g);
+  auto f = [&] { return loss::flow_matching_loss(prior, conv, x, draws, red, ws); };
+  auto p = net.parameters();
+  const auto fd = fpt::fd_gradient(f, p.data, p.size);
+  for (const auto& t : net.layout().tensors())
+    fpt::require_close(t.name, g.data() + t.offset, fd.data() + t.offset, t.size(), 1e-6);
+  // A reversed view trains the same parameters with the sign of d_v flipped: gradient of the
+  // code-convention loss on mirrored draws equals the paper one.
+  Vec g2 = Vec::Zero(net.num_params());
+  const Convention other = flowprior::flipped(conv);
+  loss::flow_matching_loss(prior.as(other), other, x, mirrored(draws), red, ws, g2);
+  REQUIRE((g2 - g).norm() < 1e-12 * g.norm());
+}
+
+TEST_CASE("losses: bad input throws typed errors", "[loss][error]") {
+  Rng rng(109);
+  GmmField field(three_modes());
+  Prior<GmmField> prior(field, Convention::Paper);
+  loss::FlowDraws<double> draws;
+  loss::draw(draws, Convention::Paper, 4, 2, 2, loss::TimeSampler::uniform(), rng);
+  loss::LossWorkspace<GmmField> ws;
+  const loss::AlignmentOptions opt;
+  Mat y = fpt::random_mat(2, 4, rng);
+  // Convention mismatches: prior, draws.
+  REQUIRE_THROWS_AS(loss::alignment_loss(prior, Convention::Code, y, draws, opt, ws),
+                    flowprior::convention_error);
+  REQUIRE_THROWS_WITH(loss::alignment_loss(prior.as(Convention::Code), Convention::Code, y,
+                                           draws, opt, ws),
+                      Catch::Contains("the draws") && Catch::Contains("paper"));
+  // Latents of the wrong width; draws for another batch.
+  Mat y3 = fpt::random_mat(3, 4, rng);
+  REQUIRE_THROWS_WITH(loss::alignment_loss(prior, Convention::Paper, y3, draws, opt, ws),
+                      Catch::Contains("'y'") && Catch::Contains("(3, 4)"));
+  Mat y5 = fpt::random_mat(2, 5, rng);
+  REQUIRE_THROWS_AS(loss::alignment_loss(prior, Convention::Paper, y5, draws, opt, ws),
+                    flowprior::shape_error);
+  // K = 0.
+  REQUIRE_THROWS_AS(loss::draw(draws, Convention::Paper, 4, 2, 0, loss::TimeSampler::uniform(),
+                               rng),
+                    flowprior::config_error);
+  loss::draw(draws, Convention::Paper, 4, 2, 2, loss::TimeSampler::uniform(), rng);
+  // Non-finite latents name the tensor; a non-finite loss is reported too.
+  y(1, 2) = std::nan("");
+  REQUIRE_THROWS_AS(loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws),
+                    flowprior::numeric_error);
+  REQUIRE_THROWS_WITH(loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws),
+                      Catch::Contains("'y'") && Catch::Contains("(1, 2)"));
+  y.setConstant(1e200);
+  REQUIRE_THROWS_WITH(loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws),
+                      Catch::Contains("loss is not finite"));
+  y.setZero();
+  Mat dy_bad(2, 3);
+  REQUIRE_THROWS_WITH(loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws, {}, dy_bad),
+                      Catch::Contains("'d_y'"));
+  Vec per_row_bad(3);
+  REQUIRE_THROWS_WITH(loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws, per_row_bad),
+                      Catch::Contains("'loss_per_row'"));
+  loss::AlignmentOptions inf_weight;
+  inf_weight.weight = std::numeric_limits<double>::infinity();
+  REQUIRE_THROWS_AS(loss::alignment_loss(prior, Convention::Paper, y, draws, inf_weight, ws),
+                    flowprior::config_error);
+  // Antithetic draws need an even K; a logit-normal needs std > 0.
+  REQUIRE_THROWS_AS(loss::draw(draws, Convention::Paper, 4, 2, 3, loss::TimeSampler::uniform(),
+                               rng, true),
+                    flowprior::config_error);
+  REQUIRE_THROWS_AS(loss::draw(draws, Convention::Paper, 4, 2, 2,
+                               loss::TimeSampler::logit_normal(0, 0), rng),
+                    flowprior::config_error);
+}
