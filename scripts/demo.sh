@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-demo=01_velocity_field
+demo=02_align_gmm
 
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null

@@ -24,3 +24,4 @@
 #include <flowprior/loss/flow_loss.hpp>
 #include <flowprior/data/projection.hpp>
 #include <flowprior/optim/optimizer.hpp>
+#include <flowprior/train/trainer.hpp>

@@ -1,0 +1,80 @@
+// 02: stage 2 of the method on its own. Free latents start from N(0, I) and are moved by Adam on
+// the ODE-free alignment loss alone, against the exact velocity field of the paper's 5-Gaussian
+// ring (normalised units). Their mean NLL under the ring falls as the loss falls; at the end the
+// latents sit on the modes (the loss is mode-seeking: see docs/math/alignment.md).
+#include <flowprior/flowprior.hpp>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdio>
+
+int main(int argc, char** argv) {
+  using namespace flowprior;
+  CLI::App app{"Align free latents to a Gaussian-mixture prior with the alignment loss"};
+  Index n = 1000, steps = 500, K = 4;
+  double lr = 1e-2;
+  std::uint64_t seed = 0;
+  std::string conv_name = "code";
+  app.add_option("--latents", n, "number of free latents")->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "Adam steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--draws", K, "(t, eps) draws per latent and step")->check(CLI::PositiveNumber);
+  app.add_option("--lr", lr, "Adam learning rate")->check(CLI::PositiveNumber);
+  app.add_option("--seed", seed, "random seed");
+  app.add_option("--convention", conv_name, "time convention: paper or code")
+      ->check(CLI::IsMember({"paper", "code"}));
+  CLI11_PARSE(app, argc, argv);
+  try {
+    // The paper's ring: 5 Gaussians (std 0.3) on a circle of radius 3, divided by the overall
+    // sample std sqrt(0.09 + 4.5): means at radius 1.4003, std 0.1400.
+    const double s = std::sqrt(0.09 + 4.5);
+    Eigen::MatrixXd means(2, 5);
+    for (int k = 0; k < 5; ++k) {
+      means(0, k) = 3 * std::cos(2 * M_PI * k / 5) / s;
+      means(1, k) = 3 * std::sin(2 * M_PI * k / 5) / s;
+    }
+    analytic::GaussianMixture ring(means, std::vector<double>(5, 0.3 / s),
+                                   std::vector<double>(5, 1.0));
+    analytic::GaussianMixtureField<double> exact(ring);
+    // The exact field is written in the paper convention; .as() gives the requested one.
+    const Convention conv = conv_name == "paper" ? Convention::Paper : Convention::Code;
+    const auto prior = Prior<analytic::GaussianMixtureField<double>>(exact, Convention::Paper).as(conv);
+
+    Rng rng(seed);
+    Eigen::MatrixXd y(2, n), grad(2, n);
+    for (Index b = 0; b < n; ++b) y.col(b) << normal01(rng), normal01(rng);
+    optim::Adam<double> adam(2 * n, {lr, 0.9, 0.999, 1e-8, 0.0, true});
+    loss::FlowDraws<double> draws;
+    loss::LossWorkspace<analytic::GaussianMixtureField<double>> ws;
+    // Paper reduction (sum over channels). The 1/N of the mean over latents is undone by
+    // weighting with N, so that each latent moves as if it were optimised alone.
+    const loss::AlignmentOptions opt{loss::Reduction::SumChannels, double(n), false};
+    Eigen::VectorXd nll(n);
+    auto mean_nll = [&] {
+      ring.log_density<double>(y, nll);
+      return -nll.mean();
+    };
+    std::printf("%6s %12s %10s\n", "step", "align loss", "mean NLL");
+    for (Index step = 0; step <= steps; ++step) {
+      loss::draw(draws, conv, n, 2, K, loss::TimeSampler::uniform(), rng);
+      grad.setZero();
+      const double l = loss::alignment_loss(prior, conv, y, draws, opt, ws, {}, grad) / double(n);
+      if (step % std::max<Index>(1, steps / 10) == 0 || step == steps)
+        std::printf("%6td %12.4f %10.4f\n", step, l, mean_nll());
+      if (step < steps) adam.step(VectorView<double>(y.data(), 2 * n), ConstVectorView<double>(grad.data(), 2 * n));
+    }
+    // Which mode each latent ended nearest to: every mode should receive latents.
+    std::vector<int> count(5, 0);
+    for (Index b = 0; b < n; ++b) {
+      Eigen::Index k;
+      (means.colwise() - y.col(b)).colwise().squaredNorm().minCoeff(&k);
+      ++count[std::size_t(k)];
+    }
+    std::printf("latents nearest each mode:");
+    for (int c : count) std::printf(" %d", c);
+    std::printf("\nmixture entropy (the NLL of its own samples) is about 0.5155 nats\n");
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
