@@ -54,16 +54,23 @@ TEST_CASE("draws: samplers have the documented distributions", "[loss]") {
     REQUIRE(m == Approx(0.5).margin(4 * 0.8 / std::sqrt(n)));
     REQUIRE(std::sqrt(s2 / n - m * m) == Approx(0.8).epsilon(0.02));
   }
-  SECTION("uniform and antithetic: pairs share t and negate eps") {
+  SECTION("uniform and antithetic: pairs negate eps, every draw has its own t") {
     loss::draw(d, Convention::Paper, 1000, 3, 2, loss::TimeSampler::uniform(), rng, true);
     double s = 0;
+    int same_t = 0;
     for (Index b = 0; b < 1000; ++b) {
-      REQUIRE(d.t[std::size_t(2 * b)] == d.t[std::size_t(2 * b + 1)]);
+      same_t += d.t[std::size_t(2 * b)] == d.t[std::size_t(2 * b + 1)];
       for (Index i = 0; i < 3; ++i)
         REQUIRE(d.noise()(i, 2 * b) == -d.noise()(i, 2 * b + 1));
-      s += d.t[std::size_t(2 * b)];
+      s += d.t[std::size_t(2 * b)] + d.t[std::size_t(2 * b + 1)];
     }
-    REQUIRE(s / 1000 == Approx(0.5).margin(4 * std::sqrt(1.0 / 12 / 1000)));
+    REQUIRE(same_t == 0);
+    REQUIRE(s / 2000 == Approx(0.5).margin(4 * std::sqrt(1.0 / 12 / 2000)));
+  }
+  SECTION("grid with antithetic noise keeps every grid point") {
+    loss::draw(d, Convention::Paper, 2, 1, 4, loss::TimeSampler::grid(), rng, true);
+    for (Index k = 0; k < 4; ++k) REQUIRE(d.t[std::size_t(4 + k)] == (k + 0.5) / 4);
+    REQUIRE(d.noise()(0, 5) == -d.noise()(0, 4));
   }
 }
 

@@ -45,10 +45,10 @@ inline void check_convention(const char* where, const char* what, Convention hav
                              Convention want) {
   if (have != want)
     detail::raise<convention_error>(std::string("[flowprior.convention] ") + where + ": " + what +
-                                    " uses the " + to_string(have) +
+                                    " is in the " + to_string(have) +
                                     " convention but the caller asked for the " +
                                     to_string(want) +
-                                    " convention (convert it with .as(Convention::...))");
+                                    " convention (convert a prior with .as(Convention::...))");
 }
 
 /// Path and target coefficients: x_t = a x + b eps, u = c x + e eps.   flow_matching.md (1)-(2)

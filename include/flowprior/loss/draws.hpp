@@ -75,8 +75,10 @@ struct FlowDraws {
 };
 
 /// Fills `out` with N rows x K draws: t from `sampler`, eps ~ N(0, I). With `antithetic`,
-/// draws come in pairs (k = 2j, 2j + 1) that share t and use eps and -eps (K must be even);
-/// the estimator stays unbiased and its variance falls for fields odd in eps.
+/// draws come in pairs (k = 2j, 2j + 1) whose noises are eps and -eps (K must be even); each
+/// draw keeps its own t from the sampler, so grids and strata stay intact. The estimator stays
+/// unbiased; its variance falls only when the paired losses are negatively correlated, which
+/// the caller should measure (docs/math/flow_matching.md "Sampling").
 template <class S>
 void draw(FlowDraws<S>& out, Convention conv, Index rows, Index dim, Index K,
           const TimeSampler& sampler, Rng& rng, bool antithetic = false) {
@@ -96,12 +98,6 @@ void draw(FlowDraws<S>& out, Convention conv, Index rows, Index dim, Index K,
   }
   for (Index col = 0; col < M; ++col) {
     const Index k = col % K;
-    if (antithetic && k % 2 == 1) {  // the partner of the previous draw
-      out.t[std::size_t(col)] = out.t[std::size_t(col - 1)];
-      for (Index i = 0; i < dim; ++i)
-        out.eps[std::size_t(col * dim + i)] = -out.eps[std::size_t((col - 1) * dim + i)];
-      continue;
-    }
     double tt = 0;
     switch (sampler.kind) {
       case TimeSampler::Kind::Uniform: tt = uniform01(rng); break;
@@ -114,7 +110,13 @@ void draw(FlowDraws<S>& out, Convention conv, Index rows, Index dim, Index K,
       case TimeSampler::Kind::Grid: tt = (double(k) + 0.5) / double(K); break;
     }
     out.t[std::size_t(col)] = static_cast<S>(std::min(std::max(tt, 0.0), 1.0));
-    for (Index i = 0; i < dim; ++i) out.eps[std::size_t(col * dim + i)] = static_cast<S>(normal01(rng));
+    if (antithetic && k % 2 == 1) {  // the partner of the previous draw: -eps
+      for (Index i = 0; i < dim; ++i)
+        out.eps[std::size_t(col * dim + i)] = -out.eps[std::size_t((col - 1) * dim + i)];
+      continue;
+    }
+    for (Index i = 0; i < dim; ++i)
+      out.eps[std::size_t(col * dim + i)] = static_cast<S>(normal01(rng));
   }
 }
 

@@ -6,6 +6,7 @@
 /// the released prior is in docs/math/optim.md; the loss in docs/math/flow_matching.md.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <limits>
 #include <string>
@@ -30,8 +31,10 @@ struct TrainerConfig {
   loss::Reduction reduction = loss::Reduction::Mean;    ///< released: mean over rows and channels
   loss::TimeSampler sampler = loss::TimeSampler::uniform();
   bool antithetic = false;                              ///< antithetic eps pairs (K even)
+  /// Adam(W) betas, eps and weight decay. Its `lr` is not used: the schedule sets every step's
+  /// learning rate.
   optim::AdamConfig adam = {1e-4, 0.9, 0.95, 1e-8, 0.0, true};
-  optim::LrSchedule schedule = optim::LrSchedule::constant(1e-4);
+  optim::LrSchedule schedule = optim::LrSchedule::constant(1e-4);  ///< learning rate per step
   double clip_norm = 1.0;     ///< global gradient-norm clip; +inf disables clipping
   double ema_decay = 0.9999;  ///< EMA of the weights
 
