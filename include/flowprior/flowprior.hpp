@@ -25,3 +25,5 @@
 #include <flowprior/data/projection.hpp>
 #include <flowprior/optim/optimizer.hpp>
 #include <flowprior/train/trainer.hpp>
+#include <flowprior/ode/integrate.hpp>
+#include <flowprior/ode/flow_ode.hpp>
