@@ -42,9 +42,9 @@ endif()
 add_library(flowprior_native INTERFACE)
 if(FLOWPRIOR_NATIVE)
   target_compile_options(flowprior_native INTERFACE "$<${_flowprior_gcc_like}:-march=native>")
-  # GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (the `__Y = __Y`
-  # idiom of _mm512_undefined_pd) whenever Eigen's AVX-512 reductions are inlined: noise from
-  # system headers that -isystem does not silence (docs/pitfalls.md).
+  # GCC 12.1-12.2 bug 105593: its own AVX-512 intrinsics (the `__Y = __Y` idiom of
+  # _mm512_undefined_*, reached through Eigen's packet math under -march=native) raise false
+  # -Wmaybe-uninitialized that -isystem does not silence; fixed in 12.3 (docs/pitfalls.md).
   target_compile_options(flowprior_native INTERFACE
-    "$<$<COMPILE_LANG_AND_ID:CXX,GNU>:-Wno-maybe-uninitialized>")
+    "$<$<AND:$<CXX_COMPILER_ID:GNU>,$<VERSION_GREATER_EQUAL:$<CXX_COMPILER_VERSION>,12>,$<VERSION_LESS:$<CXX_COMPILER_VERSION>,12.3>>:-Wno-maybe-uninitialized>")
 endif()

@@ -1,0 +1,213 @@
+/// @file
+/// Throughput of the flow fields on the CPU backend, and the machine's GEMM rate to read them by.
+///
+///   BM_AdaLN_{Forward,ForwardVjp,ForwardBackward}  AdaLNMlp<float>, Args {dim, width, depth, batch}
+///   BM_MlpField_{Forward,ForwardBackward}          MlpField<float>, Args {dim, width, depth, batch}
+///   BM_Sgemm / BM_Dgemm                            Eigen C.noalias() = A * B, Args {m, n, k}
+///   BM_Smoke                                       one tiny iteration of every pass (CTest runs it)
+///
+/// Counters: items_per_second = rows (samples) per second; FLOP = matrix-product FLOPs
+/// (matmul_flops_per_row(), 2 m n k per product) per second, so a model figure divided by the
+/// BM_Sgemm figure is the fraction of the machine's matrix rate it reaches. Element-wise work
+/// (LayerNorm, SiLU, modulation) is not counted. Times are wall-clock (UseRealTime) because
+/// Eigen's GEMM runs on OpenMP threads.
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+#include <array>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <flowprior/flowprior.hpp>
+
+namespace {
+
+using flowprior::Index;
+using flowprior::Rng;
+
+// Eigen's thread count and SIMD sets, printed in the context block at startup.
+[[maybe_unused]] const bool kContextAdded = [] {
+  benchmark::AddCustomContext("eigen", std::to_string(EIGEN_WORLD_VERSION) + "." +
+                                           std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                                           std::to_string(EIGEN_MINOR_VERSION) + ", nbThreads " +
+                                           std::to_string(Eigen::nbThreads()) + ", SIMD " +
+                                           Eigen::SimdInstructionSetsInUse());
+  return true;
+}();
+
+enum class Pass { Forward, ForwardVjp, ForwardBackward };
+
+template <class Net>
+typename Net::Config make_config(Index dim, Index width, Index depth) {
+  typename Net::Config cfg;
+  cfg.dim = dim;
+  cfg.width = width;
+  cfg.depth = depth;
+  return cfg;
+}
+
+/// One network per configuration, built once: init(), then every parameter overwritten with
+/// U(-0.05, 0.05) so that no product is skipped or trivial (the released AdaLN init zeroes the
+/// modulation and the final layer).
+template <class Net>
+const Net& cached_net(Index dim, Index width, Index depth) {
+  static std::map<std::array<Index, 3>, std::unique_ptr<Net>> nets;
+  auto& slot = nets[{dim, width, depth}];
+  if (!slot) {
+    slot = std::make_unique<Net>(make_config<Net>(dim, width, depth));
+    Rng rng(0x5eed);
+    slot->init(rng);
+    auto p = slot->parameters();
+    for (Index i = 0; i < p.size; ++i)
+      p[i] = static_cast<float>(flowprior::uniform(rng, -0.05, 0.05));
+  }
+  return *slot;
+}
+
+Eigen::MatrixXf random_matrix(Index rows, Index cols, Rng& rng, double lo, double hi) {
+  Eigen::MatrixXf m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(flowprior::uniform(rng, lo, hi));
+  return m;
+}
+
+double flops_per_row(const flowprior::nn::MatmulFlops& f, Pass pass) {
+  switch (pass) {
+    case Pass::Forward: return f.forward;
+    case Pass::ForwardVjp: return f.forward + f.vjp_x;
+    case Pass::ForwardBackward: return f.forward + f.backward;
+  }
+  return 0;
+}
+
+/// "FLOP" is a rate printed with an SI prefix, e.g. FLOP=134.2G/s (JSON: FLOP/s as a number).
+void set_flops(benchmark::State& state, double flops_per_iter) {
+  state.counters["FLOP"] = benchmark::Counter(flops_per_iter * double(state.iterations()),
+                                              benchmark::Counter::kIsRate,
+                                              benchmark::Counter::kIs1000);
+}
+
+/// Args {dim, width, depth, batch}. Inputs, outputs, gradient buffers and the workspace are
+/// allocated and warmed up (one untimed pass) before the loop; nothing allocates inside it.
+template <class Net, Pass kPass>
+void BM_Field(benchmark::State& state) {
+  const Index dim = state.range(0), width = state.range(1), depth = state.range(2);
+  const Index batch = state.range(3);
+  const Net& net = cached_net<Net>(dim, width, depth);
+
+  Rng rng(42);
+  const Eigen::MatrixXf x = random_matrix(dim, batch, rng, -1.0, 1.0);
+  const Eigen::VectorXf t = random_matrix(batch, 1, rng, 0.0, 1.0);
+  const Eigen::MatrixXf d_v = random_matrix(dim, batch, rng, -1.0, 1.0);
+  Eigen::MatrixXf v(dim, batch), d_x = Eigen::MatrixXf::Zero(dim, batch);
+  Eigen::VectorXf d_params = Eigen::VectorXf::Zero(net.num_params());
+  typename Net::Workspace ws;
+
+  auto step = [&] {
+    net.forward(x, t, v, ws);
+    if constexpr (kPass == Pass::ForwardVjp) net.vjp_x(ws, d_v, d_x);
+    if constexpr (kPass == Pass::ForwardBackward) net.backward(ws, d_v, d_x, d_params);
+  };
+  step();  // warm-up: lays out the workspace for this batch, touches every buffer
+
+  for (auto _ : state) {
+    step();
+    benchmark::DoNotOptimize(v.data());
+    benchmark::DoNotOptimize(d_x.data());
+    benchmark::DoNotOptimize(d_params.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(batch * state.iterations());  // rows (samples) per second
+  set_flops(state, flops_per_row(net.matmul_flops_per_row(), kPass) * double(batch));
+}
+
+using AdaLN = flowprior::nn::AdaLNMlp<float>;
+using Mlp = flowprior::nn::MlpField<float>;
+
+void adaln_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"dim", "width", "depth", "batch"});
+  for (const auto& c : {std::array<int64_t, 3>{32, 1024, 6}, std::array<int64_t, 3>{2, 512, 4}})
+    for (int64_t batch : {256, 1024, 4096}) b->Args({c[0], c[1], c[2], batch});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+void mlp_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"dim", "width", "depth", "batch"})->Args({2, 256, 3, 1000});
+  b->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
+void BM_AdaLN_Forward(benchmark::State& s) { BM_Field<AdaLN, Pass::Forward>(s); }
+void BM_AdaLN_ForwardVjp(benchmark::State& s) { BM_Field<AdaLN, Pass::ForwardVjp>(s); }
+void BM_AdaLN_ForwardBackward(benchmark::State& s) { BM_Field<AdaLN, Pass::ForwardBackward>(s); }
+void BM_MlpField_Forward(benchmark::State& s) { BM_Field<Mlp, Pass::Forward>(s); }
+void BM_MlpField_ForwardBackward(benchmark::State& s) { BM_Field<Mlp, Pass::ForwardBackward>(s); }
+
+BENCHMARK(BM_AdaLN_Forward)->Apply(adaln_args);
+BENCHMARK(BM_AdaLN_ForwardVjp)->Apply(adaln_args);
+BENCHMARK(BM_AdaLN_ForwardBackward)->Apply(adaln_args);
+BENCHMARK(BM_MlpField_Forward)->Apply(mlp_args);
+BENCHMARK(BM_MlpField_ForwardBackward)->Apply(mlp_args);
+
+/// Args {m, n, k}: C (m x n) = A (m x k) * B (k x n), the reference matrix rate.
+template <class S>
+void BM_Gemm(benchmark::State& state) {
+  using M = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+  const Index m = state.range(0), n = state.range(1), k = state.range(2);
+  const M A = M::Random(m, k), B = M::Random(k, n);
+  M C(m, n);
+  C.noalias() = A * B;  // warm-up
+  for (auto _ : state) {
+    C.noalias() = A * B;
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+  }
+  set_flops(state, 2.0 * double(m) * double(n) * double(k));
+}
+
+void BM_Sgemm(benchmark::State& s) { BM_Gemm<float>(s); }
+void BM_Dgemm(benchmark::State& s) { BM_Gemm<double>(s); }
+
+BENCHMARK(BM_Sgemm)
+    ->ArgNames({"m", "n", "k"})
+    ->Args({1024, 4096, 1024})
+    ->Args({512, 1024, 512})
+    ->Args({1024, 256, 1024})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_Dgemm)
+    ->ArgNames({"m", "n", "k"})
+    ->Args({1024, 1024, 1024})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+/// One iteration of every pass on tiny fields: what CTest runs (`--benchmark_filter=Smoke`), so
+/// that the benchmark bodies execute in CI in well under a second.
+void BM_Smoke(benchmark::State& state) {
+  const AdaLN& adaln = cached_net<AdaLN>(2, 32, 2);
+  const Mlp& mlp = cached_net<Mlp>(2, 32, 2);
+  const Index batch = 16;
+  Rng rng(7);
+  const Eigen::MatrixXf x = random_matrix(2, batch, rng, -1.0, 1.0);
+  const Eigen::VectorXf t = random_matrix(batch, 1, rng, 0.0, 1.0);
+  const Eigen::MatrixXf d_v = random_matrix(2, batch, rng, -1.0, 1.0);
+  Eigen::MatrixXf v(2, batch), d_x = Eigen::MatrixXf::Zero(2, batch);
+  Eigen::VectorXf dp_adaln = Eigen::VectorXf::Zero(adaln.num_params());
+  Eigen::VectorXf dp_mlp = Eigen::VectorXf::Zero(mlp.num_params());
+  AdaLN::Workspace ws_adaln;
+  Mlp::Workspace ws_mlp;
+  for (auto _ : state) {
+    adaln.forward(x, t, v, ws_adaln);
+    adaln.vjp_x(ws_adaln, d_v, d_x);
+    adaln.backward(ws_adaln, d_v, d_x, dp_adaln);
+    mlp.forward(x, t, v, ws_mlp);
+    mlp.vjp_x(ws_mlp, d_v, d_x);
+    mlp.backward(ws_mlp, d_v, d_x, dp_mlp);
+    benchmark::DoNotOptimize(d_x.data());
+    benchmark::ClobberMemory();
+  }
+  if (!d_x.allFinite() || !dp_adaln.allFinite() || !dp_mlp.allFinite())
+    state.SkipWithError("non-finite gradients");
+}
+BENCHMARK(BM_Smoke)->Iterations(1);
+
+}  // namespace
