@@ -27,3 +27,6 @@
 #include <flowprior/train/trainer.hpp>
 #include <flowprior/ode/integrate.hpp>
 #include <flowprior/ode/flow_ode.hpp>
+#include <flowprior/io/safetensors.hpp>
+#include <flowprior/io/state_dict.hpp>
+#include <flowprior/io/checkpoint.hpp>

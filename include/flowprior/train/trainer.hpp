@@ -121,6 +121,7 @@ class FlowMatchingTrainer {
   const TrainerConfig& config() const { return cfg_; }
   Convention convention() const { return conv_; }
   optim::Adam<S>& optimizer() { return adam_; }
+  const optim::Adam<S>& optimizer() const { return adam_; }
   optim::Ema<S>& ema() { return ema_; }
   const optim::Ema<S>& ema() const { return ema_; }
 

@@ -1,0 +1,33 @@
+// Regression tests from fuzzing: every input of tests/fuzz/corpus/<format>/ (the minimised
+// corpora of the libFuzzer runs, crashers included once fixed) goes through the same harness as
+// the fuzzers. Under the asan preset this replays them with AddressSanitizer and UBSan.
+#include <filesystem>
+
+#include "../fuzz/harness.hpp"
+#include "catch.hpp"
+
+namespace {
+
+std::size_t replay(const std::string& format, void (*one)(const std::uint8_t*, std::size_t)) {
+  const std::filesystem::path dir =
+      std::filesystem::path(FLOWPRIOR_TEST_SOURCE_DIR) / "fuzz" / "corpus" / format;
+  std::size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    const auto bytes = flowprior::io::read_file(e.path().string());
+    INFO(e.path().string());
+    REQUIRE_NOTHROW(one(bytes.data(), bytes.size()));
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("fuzz corpus: every safetensors input parses or is rejected with io_error", "[io]") {
+  REQUIRE(replay("safetensors", fuzz::safetensors_one) >= 3);
+}
+
+TEST_CASE("fuzz corpus: every npy input parses or is rejected with io_error", "[io]") {
+  REQUIRE(replay("npy", fuzz::npy_one) >= 3);
+}
