@@ -30,3 +30,5 @@
 #include <flowprior/io/safetensors.hpp>
 #include <flowprior/io/state_dict.hpp>
 #include <flowprior/io/checkpoint.hpp>
+#include <flowprior/train/align.hpp>
+#include <flowprior/util/progress.hpp>

@@ -4,7 +4,9 @@
 /// error an io_error with the byte offset in the file. Not a general-purpose JSON library.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -302,6 +304,129 @@ inline std::string quote(const std::string& s) {
     }
   }
   return o + "\"";
+}
+
+}  // namespace json
+}  // namespace io
+}  // namespace flowprior
+
+namespace flowprior {
+namespace io {
+namespace json {
+
+/// A small JSON document builder for result files (metrics.json): objects keep insertion order,
+/// numbers are written with 17 significant digits (NaN and Inf, which JSON lacks, as null).
+class Out {
+ public:
+  Out() = default;
+  Out(double x) : kind_(Kind::Number), num_(x) {}                 // NOLINT
+  Out(int x) : kind_(Kind::Number), num_(x) {}                    // NOLINT
+  Out(long x) : kind_(Kind::Number), num_(double(x)) {}           // NOLINT
+  Out(long long x) : kind_(Kind::Number), num_(double(x)) {}      // NOLINT
+  Out(unsigned long x) : kind_(Kind::Number), num_(double(x)) {}  // NOLINT
+  Out(bool b) : kind_(Kind::Bool), bool_(b) {}                    // NOLINT
+  Out(const char* s) : kind_(Kind::String), str_(s) {}            // NOLINT
+  Out(std::string s) : kind_(Kind::String), str_(std::move(s)) {} // NOLINT
+
+  static Out object() {
+    Out o;
+    o.kind_ = Kind::Object;
+    return o;
+  }
+  static Out array() {
+    Out o;
+    o.kind_ = Kind::Array;
+    return o;
+  }
+  template <class T>
+  static Out array(const T* p, std::size_t n) {
+    Out o = array();
+    for (std::size_t i = 0; i < n; ++i) o.push(Out(double(p[i])));
+    return o;
+  }
+
+  /// Sets key (objects); replaces an existing key in place.
+  Out& set(const std::string& key, Out v) {
+    kind_ = Kind::Object;
+    for (auto& kv : obj_)
+      if (kv.first == key) {
+        kv.second = std::move(v);
+        return *this;
+      }
+    obj_.emplace_back(key, std::move(v));
+    return *this;
+  }
+  /// Appends (arrays).
+  Out& push(Out v) {
+    kind_ = Kind::Array;
+    arr_.push_back(std::move(v));
+    return *this;
+  }
+
+  std::string dump(int indent = 2) const {
+    std::string s;
+    write(s, indent, 0);
+    return s + "\n";
+  }
+
+ private:
+  enum class Kind { Null, Bool, Number, String, Array, Object };
+
+  void write(std::string& s, int indent, int level) const {
+    const std::string pad(std::size_t(indent * (level + 1)), ' '), end(std::size_t(indent * level), ' ');
+    switch (kind_) {
+      case Kind::Null: s += "null"; break;
+      case Kind::Bool: s += bool_ ? "true" : "false"; break;
+      case Kind::Number: {
+        if (!std::isfinite(num_)) {
+          s += "null";
+        } else {
+          char b[40];
+          std::snprintf(b, sizeof b, "%.17g", num_);
+          s += b;
+        }
+        break;
+      }
+      case Kind::String: s += quote(str_); break;
+      case Kind::Array: {
+        // Arrays of numbers stay on one line.
+        bool flat = true;
+        for (const auto& v : arr_) flat &= v.kind_ != Kind::Object && v.kind_ != Kind::Array;
+        s += "[";
+        for (std::size_t i = 0; i < arr_.size(); ++i) {
+          if (i) s += flat ? ", " : ",";
+          if (!flat) s += "\n" + pad;
+          arr_[i].write(s, indent, level + 1);
+        }
+        if (!flat && !arr_.empty()) s += "\n" + end;
+        s += "]";
+        break;
+      }
+      case Kind::Object: {
+        s += "{";
+        for (std::size_t i = 0; i < obj_.size(); ++i) {
+          s += (i ? ",\n" : "\n") + pad + quote(obj_[i].first) + ": ";
+          obj_[i].second.write(s, indent, level + 1);
+        }
+        if (!obj_.empty()) s += "\n" + end;
+        s += "}";
+        break;
+      }
+    }
+  }
+
+  Kind kind_ = Kind::Null;
+  double num_ = 0;
+  bool bool_ = false;
+  std::string str_;
+  std::vector<Out> arr_;
+  std::vector<std::pair<std::string, Out>> obj_;
+};
+
+/// Writes a document atomically.
+inline void write_file(const std::string& path, const Out& doc) {
+  const std::string text = doc.dump();
+  atomic_write(path, [&](Writer& w) { w.write(text); });
 }
 
 }  // namespace json
