@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-demo=02_align_gmm
+demo=10_toy2d
 
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
