@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "catch.hpp"
+#include "fixtures.hpp"
 #include "gradcheck.hpp"
 
 using flowprior::Convention;
@@ -17,12 +18,6 @@ namespace nn = flowprior::nn;
 namespace train = flowprior::train;
 
 namespace {
-
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("flowprior_ckpt_" + std::to_string(::getpid()) + "_" + name))
-      .string();
-}
 
 nn::AdaLNMlpConfig cfg() {
   nn::AdaLNMlpConfig c;
@@ -74,7 +69,7 @@ TEMPLATE_TEST_CASE("checkpoint: N steps == N/2 + save + load + N/2, bit for bit"
   Run<S> full;
   full.steps(data, N);
 
-  const std::string path = temp_path("resume.safetensors");
+  const std::string path = fpt::temp_path("resume.safetensors");
   {
     Run<S> first;
     first.steps(data, N / 2);
@@ -105,7 +100,7 @@ TEST_CASE("checkpoint: a failed save keeps the previous checkpoint loadable", "[
   Rng drng(2);
   Eigen::MatrixXd data(2, 50);
   for (Index j = 0; j < 50; ++j) data.col(j) << flowprior::normal01(drng), flowprior::normal01(drng);
-  const std::string path = temp_path("atomic.safetensors");
+  const std::string path = fpt::temp_path("atomic.safetensors");
   Run<double> run;
   run.steps(data, 2);
   io::save_checkpoint(path, run.trainer, run.net, run.rng);
@@ -126,7 +121,7 @@ TEST_CASE("checkpoint: mismatched trainers and damaged files are refused", "[io]
   Rng drng(3);
   Eigen::MatrixXd data(2, 50);
   data.setRandom();
-  const std::string path = temp_path("bad.safetensors");
+  const std::string path = fpt::temp_path("bad.safetensors");
   Run<double> run;
   run.steps(data, 1);
   io::save_checkpoint(path, run.trainer, run.net, run.rng);

@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "catch.hpp"
+#include "fixtures.hpp"
 #include "gradcheck.hpp"
 
 using flowprior::Index;
@@ -16,12 +17,6 @@ namespace nn = flowprior::nn;
 using Bytes = std::vector<std::uint8_t>;
 
 namespace {
-
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("flowprior_test_" + std::to_string(::getpid()) + "_" + name))
-      .string();
-}
 
 // A file from a header text and data bytes.
 Bytes make_file(const std::string& header, const Bytes& data, std::uint64_t claimed = 0) {
@@ -81,7 +76,7 @@ TEST_CASE("safetensors: round trip of every float dtype with metadata", "[io]") 
   REQUIRE(io::float_to_half(1.0f + 1.0f / 2048) == 0x3C00);  // tie to even
   REQUIRE(io::bf16_to_float(io::float_to_bf16(3.0f)) == 3.0f);
   // Writing to disk is atomic and reads back the same.
-  const std::string path = temp_path("rt.safetensors");
+  const std::string path = fpt::temp_path("rt.safetensors");
   w.write(path);
   REQUIRE(io::Safetensors::read(path).get<double>("a.f64") == x);
   std::remove(path.c_str());
@@ -157,14 +152,14 @@ TEST_CASE("safetensors: malformed files give io_error with file, offset and expe
   } catch (const flowprior::io_error& e) {
     REQUIRE(std::string(e.what()).find("at byte 22") != std::string::npos);
   }
-  REQUIRE_THROWS_AS(io::Safetensors::read(temp_path("does_not_exist")), flowprior::io_error);
+  REQUIRE_THROWS_AS(io::Safetensors::read(fpt::temp_path("does_not_exist")), flowprior::io_error);
 }
 
 TEST_CASE("state dict: save and load by PyTorch names, prefixes, strictness", "[io]") {
   Rng rng(5);
   nn::AdaLNMlp<double> a(small()), b(small());
   fpt::fill_uniform(a.parameters().data, a.num_params(), rng, -1, 1);
-  const std::string path = temp_path("sd.safetensors");
+  const std::string path = fpt::temp_path("sd.safetensors");
   io::save_state_dict(a, path, io::Dtype::F64);
   REQUIRE(io::load_state_dict(b, io::Safetensors::read(path)) == "");
   REQUIRE(std::equal(a.parameters().data, a.parameters().data + a.num_params(),
@@ -222,7 +217,7 @@ TEST_CASE("state dict: save and load by PyTorch names, prefixes, strictness", "[
 
 TEST_CASE("atomic writes: a failed write leaves the previous file and no temporary",
           "[io]") {
-  const std::string path = temp_path("atomic.safetensors");
+  const std::string path = fpt::temp_path("atomic.safetensors");
   const std::vector<double> x = {1, 2, 3};
   io::SafetensorsWriter w;
   w.add("x", x.data(), {3});

@@ -3,6 +3,7 @@
 #include <flowprior/flowprior.hpp>
 
 #include "catch.hpp"
+#include "fixtures.hpp"
 #include "field_checks.hpp"
 
 using flowprior::Convention;
@@ -17,13 +18,6 @@ namespace analytic = flowprior::analytic;
 using GmmField = analytic::GaussianMixtureField<double>;
 
 namespace {
-
-analytic::GaussianMixture three_modes() {
-  Mat means(2, 3);
-  means << -1.0, 0.5, 1.5,  //
-      0.5, -1.0, 1.0;
-  return analytic::GaussianMixture(means, {0.3, 0.5, 0.2}, {0.5, 0.3, 0.2});
-}
 
 nn::AdaLNMlpConfig small_adaln(Index dim) {
   nn::AdaLNMlpConfig c;
@@ -77,7 +71,7 @@ TEST_CASE("alignment: Gaussian target matches (pi/4)(d sigma + |y|^2/sigma) with
 
 TEST_CASE("alignment: the mean reduction is the sum reduction over dim; weight scales",
           "[loss]") {
-  GmmField field(three_modes());
+  GmmField field(fpt::three_modes());
   Prior<GmmField> prior(field, Convention::Paper);
   Rng rng(102);
   Mat y = fpt::random_mat(2, 7, rng);
@@ -130,7 +124,7 @@ TEST_CASE("alignment: dL/dy matches finite differences (mixture field, both conv
   const Convention conv = GENERATE(Convention::Paper, Convention::Code);
   CAPTURE(flowprior::to_string(conv));
   Rng rng(104);
-  GmmField field(three_modes());
+  GmmField field(fpt::three_modes());
   Prior<GmmField> prior = Prior<GmmField>(field, Convention::Paper).as(conv);
   check_alignment_gradient(prior, conv, rng, {loss::Reduction::SumChannels, 1.0, false}, 5, 4);
   check_alignment_gradient(prior, conv, rng, {loss::Reduction::Mean, 0.01, false}, 5, 1);
@@ -186,7 +180,7 @@ TEST_CASE("alignment: the detach variant keeps only the direct term", "[loss][gr
 
 TEST_CASE("alignment: the K-draw loss is the mean of K single-draw losses", "[loss]") {
   Rng rng(106);
-  GmmField field(three_modes());
+  GmmField field(fpt::three_modes());
   Prior<GmmField> prior(field, Convention::Paper);
   const Index N = 6, K = 4, d = 2;
   Mat y = fpt::random_mat(d, N, rng);
@@ -242,7 +236,7 @@ TEST_CASE("flow matching: parameter gradients match finite differences", "[loss]
 
 TEST_CASE("losses: bad input throws typed errors", "[loss][error]") {
   Rng rng(109);
-  GmmField field(three_modes());
+  GmmField field(fpt::three_modes());
   Prior<GmmField> prior(field, Convention::Paper);
   loss::FlowDraws<double> draws;
   loss::draw(draws, Convention::Paper, 4, 2, 2, loss::TimeSampler::uniform(), rng);

@@ -3,6 +3,7 @@
 #include <flowprior/ode/flow_ode.hpp>
 
 #include "catch.hpp"
+#include "fixtures.hpp"
 #include "field_checks.hpp"
 
 using flowprior::ConstMatrixView;
@@ -18,13 +19,6 @@ namespace ode = flowprior::ode;
 using GmmField = analytic::GaussianMixtureField<double>;
 
 namespace {
-
-analytic::GaussianMixture three_modes() {
-  Mat means(2, 3);
-  means << -1.0, 0.5, 1.5,  //
-      0.5, -1.0, 1.0;
-  return analytic::GaussianMixture(means, {0.3, 0.5, 0.2}, {0.5, 0.3, 0.2});
-}
 
 // dz/dt = cos(t) z + 0.1 z^2: smooth and non-linear, for convergence orders.
 void test_rhs(double t, ConstMatrixView<double> z, MatrixView<double> dz) {
@@ -86,7 +80,7 @@ TEST_CASE("ode: the likelihood of the exact mixture field equals the closed-form
           "[ode]") {
   const Convention conv = GENERATE(Convention::Paper, Convention::Code);
   CAPTURE(flowprior::to_string(conv));
-  const auto gmm = three_modes();
+  const auto gmm = fpt::three_modes();
   GmmField field(gmm);
   const auto prior = Prior<GmmField>(field, Convention::Paper).as(conv);
   // Near the modes, between them, and far out in the tails.
@@ -115,7 +109,7 @@ TEST_CASE("ode: the likelihood of the exact mixture field equals the closed-form
 TEST_CASE("ode: Hutchinson estimates of the log-likelihood are unbiased", "[ode]") {
   const auto probe = GENERATE(ode::Probe::Rademacher, ode::Probe::Gaussian);
   CAPTURE(int(probe));
-  GmmField field(three_modes());
+  GmmField field(fpt::three_modes());
   const Prior<GmmField> prior(field, Convention::Paper);
   Mat x(2, 3);
   x << -0.8, 0.4, 2.0,  //
@@ -150,7 +144,7 @@ TEST_CASE("ode: Hutchinson estimates of the log-likelihood are unbiased", "[ode]
 TEST_CASE("ode: samples of the mixture field reproduce its weights and moments", "[ode]") {
   const Convention conv = GENERATE(Convention::Paper, Convention::Code);
   CAPTURE(flowprior::to_string(conv));
-  const auto gmm = three_modes();
+  const auto gmm = fpt::three_modes();
   GmmField field(gmm);
   const auto prior = Prior<GmmField>(field, Convention::Paper).as(conv);
   const Index N = 4000;
@@ -195,7 +189,7 @@ TEST_CASE("ode: samples of the mixture field reproduce its weights and moments",
 
 TEST_CASE("ode: trajectories at requested times; memory independent of the step count",
           "[ode]") {
-  GmmField field(three_modes());
+  GmmField field(fpt::three_modes());
   const Prior<GmmField> prior(field, Convention::Paper);
   Mat z0(2, 5);
   Rng rng(46);
@@ -226,7 +220,7 @@ TEST_CASE("ode: trajectories at requested times; memory independent of the step 
 }
 
 TEST_CASE("ode: bad input and unreachable tolerances give typed errors", "[ode][error]") {
-  GmmField field(three_modes());
+  GmmField field(fpt::three_modes());
   const Prior<GmmField> prior(field, Convention::Paper);
   ode::OdeWorkspace<GmmField> ws;
   Mat x = Mat::Zero(2, 3);

@@ -5,6 +5,7 @@
 #include <flowprior/train/trainer.hpp>
 
 #include "catch.hpp"
+#include "fixtures.hpp"
 #include "gradcheck.hpp"
 
 using flowprior::Convention;
@@ -20,13 +21,6 @@ using Net = nn::AdaLNMlp<double>;
 using GmmField = analytic::GaussianMixtureField<double>;
 
 namespace {
-
-analytic::GaussianMixture three_modes() {
-  Eigen::MatrixXd means(2, 3);
-  means << -1.0, 0.5, 1.5,  //
-      0.5, -1.0, 1.0;
-  return analytic::GaussianMixture(means, {0.3, 0.5, 0.2}, {0.5, 0.3, 0.2});
-}
 
 nn::AdaLNMlpConfig net_config() {
   nn::AdaLNMlpConfig c;
@@ -53,7 +47,7 @@ TEST_CASE("training: a small AdaLN prior reaches the irreducible flow-matching l
           "[train]") {
   const Convention conv = GENERATE(Convention::Paper, Convention::Code);
   CAPTURE(flowprior::to_string(conv));
-  const auto gmm = three_modes();
+  const auto gmm = fpt::three_modes();
   Net net(net_config());
   Rng rng(2026);
   net.init(rng);
@@ -89,7 +83,7 @@ TEST_CASE("training: a small AdaLN prior reaches the irreducible flow-matching l
 }
 
 TEST_CASE("training: the same seed gives the same trajectory; EMA and steps", "[train]") {
-  const auto gmm = three_modes();
+  const auto gmm = fpt::three_modes();
   Eigen::MatrixXd targets(2, 500);
   Rng dr(3);
   gmm.sample<double>(targets, dr);
@@ -146,7 +140,7 @@ TEST_CASE("training: invalid options throw config_error", "[train][error]") {
 
 TEST_CASE("training: the trained prior's ODE NLL on its own distribution is near the entropy",
           "[train][ode]") {
-  const auto gmm = three_modes();
+  const auto gmm = fpt::three_modes();
   Net net(net_config());
   Rng rng(2027);
   net.init(rng);

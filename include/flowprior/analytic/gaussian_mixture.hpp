@@ -249,7 +249,7 @@ class GaussianMixtureField {
   void jvp_x(Workspace& ws, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K = 1) const {
     const char* w = "GaussianMixtureField::jvp_x";
     require_forward(w, ws);
-    if (K <= 0) raise_config(w, "K (tangents per sample) must be positive");
+    check_tangents(w, K);
     const Index d = dim();
     check_shape(w, "dx", dx, d, ws.batch_ * K);
     check_shape(w, "dv", dv_out, d, ws.batch_ * K);
@@ -279,9 +279,7 @@ class GaussianMixtureField {
 
  private:
   void require_forward(const char* w, const Workspace& ws) const {
-    if (ws.batch_ < 0 || ws.owner_ != this)
-      detail::raise<error>(std::string("[flowprior.state] ") + w +
-                           ": call forward() with this workspace first");
+    check_forward_done(w, ws.batch_, ws.owner_, this);
   }
 
   GaussianMixture gmm_;

@@ -97,6 +97,23 @@ inline void check_unit_interval(const char* where, const char* name, ConstVector
   }
 }
 
+/// Throws flowprior::error unless a forward pass of `owner` has filled the workspace whose batch
+/// and owner are given (gradient and JVP calls reuse the activations of that forward).
+inline void check_forward_done(const char* where, Index ws_batch, const void* ws_owner,
+                               const void* owner) {
+  if (ws_batch < 0 || ws_owner != owner)
+    detail::raise<error>(std::string("[flowprior.state] ") + where +
+                         ": call forward() with this workspace first");
+}
+
+/// Throws config_error unless K (tangents per sample of a JVP) is positive.
+inline void check_tangents(const char* where, Index K) {
+  if (K <= 0)
+    detail::raise<config_error>(std::string("[flowprior.config] ") + where +
+                                ": K (tangents per sample) must be positive, got " +
+                                std::to_string(K));
+}
+
 /// Throws config_error with a message naming the field and the violated constraint.
 [[noreturn]] inline FLOWPRIOR_COLD void raise_config(const char* where, const std::string& what) {
   detail::raise<config_error>(std::string("[flowprior.config] ") + where + ": " + what);

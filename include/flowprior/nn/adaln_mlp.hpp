@@ -179,7 +179,7 @@ class AdaLNMlp {
   void jvp_x(Workspace& ws, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K = 1) const {
     const char* w = "AdaLNMlp::jvp_x";
     require_forward(w, ws);
-    if (K <= 0) raise_config(w, "K (tangents per sample) must be positive, got " + std::to_string(K));
+    check_tangents(w, K);
     check_shape(w, "dx", dx, cfg_.dim, ws.batch_ * K);
     check_shape(w, "dv", dv_out, cfg_.dim, ws.batch_ * K);
     jvp_impl(ws, dx, dv_out, K);
@@ -223,9 +223,7 @@ class AdaLNMlp {
   }
 
   void require_forward(const char* w, const Workspace& ws) const {
-    if (ws.batch_ < 0 || ws.owner_ != this)
-      detail::raise<error>(std::string("[flowprior.state] ") + w +
-                           ": call forward() with this workspace first");
+    check_forward_done(w, ws.batch_, ws.owner_, this);
   }
 
   void prepare_forward(Workspace& ws, Index B) const {
