@@ -167,6 +167,51 @@ void BM_Gemm(benchmark::State& state) {
 void BM_Sgemm(benchmark::State& s) { BM_Gemm<float>(s); }
 void BM_Dgemm(benchmark::State& s) { BM_Gemm<double>(s); }
 
+// The alignment loss and dL/dy under a frozen prior (float), N latents x K = 4 draws, with one t
+// per draw (group 1) or one t per run of `group` consecutive draws (time groups: the time MLP and
+// every adaLN modulation evaluated once per run). FLOPs are the products actually performed.
+void BM_AlignmentLoss(benchmark::State& state) {
+  using Net = flowprior::nn::AdaLNMlp<float>;
+  const Index dim = state.range(0), width = state.range(1), depth = state.range(2);
+  const Index rows = state.range(3), group = state.range(4);
+  const Index K = 4, N = rows / K;
+  const Net& net = cached_net<Net>(dim, width, depth);
+  const flowprior::Prior<Net> prior(net, flowprior::Convention::Code);
+  Rng rng(7);
+  Eigen::MatrixXf y = random_matrix(dim, N, rng, -1, 1), d_y(dim, N);
+  flowprior::loss::FlowDraws<float> draws;
+  flowprior::loss::draw(draws, flowprior::Convention::Code, N, dim, K,
+                        flowprior::loss::TimeSampler::stratified(), rng, false, group);
+  flowprior::loss::LossWorkspace<Net> ws;
+  const flowprior::loss::AlignmentOptions opt{flowprior::loss::Reduction::Mean, 0.01, false};
+  d_y.setZero();
+  flowprior::loss::alignment_loss(prior, flowprior::Convention::Code, y, draws, opt, ws, {}, d_y);
+  for (auto _ : state) {
+    d_y.setZero();
+    benchmark::DoNotOptimize(flowprior::loss::alignment_loss(
+        prior, flowprior::Convention::Code, y, draws, opt, ws, {}, d_y));
+    benchmark::ClobberMemory();
+  }
+  const double W = double(width), F = double(net.config().time_freq_dim), L = double(depth);
+  const double t_path = 2 * (F * W + W * W + L * 3 * W * W + 2 * W * W);  // per time value
+  const double x_path = net.matmul_flops_per_row().forward - t_path + net.matmul_flops_per_row().vjp_x;
+  const double groups = double(net.time_groups(ws.prior.field));
+  const double flops = x_path * double(rows) + t_path * groups;
+  state.SetItemsProcessed(state.iterations() * rows);
+  state.counters["FLOP"] = benchmark::Counter(flops * double(state.iterations()),
+                                              benchmark::Counter::kIsRate,
+                                              benchmark::Counter::kIs1000);
+  state.counters["groups"] = groups;
+}
+BENCHMARK(BM_AlignmentLoss)
+    ->ArgNames({"dim", "width", "depth", "rows", "group"})
+    ->Args({32, 1024, 6, 4096, 1})
+    ->Args({32, 1024, 6, 4096, 64})
+    ->Args({2, 512, 4, 1000, 1})
+    ->Args({2, 512, 4, 1000, 40})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 BENCHMARK(BM_Sgemm)
     ->ArgNames({"m", "n", "k"})
     ->Args({1024, 4096, 1024})

@@ -246,10 +246,10 @@ void randomize(Vec& p, const nn::ParamLayout& layout, Rng& rng) {
 template <class Block>
 auto carve(const Block& blk, nn::Arena<double, B>& arena, Index n) {
   arena.begin(true);
-  blk.carve(arena, n);
+  blk.carve(arena, n, n);
   arena.reserve_counted();
   arena.begin(false);
-  return blk.carve(arena, n);
+  return blk.carve(arena, n, n);
 }
 
 // Reports d_params per named tensor.

@@ -9,6 +9,10 @@
 /// - outputs named `*_out` are overwritten, outputs named `d_*` are accumulated (+=);
 /// - "K-broadcast" primitives take per-sample quantities of shape (C, B) and tangents of shape
 ///   (C, B*K), where tangent column b*K + k belongs to sample b.
+/// - Time-grouped evaluation (docs/math/adaln.md "Time groups"): the AdaLN modulations (shift,
+///   scale, gate) may have one column per group of samples that share t; `group` (length B)
+///   then maps sample b to its column group[b]. A null `group` means one column per sample.
+///   Gradients w.r.t. grouped modulations are summed over the group (accumulated).
 #pragma once
 
 #include <Eigen/Core>
@@ -227,7 +231,8 @@ struct CpuBackend {
   template <class S>
   static void norm_modulate_forward(CView<S> h, const S* gamma, const S* beta, S eps,
                                     CView<S> shift, CView<S> scale,
-                                    MatrixView<S> nhat_out, S* rstd_out, MatrixView<S> m_out) {
+                                    MatrixView<S> nhat_out, S* rstd_out, MatrixView<S> m_out,
+                                    const Index* group = nullptr) {
     const Index C = h.rows;
     const bool mod = !scale.empty();
     for (Index b = 0; b < h.cols; ++b) {
@@ -245,8 +250,9 @@ struct CpuBackend {
       rstd_out[b] = rstd;
       S* n = nhat_out.col(b);
       S* m = m_out.col(b);
-      const S* sh = mod ? shift.col(b) : nullptr;
-      const S* sc = mod ? scale.col(b) : nullptr;
+      const Index gb = group ? group[b] : b;
+      const S* sh = mod ? shift.col(gb) : nullptr;
+      const S* sc = mod ? scale.col(gb) : nullptr;
       const S mu = static_cast<S>(mean);
       for (Index i = 0; i < C; ++i) {
         const S ni = (x[i] - mu) * rstd;
@@ -258,7 +264,8 @@ struct CpuBackend {
   }
 
   /// Backward of norm_modulate_forward, given d_m:           adaln.md (2)-(3), layer_norm.md (3)-(5)
-  ///   d_shift_out = d_m,  d_scale_out = d_m * a  (written, if non-empty),
+  ///   d_shift_out = d_m,  d_scale_out = d_m * a  (written, if non-empty; with `group`,
+  ///   accumulated into the group's column instead),
   ///   d_gamma += sum_b d_a * n,  d_beta += sum_b d_a  (if non-null),
   ///   d_h += rstd (g - mean(g) - n mean(g n)),  g = d_a * gamma,  d_a = d_m * (1 + scale).
   template <class S>
@@ -266,23 +273,29 @@ struct CpuBackend {
                                      const S* beta, CView<S> scale,
                                      CView<S> d_m, MatrixView<S> d_h,
                                      MatrixView<S> d_shift_out, MatrixView<S> d_scale_out,
-                                     S* d_gamma, S* d_beta) {
+                                     S* d_gamma, S* d_beta, const Index* group = nullptr) {
     const Index C = nhat.rows;
     const bool mod = !scale.empty();
     const bool want_mod = !d_scale_out.empty();
     for (Index b = 0; b < nhat.cols; ++b) {
+      const Index gb = group ? group[b] : b;
       const S* n = nhat.col(b);
       const S* dm = d_m.col(b);
-      const S* sc = mod ? scale.col(b) : nullptr;
-      S* dsh = want_mod ? d_shift_out.col(b) : nullptr;
-      S* dsc = want_mod ? d_scale_out.col(b) : nullptr;
+      const S* sc = mod ? scale.col(gb) : nullptr;
+      S* dsh = want_mod ? d_shift_out.col(gb) : nullptr;
+      S* dsc = want_mod ? d_scale_out.col(gb) : nullptr;
       double sum_g = 0, sum_gn = 0;
       for (Index i = 0; i < C; ++i) {
         const S da = mod ? dm[i] * (S(1) + sc[i]) : dm[i];
         if (want_mod) {
           const S a = gamma ? n[i] * gamma[i] + beta[i] : n[i];
-          dsh[i] = dm[i];
-          dsc[i] = dm[i] * a;
+          if (group) {
+            dsh[i] += dm[i];
+            dsc[i] += dm[i] * a;
+          } else {
+            dsh[i] = dm[i];
+            dsc[i] = dm[i] * a;
+          }
         }
         if (d_gamma) {
           d_gamma[i] += da * n[i];
@@ -309,13 +322,13 @@ struct CpuBackend {
   template <class S>
   static void norm_modulate_jvp(CView<S> nhat, const S* rstd, const S* gamma,
                                 CView<S> scale, CView<S> dh,
-                                MatrixView<S> out, Index K) {
+                                MatrixView<S> out, Index K, const Index* group = nullptr) {
     const Index C = nhat.rows;
     const bool mod = !scale.empty();
     for (Index col = 0; col < dh.cols; ++col) {
       const Index b = col / K;
       const S* n = nhat.col(b);
-      const S* sc = mod ? scale.col(b) : nullptr;
+      const S* sc = mod ? scale.col(group ? group[b] : b) : nullptr;
       const S* x = dh.col(col);
       S* o = out.col(col);
       double s1 = 0, s2 = 0;
@@ -340,30 +353,35 @@ struct CpuBackend {
 
   template <class S>
   static void gated_residual_forward(CView<S> gate, CView<S> z,
-                                     MatrixView<S> h) {
+                                     MatrixView<S> h, const Index* group = nullptr) {
     for (Index b = 0; b < h.cols; ++b) {
-      const S* g = gate.col(b);
+      const S* g = gate.col(group ? group[b] : b);
       const S* zz = z.col(b);
       S* hh = h.col(b);
       for (Index i = 0; i < h.rows; ++i) hh[i] += g[i] * zz[i];
     }
   }
 
-  /// d_z_out = gate * d_h; d_gate_out = d_h * z (written if non-empty).
+  /// d_z_out = gate * d_h; d_gate_out = d_h * z (written if non-empty; with `group`,
+  /// accumulated into the group's column).
   template <class S>
   static void gated_residual_backward(CView<S> gate, CView<S> z,
                                       CView<S> d_h, MatrixView<S> d_z_out,
-                                      MatrixView<S> d_gate_out) {
+                                      MatrixView<S> d_gate_out, const Index* group = nullptr) {
     const bool want_gate = !d_gate_out.empty();
     for (Index b = 0; b < d_h.cols; ++b) {
-      const S* g = gate.col(b);
+      const Index gb = group ? group[b] : b;
+      const S* g = gate.col(gb);
       const S* dh = d_h.col(b);
       S* dz = d_z_out.col(b);
       for (Index i = 0; i < d_h.rows; ++i) dz[i] = g[i] * dh[i];
       if (want_gate) {
         const S* zz = z.col(b);
-        S* dg = d_gate_out.col(b);
-        for (Index i = 0; i < d_h.rows; ++i) dg[i] = dh[i] * zz[i];
+        S* dg = d_gate_out.col(gb);
+        if (group)
+          for (Index i = 0; i < d_h.rows; ++i) dg[i] += dh[i] * zz[i];
+        else
+          for (Index i = 0; i < d_h.rows; ++i) dg[i] = dh[i] * zz[i];
       }
     }
   }
@@ -371,9 +389,9 @@ struct CpuBackend {
   /// K-broadcast JVP: dh(:, bK+k) += gate(:, b) * dz(:, bK+k).
   template <class S>
   static void gated_residual_jvp(CView<S> gate, CView<S> dz, MatrixView<S> dh,
-                                 Index K) {
+                                 Index K, const Index* group = nullptr) {
     for (Index col = 0; col < dh.cols; ++col) {
-      const S* g = gate.col(col / K);
+      const S* g = gate.col(group ? group[col / K] : col / K);
       const S* x = dz.col(col);
       S* o = dh.col(col);
       for (Index i = 0; i < dh.rows; ++i) o[i] += g[i] * x[i];

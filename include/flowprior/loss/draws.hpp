@@ -79,25 +79,47 @@ struct FlowDraws {
 /// draw keeps its own t from the sampler, so grids and strata stay intact. The estimator stays
 /// unbiased; its variance falls only when the paired losses are negatively correlated, which
 /// the caller should measure (docs/math/flow_matching.md "Sampling").
+///
+/// With `time_group` G > 1, consecutive runs of G columns (the last run may be shorter) share
+/// one t, drawn per run from the sampler (a stratified sampler stratifies over the runs). The
+/// estimator of the loss stays unbiased; networks evaluate the t-dependent work once per run
+/// (adaln.md "Time groups"). Grid times cannot be grouped.
 template <class S>
 void draw(FlowDraws<S>& out, Convention conv, Index rows, Index dim, Index K,
-          const TimeSampler& sampler, Rng& rng, bool antithetic = false) {
+          const TimeSampler& sampler, Rng& rng, bool antithetic = false, Index time_group = 1) {
   sampler.validate();
   if (antithetic && K % 2 != 0)
     raise_config("loss::draw", "antithetic draws need an even K, got " + std::to_string(K));
+  if (time_group <= 0)
+    raise_config("loss::draw", "time_group must be >= 1, got " + std::to_string(time_group));
+  if (time_group > 1 && sampler.kind == TimeSampler::Kind::Grid)
+    raise_config("loss::draw", "grid times cannot be shared by time groups");
   out.resize(conv, rows, dim, K);
   const Index M = out.cols();
+  const Index G = time_group;
+  const Index n_times = (M + G - 1) / G;  // one time per run of G columns
   std::vector<Index> strata;
   if (sampler.kind == TimeSampler::Kind::Stratified) {
-    strata.resize(static_cast<std::size_t>(M));
-    for (Index i = 0; i < M; ++i) strata[std::size_t(i)] = i;
-    for (Index i = M - 1; i > 0; --i) {  // Fisher-Yates with our portable uniform
+    strata.resize(static_cast<std::size_t>(n_times));
+    for (Index i = 0; i < n_times; ++i) strata[std::size_t(i)] = i;
+    for (Index i = n_times - 1; i > 0; --i) {  // Fisher-Yates with our portable uniform
       const Index j = std::min<Index>(i, Index(uniform01(rng) * double(i + 1)));
       std::swap(strata[std::size_t(i)], strata[std::size_t(j)]);
     }
   }
   for (Index col = 0; col < M; ++col) {
     const Index k = col % K;
+    if (G > 1 && col % G != 0) {  // inside a time group: the group's t, fresh noise
+      out.t[std::size_t(col)] = out.t[std::size_t(col - 1)];
+      if (antithetic && k % 2 == 1) {
+        for (Index i = 0; i < dim; ++i)
+          out.eps[std::size_t(col * dim + i)] = -out.eps[std::size_t((col - 1) * dim + i)];
+      } else {
+        for (Index i = 0; i < dim; ++i)
+          out.eps[std::size_t(col * dim + i)] = static_cast<S>(normal01(rng));
+      }
+      continue;
+    }
     double tt = 0;
     switch (sampler.kind) {
       case TimeSampler::Kind::Uniform: tt = uniform01(rng); break;
@@ -105,7 +127,7 @@ void draw(FlowDraws<S>& out, Convention conv, Index rows, Index dim, Index K,
         tt = math::sigmoid(sampler.mean + sampler.std * normal01(rng));
         break;
       case TimeSampler::Kind::Stratified:
-        tt = (double(strata[std::size_t(col)]) + uniform01(rng)) / double(M);
+        tt = (double(strata[std::size_t(col / G)]) + uniform01(rng)) / double(n_times);
         break;
       case TimeSampler::Kind::Grid: tt = (double(k) + 0.5) / double(K); break;
     }

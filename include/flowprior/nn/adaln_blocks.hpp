@@ -11,6 +11,10 @@
 ///
 /// Each block offers forward (caching what backward needs), backward (input gradient, and
 /// optionally the conditioning and parameter gradients) and a K-broadcast JVP w.r.t. h.
+///
+/// Time groups (adaln.md "Time groups"): the conditioning s and the modulations may have one
+/// column per group of samples sharing t (R <= B columns); Cache::group then maps sample b to
+/// its column. Gradients w.r.t. s and the modulation parameters are summed over each group.
 #pragma once
 
 #include <string>
@@ -47,6 +51,7 @@ struct ResBlock {
   /// m (W,B), pre-activation z1 (W,B), activation a1 (W,B), branch output z3 (W,B).
   struct Cache {
     MatrixView<S> mod, nhat, rstd, m, z1, a1, z3;
+    const Index* group = nullptr;  ///< sample -> modulation column, or null (one per sample)
     ConstMatrixView<S> shift() const { return ConstMatrixView<S>(mod).row_block(0, mod.rows / 3); }
     ConstMatrixView<S> scale() const {
       return ConstMatrixView<S>(mod).row_block(mod.rows / 3, mod.rows / 3);
@@ -70,9 +75,10 @@ struct ResBlock {
     return r;
   }
 
-  Cache carve(Arena<S, Backend>& a, Index batch) const {
+  /// Caches for `batch` samples whose modulations have `groups` columns (= batch if ungrouped).
+  Cache carve(Arena<S, Backend>& a, Index batch, Index groups) const {
     Cache c;
-    c.mod = a.take(3 * width, batch);
+    c.mod = a.take(3 * width, groups);
     c.nhat = a.take(width, batch);
     c.rstd = a.take(1, batch);
     c.m = a.take(width, batch);
@@ -86,11 +92,11 @@ struct ResBlock {
   void forward(const S* p, ConstMatrixView<S> sc, MatrixView<S> h, const Cache& k) const {
     ada.forward(p, sc, k.mod);
     Backend::norm_modulate_forward(ConstMatrixView<S>(h), p + ln_w, p + ln_b, ln_eps, k.shift(),
-                                   k.scale(), k.nhat, k.rstd.data, k.m);
+                                   k.scale(), k.nhat, k.rstd.data, k.m, k.group);
     mlp0.forward(p, k.m, k.z1);
     Backend::activation_forward(act, k.z1, k.a1);
     mlp2.forward(p, k.a1, k.z3);
-    Backend::gated_residual_forward(k.gate(), k.z3, h);
+    Backend::gated_residual_forward(k.gate(), k.z3, h, k.group);
   }
 
   /// On entry d_h holds dL/dh_out; on exit dL/dh_in (in place: the residual passes d_h through
@@ -99,30 +105,33 @@ struct ResBlock {
   void backward(const S* p, ConstMatrixView<S> sc, const Cache& k, MatrixView<S> d_h,
                 MatrixView<S> d_sc, S* d_p, const BlockScratch<S>& s) const {
     const bool params = d_p != nullptr;
-    const MatrixView<S> d_gate = params ? s.d_mod.row_block(2 * width, width) : MatrixView<S>();
-    Backend::gated_residual_backward(k.gate(), k.z3, d_h, s.t1, d_gate);  // t1 = d_z3
+    const MatrixView<S> d_mod = s.d_mod.col_block(0, k.mod.cols);
+    if (params && k.group) Backend::fill(d_mod, S(0));  // grouped: summed over each group
+    const MatrixView<S> d_gate = params ? d_mod.row_block(2 * width, width) : MatrixView<S>();
+    Backend::gated_residual_backward(k.gate(), k.z3, d_h, s.t1, d_gate, k.group);  // t1 = d_z3
     if (params) mlp2.backward_params(k.a1, s.t1, d_p);
     mlp2.backward_input(p, s.t1, s.t2, false);                 // t2 = d_a1
     Backend::activation_backward(act, k.z1, s.t2, s.t2);       // t2 = d_z1
     if (params) mlp0.backward_params(k.m, s.t2, d_p);
     mlp0.backward_input(p, s.t2, s.t1, false);                 // t1 = d_m
     Backend::norm_modulate_backward(k.nhat, k.rstd.data, p + ln_w, p + ln_b, k.scale(), s.t1,
-                                    d_h, params ? s.d_mod.row_block(0, width) : MatrixView<S>(),
-                                    params ? s.d_mod.row_block(width, width) : MatrixView<S>(),
-                                    params ? d_p + ln_w : nullptr, params ? d_p + ln_b : nullptr);
+                                    d_h, params ? d_mod.row_block(0, width) : MatrixView<S>(),
+                                    params ? d_mod.row_block(width, width) : MatrixView<S>(),
+                                    params ? d_p + ln_w : nullptr, params ? d_p + ln_b : nullptr,
+                                    k.group);
     if (params) {
-      ada.backward_params(sc, s.d_mod, d_p);
-      ada.backward_input(p, s.d_mod, d_sc, true);
+      ada.backward_params(sc, d_mod, d_p);
+      ada.backward_input(p, d_mod, d_sc, true);
     }
   }
 
   /// dh (width, B*K) <- J_block dh, in place (K tangents per sample).    adaln.md (4), (8)
   void jvp(const S* p, const Cache& k, MatrixView<S> dh, Index K, const JvpScratch<S>& s) const {
-    Backend::norm_modulate_jvp(k.nhat, k.rstd.data, p + ln_w, k.scale(), dh, s.t1, K);
+    Backend::norm_modulate_jvp(k.nhat, k.rstd.data, p + ln_w, k.scale(), dh, s.t1, K, k.group);
     mlp0.jvp(p, s.t1, s.t2);
     Backend::activation_jvp(act, k.z1, s.t2, s.t2, K);
     mlp2.jvp(p, s.t2, s.t1);
-    Backend::gated_residual_jvp(k.gate(), s.t1, dh, K);
+    Backend::gated_residual_jvp(k.gate(), s.t1, dh, K, k.group);
   }
 
   /// Released initialisation: Xavier MLP, LayerNorm (1, 0), zero adaLN modulation.
@@ -147,6 +156,7 @@ struct FinalLayer {
   /// Saved tensors: modulation (2W,B), n (W,B), 1/std (B), modulated input m (W,B).
   struct Cache {
     MatrixView<S> mod, nhat, rstd, m;
+    const Index* group = nullptr;  ///< sample -> modulation column, or null (one per sample)
     ConstMatrixView<S> shift() const { return ConstMatrixView<S>(mod).row_block(0, mod.rows / 2); }
     ConstMatrixView<S> scale() const {
       return ConstMatrixView<S>(mod).row_block(mod.rows / 2, mod.rows / 2);
@@ -164,9 +174,9 @@ struct FinalLayer {
     return f;
   }
 
-  Cache carve(Arena<S, Backend>& a, Index batch) const {
+  Cache carve(Arena<S, Backend>& a, Index batch, Index groups) const {
     Cache c;
-    c.mod = a.take(2 * width, batch);
+    c.mod = a.take(2 * width, groups);
     c.nhat = a.take(width, batch);
     c.rstd = a.take(1, batch);
     c.m = a.take(width, batch);
@@ -179,7 +189,7 @@ struct FinalLayer {
     ada.forward(p, sc, k.mod);
     Backend::norm_modulate_forward(h, static_cast<const S*>(nullptr),
                                    static_cast<const S*>(nullptr), ln_eps, k.shift(), k.scale(),
-                                   k.nhat, k.rstd.data, k.m);
+                                   k.nhat, k.rstd.data, k.m, k.group);
     linear.forward(p, k.m, v_out);
   }
 
@@ -192,12 +202,14 @@ struct FinalLayer {
     if (params) linear.backward_params(k.m, d_v, d_p);
     linear.backward_input(p, d_v, s.t1, false);  // t1 = d_m
     Backend::fill(d_h_out, S(0));
-    MatrixView<S> d_mod = params ? s.d_mod.row_block(0, 2 * width) : MatrixView<S>();
+    MatrixView<S> d_mod =
+        params ? s.d_mod.col_block(0, k.mod.cols).row_block(0, 2 * width) : MatrixView<S>();
+    if (params && k.group) Backend::fill(d_mod, S(0));  // grouped: summed over each group
     Backend::norm_modulate_backward(k.nhat, k.rstd.data, static_cast<const S*>(nullptr),
                                     static_cast<const S*>(nullptr), k.scale(), s.t1, d_h_out,
                                     params ? d_mod.row_block(0, width) : MatrixView<S>(),
                                     params ? d_mod.row_block(width, width) : MatrixView<S>(),
-                                    static_cast<S*>(nullptr), static_cast<S*>(nullptr));
+                                    static_cast<S*>(nullptr), static_cast<S*>(nullptr), k.group);
     if (params) {
       ada.backward_params(sc, d_mod, d_p);
       ada.backward_input(p, d_mod, d_sc, true);
@@ -208,7 +220,7 @@ struct FinalLayer {
   void jvp(const S* p, const Cache& k, ConstMatrixView<S> dh, MatrixView<S> dv_out, Index K,
            const JvpScratch<S>& s) const {
     Backend::norm_modulate_jvp(k.nhat, k.rstd.data, static_cast<const S*>(nullptr), k.scale(),
-                               dh, s.t1, K);
+                               dh, s.t1, K, k.group);
     linear.jvp(p, s.t1, dv_out);
   }
 

@@ -28,10 +28,12 @@ struct AlignConfig {
   /// (the 1/N of the mean over latents is undone), as if every latent were optimised alone.
   loss::Reduction reduction = loss::Reduction::SumChannels;
   bool detach_pred_v = false;
+  Index time_group = 1;  ///< consecutive draws sharing t (time groups; 1 = one t per draw)
   optim::AdamConfig adam = {1e-2, 0.9, 0.999, 1e-8, 0.0, true};  ///< the paper's: Adam, lr 1e-2
 
   void validate() const {
     if (K <= 0) raise_config("AlignConfig", "K must be positive, got " + std::to_string(K));
+    if (time_group <= 0) raise_config("AlignConfig", "time_group must be >= 1");
     sampler.validate();
     adam.validate();
   }
@@ -56,7 +58,8 @@ class LatentAligner {
   double step(MatrixView<S> y, Rng& rng) {
     check_shape("LatentAligner::step", "y", y, prior_.dim(), n_);
     if (!y.contiguous()) raise_config("LatentAligner::step", "y must be a contiguous matrix");
-    loss::draw(draws_, conv_, n_, prior_.dim(), cfg_.K, cfg_.sampler, rng);
+    loss::draw(draws_, conv_, n_, prior_.dim(), cfg_.K, cfg_.sampler, rng, false,
+               cfg_.time_group);
     std::fill(grad_.begin(), grad_.end(), S(0));
     MatrixView<S> g(grad_.data(), prior_.dim(), n_);
     const loss::AlignmentOptions opt{cfg_.reduction, double(n_), cfg_.detach_pred_v};

@@ -31,6 +31,7 @@ struct TrainerConfig {
   loss::Reduction reduction = loss::Reduction::Mean;    ///< released: mean over rows and channels
   loss::TimeSampler sampler = loss::TimeSampler::uniform();
   bool antithetic = false;                              ///< antithetic eps pairs (K even)
+  Index time_group = 1;  ///< consecutive draws sharing t (time groups; 1 = one t per draw)
   /// Adam(W) betas, eps and weight decay. Its `lr` is not used: the schedule sets every step's
   /// learning rate.
   optim::AdamConfig adam = {1e-4, 0.9, 0.95, 1e-8, 0.0, true};
@@ -43,6 +44,7 @@ struct TrainerConfig {
     if (batch <= 0) raise_config(w, "batch must be positive, got " + std::to_string(batch));
     if (K <= 0) raise_config(w, "K must be positive, got " + std::to_string(K));
     if (antithetic && K % 2) raise_config(w, "antithetic draws need an even K");
+    if (time_group <= 0) raise_config(w, "time_group must be >= 1");
     if (!(clip_norm > 0)) raise_config(w, "clip_norm must be > 0 (use +inf to disable)");
     sampler.validate();
     adam.validate();
@@ -102,7 +104,7 @@ class FlowMatchingTrainer {
     const char* w = "FlowMatchingTrainer::step";
     check_shape(w, "batch", batch, field_.dim(), batch.cols);
     loss::draw(draws_, conv_, batch.cols, field_.dim(), cfg_.K, cfg_.sampler, rng,
-               cfg_.antithetic);
+               cfg_.antithetic, cfg_.time_group);
     std::fill(grads_.begin(), grads_.end(), S(0));
     VectorView<S> g(grads_.data(), Index(grads_.size()));
     const Prior<Field> prior(field_, conv_);
