@@ -4,6 +4,7 @@
 #include <flowprior/io/state_dict.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "catch.hpp"
@@ -20,10 +21,10 @@ namespace {
 
 // A file from a header text and data bytes.
 Bytes make_file(const std::string& header, const Bytes& data, std::uint64_t claimed = 0) {
-  Bytes b(8);
+  Bytes b(8 + header.size() + data.size());
   io::store_u64_le(claimed ? claimed : header.size(), b.data());
-  b.insert(b.end(), header.begin(), header.end());
-  b.insert(b.end(), data.begin(), data.end());
+  std::memcpy(b.data() + 8, header.data(), header.size());
+  if (!data.empty()) std::memcpy(b.data() + 8 + header.size(), data.data(), data.size());
   return b;
 }
 

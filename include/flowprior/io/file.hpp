@@ -4,6 +4,7 @@
 /// (docs/formats.md "Errors" and "Atomic writes").
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -36,9 +37,13 @@ inline std::vector<std::uint8_t> read_file(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) fail(path, std::string("cannot open for reading: ") + std::strerror(errno));
   std::vector<std::uint8_t> bytes;
-  std::uint8_t buf[1 << 16];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.insert(bytes.end(), buf, buf + n);
+  std::size_t used = 0, n;
+  do {  // grow geometrically; works for pipes and files alike
+    if (bytes.size() - used < (1u << 16)) bytes.resize(std::max<std::size_t>(1u << 16, 2 * bytes.size()));
+    n = std::fread(bytes.data() + used, 1, bytes.size() - used, f);
+    used += n;
+  } while (n > 0);
+  bytes.resize(used);
   const bool err = std::ferror(f) != 0;
   std::fclose(f);
   if (err) fail(path, bytes.size(), "read error");

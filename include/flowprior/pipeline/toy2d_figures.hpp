@@ -114,7 +114,7 @@ inline std::vector<std::string> write_toy2d_figures(const Toy2dResult& r,
     std::snprintf(t, sizeof t, "after %g steps, trained prior",
                   r.track_step.empty() ? 0.0 : r.track_step.back());
     panel(r.latents_trained, t, prior_c);
-    if (ex) panel(r.latents_exact, "after the same steps, exact field", exact_c);
+    if (ex) panel(r.latents_exact, "exact field, same steps", exact_c);
     paths.push_back(out_dir + "/latents.png");
     fig.save(paths.back());
   }
