@@ -40,9 +40,26 @@ int main(int argc, char** argv) {
   app.add_flag("--quiet", quiet, "no progress bars");
   CLI11_PARSE(app, argc, argv);
   try {
-    if (paper) {  // the paper's preset, keeping the explicitly given run options
+    if (paper) {  // the paper's preset; options given explicitly still win
       pipeline::Toy2dConfig p = pipeline::Toy2dConfig::paper();
-      p.seed = cfg.seed;
+      const pipeline::Toy2dConfig given = cfg;
+      auto keep = [&](const char* name, auto member) {
+        if (app.count(name) > 0) p.*member = given.*member;
+      };
+      keep("--seed", &pipeline::Toy2dConfig::seed);
+      keep("--width", &pipeline::Toy2dConfig::width);
+      keep("--depth", &pipeline::Toy2dConfig::depth);
+      keep("--prior-steps", &pipeline::Toy2dConfig::prior_steps);
+      keep("--batch", &pipeline::Toy2dConfig::batch);
+      keep("--prior-lr", &pipeline::Toy2dConfig::prior_lr);
+      keep("--latents", &pipeline::Toy2dConfig::latents);
+      keep("--align-steps", &pipeline::Toy2dConfig::align_steps);
+      keep("--align-lr", &pipeline::Toy2dConfig::align_lr);
+      keep("--grid", &pipeline::Toy2dConfig::grid);
+      keep("--landscape-draws", &pipeline::Toy2dConfig::landscape_draws);
+      keep("--eval-points", &pipeline::Toy2dConfig::eval_points);
+      keep("--prior-samples", &pipeline::Toy2dConfig::prior_samples);
+      keep("--kde-samples", &pipeline::Toy2dConfig::kde_samples);
       cfg = p;
     }
     cfg.target = data::parse_toy2d(target);
