@@ -32,3 +32,6 @@
 #include <flowprior/io/checkpoint.hpp>
 #include <flowprior/train/align.hpp>
 #include <flowprior/util/progress.hpp>
+#include <flowprior/io/npy.hpp>
+#include <flowprior/data/toy2d.hpp>
+#include <flowprior/eval/stats.hpp>
