@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "fixtures.hpp"
 
 namespace {
 
@@ -23,28 +24,7 @@ using flowprior::io::NpyArray;
 using Bytes = std::vector<std::uint8_t>;
 using Shape = std::vector<std::int64_t>;
 
-/// A fresh directory under the system temp dir, removed with its content at scope exit.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("flowprior_test_npy_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string operator/(const std::string& name) const { return (dir / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-};
+using TempDir = fpt::TempDir;
 
 Bytes to_bytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
