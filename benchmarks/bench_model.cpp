@@ -87,6 +87,20 @@ void set_flops(benchmark::State& state, double flops_per_iter) {
                                               benchmark::Counter::kIs1000);
 }
 
+/// Matrix-product FLOPs of the t-dependent part of the AdaLN head per time value: the time MLP
+/// and every adaLN modulation (forward), and their weight and input gradients (backward).
+struct TimePathFlops {
+  double forward = 0, backward = 0;
+};
+TimePathFlops time_path_flops(const flowprior::nn::AdaLNMlp<float>& net) {
+  const auto& c = net.config();
+  const double W = double(c.width), F = double(c.time_freq_dim), L = double(c.depth);
+  TimePathFlops f;
+  f.forward = 2 * (F * W + W * W + L * 3 * W * W + 2 * W * W);
+  f.backward = f.forward + 2 * (L * 3 * W * W + 2 * W * W + W * W);
+  return f;
+}
+
 /// Args {dim, width, depth, batch}. Inputs, outputs, gradient buffers and the workspace are
 /// allocated and warmed up (one untimed pass) before the loop; nothing allocates inside it.
 template <class Net, Pass kPass>
@@ -192,8 +206,7 @@ void BM_AlignmentLoss(benchmark::State& state) {
         prior, flowprior::Convention::Code, y, draws, opt, ws, {}, d_y));
     benchmark::ClobberMemory();
   }
-  const double W = double(width), F = double(net.config().time_freq_dim), L = double(depth);
-  const double t_path = 2 * (F * W + W * W + L * 3 * W * W + 2 * W * W);  // per time value
+  const double t_path = time_path_flops(net).forward;  // per time value
   const double x_path = net.matmul_flops_per_row().forward - t_path + net.matmul_flops_per_row().vjp_x;
   const double groups = double(net.time_groups(ws.prior.field));
   const double flops = x_path * double(rows) + t_path * groups;
@@ -211,6 +224,72 @@ BENCHMARK(BM_AlignmentLoss)
     ->Args({2, 512, 4, 1000, 40})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+
+// One flow-matching training step (FlowMatchingTrainer::step: batch drawn from a target set,
+// stratified t, K = 1, loss, every parameter gradient, clipping, AdamW with weight decay, EMA),
+// float. Args {dim, width, depth, batch, group}: group > 1 shares t within runs of `group` rows.
+// FLOPs: forward + full backward per row, the t-path once per group; AdamW and the EMA are
+// memory-bound passes over the parameters and add no matrix FLOPs.
+void BM_TrainStep(benchmark::State& state) {
+  using Net = flowprior::nn::AdaLNMlp<float>;
+  const Index dim = state.range(0), width = state.range(1), depth = state.range(2);
+  const Index batch = state.range(3), group = state.range(4);
+  Net net = cached_net<Net>(dim, width, depth);  // a copy: the trainer updates it
+  Rng rng(9);
+  const Eigen::MatrixXf targets = random_matrix(dim, 8192, rng, -2.0, 2.0);
+  flowprior::train::TrainerConfig cfg;
+  cfg.batch = batch;
+  cfg.K = 1;
+  cfg.time_group = group;
+  cfg.sampler = flowprior::loss::TimeSampler::stratified();
+  cfg.adam.weight_decay = 0.01;
+  cfg.schedule = flowprior::optim::LrSchedule::constant(1e-5);
+  flowprior::train::FlowMatchingTrainer<Net> trainer(net, flowprior::Convention::Code, cfg);
+  trainer.step(targets, rng);  // warm-up: sizes every buffer
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(trainer.step(targets, rng).loss);
+    benchmark::ClobberMemory();
+  }
+  const auto f = net.matmul_flops_per_row();
+  const TimePathFlops tp = time_path_flops(net);
+  const double groups = double((batch + group - 1) / group);
+  const double flops = (f.forward + f.backward - tp.forward - tp.backward) * double(batch) +
+                       (tp.forward + tp.backward) * groups;
+  state.SetItemsProcessed(state.iterations() * batch);
+  set_flops(state, flops);
+  state.counters["groups"] = groups;
+}
+BENCHMARK(BM_TrainStep)
+    ->ArgNames({"dim", "width", "depth", "batch", "group"})
+    ->Args({32, 1024, 6, 4096, 1})
+    ->Args({32, 1024, 6, 4096, 64})
+    ->Args({2, 512, 4, 256, 1})
+    ->Args({2, 512, 4, 256, 32})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+/// The same products through the backend (CpuBackend::gemm: flowprior's threading of Eigen's
+/// kernel with reused packing buffers), to set beside BM_Sgemm.
+void BM_BackendSgemm(benchmark::State& state) {
+  const Index m = state.range(0), n = state.range(1), k = state.range(2);
+  const Eigen::MatrixXf A = Eigen::MatrixXf::Random(m, k), B = Eigen::MatrixXf::Random(k, n);
+  Eigen::MatrixXf C(m, n);
+  auto run = [&] {
+    flowprior::CpuBackend::gemm<float>(false, false, 1.0f, A, B, 0.0f, flowprior::MatrixView<float>(C));
+  };
+  run();
+  for (auto _ : state) {
+    run();
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+  }
+  set_flops(state, 2.0 * double(m) * double(n) * double(k));
+}
+BENCHMARK(BM_BackendSgemm)
+    ->ArgNames({"m", "n", "k"})
+    ->Args({1024, 4096, 1024})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 BENCHMARK(BM_Sgemm)
     ->ArgNames({"m", "n", "k"})

@@ -1,8 +1,9 @@
 /// @file
 /// CpuBackend: the Eigen implementation of the backend primitives that the layers in nn/ are
-/// written against (docs/backends.md). Matrix products go to Eigen's GEMM through Eigen::Map
-/// (no copies, no temporaries); element-wise primitives are plain loops over the scalar
-/// formulas of core/math.hpp, which the CUDA kernels share.
+/// written against (docs/backends.md). Matrix products run Eigen's GEMM kernel on views (no
+/// copies, no temporaries, packing buffers reused: cpu_gemm.hpp); element-wise primitives are
+/// loops over the scalar formulas of core/math.hpp, which the CUDA kernels share. Both use the
+/// thread team of parallel.hpp when the program is built with OpenMP.
 ///
 /// Conventions of every primitive:
 /// - views are column-major (features, batch), one column per sample;
@@ -16,10 +17,13 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include <flowprior/backend/cpu_gemm.hpp>
+#include <flowprior/backend/parallel.hpp>
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/math.hpp>
 #include <flowprior/core/types.hpp>
@@ -63,94 +67,91 @@ struct CpuBackend {
   // ---------------------------------------------------------------------------------------------
   // Matrix products.
 
-  template <class S>
-  using EMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
-  template <class S>
-  using CMap = Eigen::Map<const EMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
-  template <class S>
-  using MMap = Eigen::Map<EMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
-
-  template <class S>
-  static CMap<S> emap(ConstMatrixView<S> a) {
-    return CMap<S>(a.data, a.rows, a.cols, Eigen::OuterStride<>(a.ld > 0 ? a.ld : 1));
-  }
-  template <class S>
-  static MMap<S> emap(MatrixView<S> a) {
-    return MMap<S>(a.data, a.rows, a.cols, Eigen::OuterStride<>(a.ld > 0 ? a.ld : 1));
-  }
-
   /// C = alpha op(A) op(B) + beta C, op(X) = X or X^T (BLAS gemm semantics; beta = 0 ignores
-  /// the previous content of C, NaN included).
+  /// the previous content of C, NaN included). Runs Eigen's kernel with per-thread packing
+  /// buffers that are reused from call to call (cpu_gemm.hpp): no allocation once warmed up.
   template <class S>
   static void gemm(bool trans_a, bool trans_b, S alpha, CView<S> A,
                    CView<S> B, S beta, MatrixView<S> C) {
     if (C.empty()) return;
-    auto c = emap(C);
-    auto a = emap(A);
-    auto b = emap(B);
-    if (beta == S(0)) {
-      if (alpha == S(1)) {
-        if (!trans_a && !trans_b) c.noalias() = a * b;
-        if (trans_a && !trans_b) c.noalias() = a.transpose() * b;
-        if (!trans_a && trans_b) c.noalias() = a * b.transpose();
-        if (trans_a && trans_b) c.noalias() = a.transpose() * b.transpose();
-        return;
-      }
-      c.setZero();
-    } else if (beta != S(1)) {
-      c *= beta;
-    }
-    if (!trans_a && !trans_b) c.noalias() += alpha * a * b;
-    if (trans_a && !trans_b) c.noalias() += alpha * a.transpose() * b;
-    if (!trans_a && trans_b) c.noalias() += alpha * a * b.transpose();
-    if (trans_a && trans_b) c.noalias() += alpha * a.transpose() * b.transpose();
+    if (beta == S(0))
+      fill(C, S(0));
+    else if (beta != S(1))
+      scale(C, beta);
+    const Index k = trans_a ? A.rows : A.cols;
+    detail::gemm_accumulate(trans_a, trans_b, C.rows, C.cols, k, alpha, A.data, A.ld, B.data,
+                            B.ld, C.data, C.ld);
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Simple element-wise primitives.
+  // Simple element-wise primitives. Column passes run on the thread team of parallel.hpp;
+  // reductions over columns (sum_cols and the grouped gradients) are cut by feature rows.
 
   /// C(:, j) = b for every column.
   template <class S>
   static void broadcast_cols(const S* b, MatrixView<S> C_out) {
-    for (Index j = 0; j < C_out.cols; ++j) std::memcpy(C_out.col(j), b, sizeof(S) * C_out.rows);
+    detail::for_cols(C_out.rows, C_out.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) std::memcpy(C_out.col(j), b, sizeof(S) * C_out.rows);
+    });
   }
 
   /// C(:, j) += b for every column.
   template <class S>
   static void add_cols(const S* b, MatrixView<S> C) {
-    for (Index j = 0; j < C.cols; ++j) {
-      S* c = C.col(j);
-      for (Index i = 0; i < C.rows; ++i) c[i] += b[i];
-    }
+    detail::for_cols(C.rows, C.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        S* c = C.col(j);
+        for (Index i = 0; i < C.rows; ++i) c[i] += b[i];
+      }
+    });
   }
 
   /// d_b += sum_j C(:, j).
   template <class S>
   static void sum_cols(CView<S> C, S* d_b) {
-    for (Index j = 0; j < C.cols; ++j) {
-      const S* c = C.col(j);
-      for (Index i = 0; i < C.rows; ++i) d_b[i] += c[i];
-    }
+    detail::for_rows(C.rows, C.cols, [&](Index i0, Index i1) {
+      for (Index j = 0; j < C.cols; ++j) {
+        const S* c = C.col(j);
+        for (Index i = i0; i < i1; ++i) d_b[i] += c[i];
+      }
+    });
   }
 
   template <class S>
   static void fill(MatrixView<S> C_out, S value) {
-    for (Index j = 0; j < C_out.cols; ++j) std::fill(C_out.col(j), C_out.col(j) + C_out.rows, value);
+    detail::for_cols(C_out.rows, C_out.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) std::fill(C_out.col(j), C_out.col(j) + C_out.rows, value);
+    });
+  }
+
+  /// C *= alpha.
+  template <class S>
+  static void scale(MatrixView<S> C, S alpha) {
+    detail::for_cols(C.rows, C.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        S* c = C.col(j);
+        for (Index i = 0; i < C.rows; ++i) c[i] *= alpha;
+      }
+    });
   }
 
   template <class S>
   static void copy(CView<S> A, MatrixView<S> B_out) {
-    for (Index j = 0; j < A.cols; ++j) std::memcpy(B_out.col(j), A.col(j), sizeof(S) * A.rows);
+    detail::for_cols(A.rows, A.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) std::memcpy(B_out.col(j), A.col(j), sizeof(S) * A.rows);
+    });
   }
 
   /// B += alpha A.
   template <class S>
   static void axpy(S alpha, CView<S> A, MatrixView<S> B) {
-    for (Index j = 0; j < A.cols; ++j) {
-      const S* a = A.col(j);
-      S* b = B.col(j);
-      for (Index i = 0; i < A.rows; ++i) b[i] += alpha * a[i];
-    }
+    detail::for_cols(A.rows, A.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        const S* a = A.col(j);
+        S* b = B.col(j);
+        for (Index i = 0; i < A.rows; ++i) b[i] += alpha * a[i];
+      }
+    });
   }
 
   /// Tangents of the identity for K = dim directions per sample: out (dim, B*dim) holds B copies
@@ -183,23 +184,32 @@ struct CpuBackend {
   /// a = act(z).
   template <class S>
   static void activation_forward(Activation act, CView<S> z, MatrixView<S> a_out) {
-    if (act == Activation::SiLU) return map_act<math::Act<Activation::SiLU>>(z, a_out);
+    if (act == Activation::SiLU) {  // vectorised: Eigen's packet exp
+      detail::for_cols(z.rows, z.cols, [&](Index j0, Index j1) {
+        for (Index j = j0; j < j1; ++j) silu_col(z.col(j), a_out.col(j), z.rows);
+      });
+      return;
+    }
     return map_act<math::Act<Activation::GELU>>(z, a_out);
   }
 
-  /// d_z_out = act'(z) * d_a (overwrite).          activations.md (7)
+  /// d_z_out = act'(z) * d_a (overwrite; d_z_out may alias d_a).  activations.md (7)
   template <class S>
   static void activation_backward(Activation act, CView<S> z, CView<S> d_a,
                                   MatrixView<S> d_z_out) {
-    if (act == Activation::SiLU) return act_jvp<math::Act<Activation::SiLU>>(z, d_a, d_z_out, 1);
-    return act_jvp<math::Act<Activation::GELU>>(z, d_a, d_z_out, 1);
+    return activation_jvp(act, z, d_a, d_z_out, 1);
   }
 
   /// K-broadcast JVP: out(:, bK+k) = act'(z(:, b)) * dz(:, bK+k).  activations.md (7)
   template <class S>
   static void activation_jvp(Activation act, CView<S> z, CView<S> dz,
                              MatrixView<S> out, Index K) {
-    if (act == Activation::SiLU) return act_jvp<math::Act<Activation::SiLU>>(z, dz, out, K);
+    if (act == Activation::SiLU) {  // vectorised: Eigen's packet exp
+      detail::for_cols(dz.rows, dz.cols, [&](Index j0, Index j1) {
+        for (Index c = j0; c < j1; ++c) silu_grad_mul_col(z.col(c / K), dz.col(c), out.col(c), dz.rows);
+      });
+      return;
+    }
     return act_jvp<math::Act<Activation::GELU>>(z, dz, out, K);
   }
 
@@ -207,19 +217,25 @@ struct CpuBackend {
   // Sinusoidal time features: docs/math/time_embedding.md (1).
 
   /// e(i, b) = cos(t_b f_i), e(half + i, b) = sin(t_b f_i), f_i = exp(-ln(max_period) i / half).
+  /// Evaluated in double whatever S is.
   template <class S>
   static void time_features(CVec<S> t, S max_period, MatrixView<S> e_out) {
     const Index half = e_out.rows / 2;
     const double lp = std::log(static_cast<double>(max_period));
-    for (Index b = 0; b < e_out.cols; ++b) {
-      S* e = e_out.col(b);
-      for (Index i = 0; i < half; ++i) {
-        const double f = std::exp(-lp * static_cast<double>(i) / static_cast<double>(half));
-        const double arg = static_cast<double>(t[b]) * f;
-        e[i] = static_cast<S>(std::cos(arg));
-        e[half + i] = static_cast<S>(std::sin(arg));
+    // Cost ~ 30 ns per element (exp, cos, sin), so parallel from a few hundred elements.
+    const int threads = detail::team_size(30.0 * double(e_out.rows) * double(e_out.cols),
+                                          e_out.cols);
+    detail::run_chunks(threads, e_out.cols, 1, [&](Index j0, Index j1) {
+      for (Index b = j0; b < j1; ++b) {
+        S* e = e_out.col(b);
+        for (Index i = 0; i < half; ++i) {
+          const double f = std::exp(-lp * static_cast<double>(i) / static_cast<double>(half));
+          const double arg = static_cast<double>(t[b]) * f;
+          e[i] = static_cast<S>(std::cos(arg));
+          e[half + i] = static_cast<S>(std::sin(arg));
+        }
       }
-    }
+    });
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -228,6 +244,7 @@ struct CpuBackend {
   /// Per column: n = (h - mean) * rstd, a = n * gamma + beta (gamma/beta may be null: no
   /// affine), m = a * (1 + scale) + shift (scale/shift may be empty: no modulation).
   /// Caches n (nhat_out) and rstd (rstd_out, one per column).  layer_norm.md (1)-(2), adaln.md (1)
+  /// One pass over h for the moments, one for the outputs.
   template <class S>
   static void norm_modulate_forward(CView<S> h, const S* gamma, const S* beta, S eps,
                                     CView<S> shift, CView<S> scale,
@@ -235,32 +252,47 @@ struct CpuBackend {
                                     const Index* group = nullptr) {
     const Index C = h.rows;
     const bool mod = !scale.empty();
-    for (Index b = 0; b < h.cols; ++b) {
-      const S* x = h.col(b);
-      double mean = 0;
-      for (Index i = 0; i < C; ++i) mean += x[i];
-      mean /= static_cast<double>(C);
-      double var = 0;
-      for (Index i = 0; i < C; ++i) {
-        const double d = x[i] - mean;
-        var += d * d;
+    detail::for_cols(C, h.cols, [&](Index j0, Index j1) {
+      for (Index b = j0; b < j1; ++b) {
+        const S* x = h.col(b);
+        double mean = 0;
+        for (Index i = 0; i < C; ++i) mean += x[i];
+        mean /= static_cast<double>(C);
+        double var = 0;
+        for (Index i = 0; i < C; ++i) {
+          const double d = x[i] - mean;
+          var += d * d;
+        }
+        var /= static_cast<double>(C);  // biased variance, as torch.nn.LayerNorm
+        const S rstd = static_cast<S>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+        rstd_out[b] = rstd;
+        S* n = nhat_out.col(b);
+        S* m = m_out.col(b);
+        const Index gb = group ? group[b] : b;
+        const S* sh = mod ? shift.col(gb) : nullptr;
+        const S* sc = mod ? scale.col(gb) : nullptr;
+        const S mu = static_cast<S>(mean);
+        if (gamma && mod) {
+          for (Index i = 0; i < C; ++i) {
+            const S ni = (x[i] - mu) * rstd;
+            n[i] = ni;
+            m[i] = (ni * gamma[i] + beta[i]) * (S(1) + sc[i]) + sh[i];
+          }
+        } else if (mod) {
+          for (Index i = 0; i < C; ++i) {
+            const S ni = (x[i] - mu) * rstd;
+            n[i] = ni;
+            m[i] = ni * (S(1) + sc[i]) + sh[i];
+          }
+        } else {
+          for (Index i = 0; i < C; ++i) {
+            const S ni = (x[i] - mu) * rstd;
+            n[i] = ni;
+            m[i] = gamma ? ni * gamma[i] + beta[i] : ni;
+          }
+        }
       }
-      var /= static_cast<double>(C);  // biased variance, as torch.nn.LayerNorm
-      const S rstd = static_cast<S>(1.0 / std::sqrt(var + static_cast<double>(eps)));
-      rstd_out[b] = rstd;
-      S* n = nhat_out.col(b);
-      S* m = m_out.col(b);
-      const Index gb = group ? group[b] : b;
-      const S* sh = mod ? shift.col(gb) : nullptr;
-      const S* sc = mod ? scale.col(gb) : nullptr;
-      const S mu = static_cast<S>(mean);
-      for (Index i = 0; i < C; ++i) {
-        const S ni = (x[i] - mu) * rstd;
-        n[i] = ni;
-        S a = gamma ? ni * gamma[i] + beta[i] : ni;
-        m[i] = mod ? a * (S(1) + sc[i]) + sh[i] : a;
-      }
-    }
+    });
   }
 
   /// Backward of norm_modulate_forward, given d_m:           adaln.md (2)-(3), layer_norm.md (3)-(5)
@@ -268,6 +300,8 @@ struct CpuBackend {
   ///   accumulated into the group's column instead),
   ///   d_gamma += sum_b d_a * n,  d_beta += sum_b d_a  (if non-null),
   ///   d_h += rstd (g - mean(g) - n mean(g n)),  g = d_a * gamma,  d_a = d_m * (1 + scale).
+  /// d_h and the per-sample modulation gradients: one column pass; the sums over samples (the
+  /// affine gradients, grouped modulation gradients): one row pass, race-free.
   template <class S>
   static void norm_modulate_backward(CView<S> nhat, const S* rstd, const S* gamma,
                                      const S* beta, CView<S> scale,
@@ -275,46 +309,66 @@ struct CpuBackend {
                                      MatrixView<S> d_shift_out, MatrixView<S> d_scale_out,
                                      S* d_gamma, S* d_beta, const Index* group = nullptr) {
     const Index C = nhat.rows;
+    const Index B = nhat.cols;
     const bool mod = !scale.empty();
     const bool want_mod = !d_scale_out.empty();
-    for (Index b = 0; b < nhat.cols; ++b) {
-      const Index gb = group ? group[b] : b;
-      const S* n = nhat.col(b);
-      const S* dm = d_m.col(b);
-      const S* sc = mod ? scale.col(gb) : nullptr;
-      S* dsh = want_mod ? d_shift_out.col(gb) : nullptr;
-      S* dsc = want_mod ? d_scale_out.col(gb) : nullptr;
-      double sum_g = 0, sum_gn = 0;
-      for (Index i = 0; i < C; ++i) {
-        const S da = mod ? dm[i] * (S(1) + sc[i]) : dm[i];
-        if (want_mod) {
-          const S a = gamma ? n[i] * gamma[i] + beta[i] : n[i];
-          if (group) {
-            dsh[i] += dm[i];
-            dsc[i] += dm[i] * a;
-          } else {
+    detail::for_cols(C, B, [&](Index j0, Index j1) {
+      for (Index b = j0; b < j1; ++b) {
+        const Index gb = group ? group[b] : b;
+        const S* n = nhat.col(b);
+        const S* dm = d_m.col(b);
+        const S* sc = mod ? scale.col(gb) : nullptr;
+        if (want_mod && !group) {
+          S* dsh = d_shift_out.col(b);
+          S* dsc = d_scale_out.col(b);
+          for (Index i = 0; i < C; ++i) {
             dsh[i] = dm[i];
-            dsc[i] = dm[i] * a;
+            dsc[i] = dm[i] * (gamma ? n[i] * gamma[i] + beta[i] : n[i]);
+          }
+        }
+        double sum_g = 0, sum_gn = 0;
+        for (Index i = 0; i < C; ++i) {
+          const S da = mod ? dm[i] * (S(1) + sc[i]) : dm[i];
+          const S g = gamma ? da * gamma[i] : da;
+          sum_g += g;
+          sum_gn += g * n[i];
+        }
+        const S mean_g = static_cast<S>(sum_g / static_cast<double>(C));
+        const S mean_gn = static_cast<S>(sum_gn / static_cast<double>(C));
+        S* dh = d_h.col(b);
+        const S r = rstd[b];
+        for (Index i = 0; i < C; ++i) {
+          const S da = mod ? dm[i] * (S(1) + sc[i]) : dm[i];
+          const S g = gamma ? da * gamma[i] : da;
+          dh[i] += r * (g - mean_g - n[i] * mean_gn);
+        }
+      }
+    });
+    const bool grouped_mod = want_mod && group;
+    if (!grouped_mod && !d_gamma) return;
+    detail::for_rows(C, B, [&](Index i0, Index i1) {
+      for (Index b = 0; b < B; ++b) {
+        const Index gb = group ? group[b] : b;
+        const S* n = nhat.col(b);
+        const S* dm = d_m.col(b);
+        if (grouped_mod) {
+          S* dsh = d_shift_out.col(gb);
+          S* dsc = d_scale_out.col(gb);
+          for (Index i = i0; i < i1; ++i) {
+            dsh[i] += dm[i];
+            dsc[i] += dm[i] * (gamma ? n[i] * gamma[i] + beta[i] : n[i]);
           }
         }
         if (d_gamma) {
-          d_gamma[i] += da * n[i];
-          d_beta[i] += da;
+          const S* sc = mod ? scale.col(gb) : nullptr;
+          for (Index i = i0; i < i1; ++i) {
+            const S da = mod ? dm[i] * (S(1) + sc[i]) : dm[i];
+            d_gamma[i] += da * n[i];
+            d_beta[i] += da;
+          }
         }
-        const S g = gamma ? da * gamma[i] : da;
-        sum_g += g;
-        sum_gn += g * n[i];
       }
-      const S mean_g = static_cast<S>(sum_g / static_cast<double>(C));
-      const S mean_gn = static_cast<S>(sum_gn / static_cast<double>(C));
-      S* dh = d_h.col(b);
-      const S r = rstd[b];
-      for (Index i = 0; i < C; ++i) {
-        const S da = mod ? dm[i] * (S(1) + sc[i]) : dm[i];
-        const S g = gamma ? da * gamma[i] : da;
-        dh[i] += r * (g - mean_g - n[i] * mean_gn);
-      }
-    }
+    });
   }
 
   /// K-broadcast JVP of norm_modulate_forward w.r.t. h:       layer_norm.md (6), adaln.md (4)
@@ -325,27 +379,29 @@ struct CpuBackend {
                                 MatrixView<S> out, Index K, const Index* group = nullptr) {
     const Index C = nhat.rows;
     const bool mod = !scale.empty();
-    for (Index col = 0; col < dh.cols; ++col) {
-      const Index b = col / K;
-      const S* n = nhat.col(b);
-      const S* sc = mod ? scale.col(group ? group[b] : b) : nullptr;
-      const S* x = dh.col(col);
-      S* o = out.col(col);
-      double s1 = 0, s2 = 0;
-      for (Index i = 0; i < C; ++i) {
-        s1 += x[i];
-        s2 += x[i] * n[i];
+    detail::for_cols(C, dh.cols, [&](Index j0, Index j1) {
+      for (Index col = j0; col < j1; ++col) {
+        const Index b = col / K;
+        const S* n = nhat.col(b);
+        const S* sc = mod ? scale.col(group ? group[b] : b) : nullptr;
+        const S* x = dh.col(col);
+        S* o = out.col(col);
+        double s1 = 0, s2 = 0;
+        for (Index i = 0; i < C; ++i) {
+          s1 += x[i];
+          s2 += x[i] * n[i];
+        }
+        const S m1 = static_cast<S>(s1 / static_cast<double>(C));
+        const S m2 = static_cast<S>(s2 / static_cast<double>(C));
+        const S r = rstd[b];
+        for (Index i = 0; i < C; ++i) {
+          S y = r * (x[i] - m1 - n[i] * m2);
+          if (gamma) y *= gamma[i];
+          if (mod) y *= S(1) + sc[i];
+          o[i] = y;
+        }
       }
-      const S m1 = static_cast<S>(s1 / static_cast<double>(C));
-      const S m2 = static_cast<S>(s2 / static_cast<double>(C));
-      const S r = rstd[b];
-      for (Index i = 0; i < C; ++i) {
-        S y = r * (x[i] - m1 - n[i] * m2);
-        if (gamma) y *= gamma[i];
-        if (mod) y *= S(1) + sc[i];
-        o[i] = y;
-      }
-    }
+    });
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -354,67 +410,110 @@ struct CpuBackend {
   template <class S>
   static void gated_residual_forward(CView<S> gate, CView<S> z,
                                      MatrixView<S> h, const Index* group = nullptr) {
-    for (Index b = 0; b < h.cols; ++b) {
-      const S* g = gate.col(group ? group[b] : b);
-      const S* zz = z.col(b);
-      S* hh = h.col(b);
-      for (Index i = 0; i < h.rows; ++i) hh[i] += g[i] * zz[i];
-    }
+    detail::for_cols(h.rows, h.cols, [&](Index j0, Index j1) {
+      for (Index b = j0; b < j1; ++b) {
+        const S* g = gate.col(group ? group[b] : b);
+        const S* zz = z.col(b);
+        S* hh = h.col(b);
+        for (Index i = 0; i < h.rows; ++i) hh[i] += g[i] * zz[i];
+      }
+    });
   }
 
   /// d_z_out = gate * d_h; d_gate_out = d_h * z (written if non-empty; with `group`,
-  /// accumulated into the group's column).
+  /// accumulated into the group's column: a row pass, race-free).
   template <class S>
   static void gated_residual_backward(CView<S> gate, CView<S> z,
                                       CView<S> d_h, MatrixView<S> d_z_out,
                                       MatrixView<S> d_gate_out, const Index* group = nullptr) {
+    const Index C = d_h.rows;
     const bool want_gate = !d_gate_out.empty();
-    for (Index b = 0; b < d_h.cols; ++b) {
-      const Index gb = group ? group[b] : b;
-      const S* g = gate.col(gb);
-      const S* dh = d_h.col(b);
-      S* dz = d_z_out.col(b);
-      for (Index i = 0; i < d_h.rows; ++i) dz[i] = g[i] * dh[i];
-      if (want_gate) {
-        const S* zz = z.col(b);
-        S* dg = d_gate_out.col(gb);
-        if (group)
-          for (Index i = 0; i < d_h.rows; ++i) dg[i] += dh[i] * zz[i];
-        else
-          for (Index i = 0; i < d_h.rows; ++i) dg[i] = dh[i] * zz[i];
+    detail::for_cols(C, d_h.cols, [&](Index j0, Index j1) {
+      for (Index b = j0; b < j1; ++b) {
+        const S* g = gate.col(group ? group[b] : b);
+        const S* dh = d_h.col(b);
+        S* dz = d_z_out.col(b);
+        for (Index i = 0; i < C; ++i) dz[i] = g[i] * dh[i];
+        if (want_gate && !group) {
+          const S* zz = z.col(b);
+          S* dg = d_gate_out.col(b);
+          for (Index i = 0; i < C; ++i) dg[i] = dh[i] * zz[i];
+        }
       }
-    }
+    });
+    if (!want_gate || !group) return;
+    detail::for_rows(C, d_h.cols, [&](Index i0, Index i1) {
+      for (Index b = 0; b < d_h.cols; ++b) {
+        const S* dh = d_h.col(b);
+        const S* zz = z.col(b);
+        S* dg = d_gate_out.col(group[b]);
+        for (Index i = i0; i < i1; ++i) dg[i] += dh[i] * zz[i];
+      }
+    });
   }
 
   /// K-broadcast JVP: dh(:, bK+k) += gate(:, b) * dz(:, bK+k).
   template <class S>
   static void gated_residual_jvp(CView<S> gate, CView<S> dz, MatrixView<S> dh,
                                  Index K, const Index* group = nullptr) {
-    for (Index col = 0; col < dh.cols; ++col) {
-      const S* g = gate.col(group ? group[col / K] : col / K);
-      const S* x = dz.col(col);
-      S* o = dh.col(col);
-      for (Index i = 0; i < dh.rows; ++i) o[i] += g[i] * x[i];
-    }
+    detail::for_cols(dh.rows, dh.cols, [&](Index j0, Index j1) {
+      for (Index col = j0; col < j1; ++col) {
+        const S* g = gate.col(group ? group[col / K] : col / K);
+        const S* x = dz.col(col);
+        S* o = dh.col(col);
+        for (Index i = 0; i < dh.rows; ++i) o[i] += g[i] * x[i];
+      }
+    });
   }
 
  private:
+  /// SiLU on packets: a = z / (1 + exp(-z)). Same limits as math::silu (0 as z -> -inf, z as
+  /// z -> +inf: exp overflows to inf or underflows to 0, never NaN for finite z); within a few
+  /// ulp of it (Eigen's exp is accurate to about 1 ulp).              activations.md (2)
+  template <class S>
+  static void silu_col(const S* z, S* a, Index n) {
+    using A = Eigen::Array<S, Eigen::Dynamic, 1>;
+    const Eigen::Map<const A> zz(z, n);
+    Eigen::Map<A> aa(a, n);
+    aa = zz / (S(1) + (-zz).exp());
+  }
+
+  /// out = SiLU'(z) * x = s (1 + z (1 - s)) x, s = 1 / (1 + exp(-z)), in blocks with s on the
+  /// stack (out may alias x).                                          activations.md (3)
+  template <class S>
+  static void silu_grad_mul_col(const S* z, const S* x, S* out, Index n) {
+    using A = Eigen::Array<S, Eigen::Dynamic, 1>;
+    constexpr Index kBlock = 256;
+    alignas(64) S sbuf[kBlock];
+    for (Index i0 = 0; i0 < n; i0 += kBlock) {
+      const Index len = std::min(kBlock, n - i0);
+      const Eigen::Map<const A> zz(z + i0, len), xx(x + i0, len);
+      Eigen::Map<A> s(sbuf, len), oo(out + i0, len);
+      s = (S(1) + (-zz).exp()).inverse();
+      oo = xx * s * (S(1) + zz * (S(1) - s));
+    }
+  }
+
   template <class A, class S>
   static void map_act(CView<S> z, MatrixView<S> a_out) {
-    for (Index j = 0; j < z.cols; ++j) {
-      const S* zz = z.col(j);
-      S* aa = a_out.col(j);
-      for (Index i = 0; i < z.rows; ++i) aa[i] = A::f(zz[i]);
-    }
+    detail::for_cols(z.rows, z.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        const S* zz = z.col(j);
+        S* aa = a_out.col(j);
+        for (Index i = 0; i < z.rows; ++i) aa[i] = A::f(zz[i]);
+      }
+    });
   }
   template <class A, class S>
   static void act_jvp(CView<S> z, CView<S> dz, MatrixView<S> out, Index K) {
-    for (Index col = 0; col < dz.cols; ++col) {
-      const S* zz = z.col(col / K);
-      const S* x = dz.col(col);
-      S* o = out.col(col);
-      for (Index i = 0; i < dz.rows; ++i) o[i] = A::df(zz[i]) * x[i];
-    }
+    detail::for_cols(dz.rows, dz.cols, [&](Index j0, Index j1) {
+      for (Index col = j0; col < j1; ++col) {
+        const S* zz = z.col(col / K);
+        const S* x = dz.col(col);
+        S* o = out.col(col);
+        for (Index i = 0; i < dz.rows; ++i) o[i] = A::df(zz[i]) * x[i];
+      }
+    });
   }
 };
 

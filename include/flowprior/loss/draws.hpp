@@ -52,6 +52,7 @@ struct FlowDraws {
   Index dim = 0;   ///< d
   std::vector<S> t;    ///< (N*K)
   std::vector<S> eps;  ///< (d, N*K) column-major
+  std::vector<Index> strata;  ///< scratch of the stratified sampler (kept: no allocation per draw)
 
   Index cols() const { return rows * K; }
   ConstVectorView<S> times() const { return {t.data(), cols()}; }
@@ -98,7 +99,7 @@ void draw(FlowDraws<S>& out, Convention conv, Index rows, Index dim, Index K,
   const Index M = out.cols();
   const Index G = time_group;
   const Index n_times = (M + G - 1) / G;  // one time per run of G columns
-  std::vector<Index> strata;
+  std::vector<Index>& strata = out.strata;
   if (sampler.kind == TimeSampler::Kind::Stratified) {
     strata.resize(static_cast<std::size_t>(n_times));
     for (Index i = 0; i < n_times; ++i) strata[std::size_t(i)] = i;

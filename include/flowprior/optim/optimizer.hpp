@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include <flowprior/backend/parallel.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/error.hpp>
 #include <flowprior/core/types.hpp>
@@ -41,8 +42,16 @@ inline std::string optim_num(double x) {
 }
 
 /// Index of the first NaN or Inf in [p, p + n), or -1.
+/// A vectorisable flag scan on the thread team first; the index search only when it trips.
 template <class S>
 Index optim_first_nonfinite(const S* p, Index n) {
+  const S big = std::numeric_limits<S>::max();
+  const double flagged = sum_range(n, [&](Index i0, Index i1) {
+    unsigned bad = 0;
+    for (Index i = i0; i < i1; ++i) bad |= static_cast<unsigned>(!(std::abs(p[i]) <= big));
+    return double(bad);
+  });
+  if (flagged == 0.0) return -1;
   for (Index i = 0; i < n; ++i)
     if (!std::isfinite(p[i])) return i;
   return -1;
@@ -138,17 +147,21 @@ class Adam {
     // (3) AdamW shrinks the parameter by this step's lr; (4) L2 Adam adds wd p to the gradient.
     const double shrink = cfg_.decoupled ? 1.0 - lr * wd : 1.0;
     const double l2 = cfg_.decoupled ? 0.0 : wd;
-    for (Index i = 0; i < n_; ++i) {
-      const auto k = static_cast<std::size_t>(i);
-      const double p = static_cast<double>(params[i]);
-      const double g = static_cast<double>(grads[i]) + l2 * p;                // (4)
-      const double m = b1 * static_cast<double>(m_[k]) + (1.0 - b1) * g;      // (1)
-      const double v = b2 * static_cast<double>(v_[k]) + (1.0 - b2) * g * g;  // (1)
-      m_[k] = static_cast<S>(m);
-      v_[k] = static_cast<S>(v);
-      const double denom = std::sqrt(static_cast<double>(v_[k])) / bc2_sqrt + cfg_.eps;
-      params[i] = static_cast<S>(p * shrink - step_size * static_cast<double>(m_[k]) / denom);
-    }
+    const double eps = cfg_.eps;
+    S* mm = m_.data();
+    S* vv = v_.data();
+    detail::for_range(n_, [&](Index i0, Index i1) {  // element-wise: any split gives the same bits
+      for (Index i = i0; i < i1; ++i) {
+        const double p = static_cast<double>(params[i]);
+        const double g = static_cast<double>(grads[i]) + l2 * p;              // (4)
+        const double m = b1 * static_cast<double>(mm[i]) + (1.0 - b1) * g;      // (1)
+        const double v = b2 * static_cast<double>(vv[i]) + (1.0 - b2) * g * g;  // (1)
+        mm[i] = static_cast<S>(m);
+        vv[i] = static_cast<S>(v);
+        const double denom = std::sqrt(static_cast<double>(vv[i])) / bc2_sqrt + eps;
+        params[i] = static_cast<S>(p * shrink - step_size * static_cast<double>(mm[i]) / denom);
+      }
+    });
   }
 
   /// step(params, grads, config().lr): a step at the configured constant rate.
@@ -213,11 +226,14 @@ class Adam {
 /// rescaled by its largest magnitude, so the result is finite whenever the norm is. 0 if empty.
 template <class S>
 double grad_norm(ConstVectorView<S> g) {
-  double ss = 0;
-  for (Index i = 0; i < g.size; ++i) {
-    const double x = static_cast<double>(g[i]);
-    ss += x * x;
-  }
+  const double ss = detail::sum_range(g.size, [&](Index i0, Index i1) {
+    double acc = 0;
+    for (Index i = i0; i < i1; ++i) {
+      const double x = static_cast<double>(g[i]);
+      acc += x * x;
+    }
+    return acc;
+  });
   if (std::isfinite(ss)) return std::sqrt(ss);
   // Either a NaN/Inf entry (propagate it) or overflow of the squares (rescale and retry).
   double amax = 0;
@@ -253,7 +269,9 @@ double clip_grad_norm(VectorView<S> g, double max_norm) {
   }
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0)
-    for (Index i = 0; i < g.size; ++i) g[i] = static_cast<S>(static_cast<double>(g[i]) * coef);
+    detail::for_range(g.size, [&](Index i0, Index i1) {
+      for (Index i = i0; i < i1; ++i) g[i] = static_cast<S>(static_cast<double>(g[i]) * coef);
+    });
   return norm;
 }
 
@@ -366,10 +384,11 @@ class Ema {
   void update(ConstVectorView<S> params) {
     check_size("Ema::update", "params", params, size());
     const double a = decay_, b = 1.0 - decay_;
-    for (Index i = 0; i < params.size; ++i) {
-      auto& e = w_[static_cast<std::size_t>(i)];
-      e = static_cast<S>(a * static_cast<double>(e) + b * static_cast<double>(params[i]));
-    }
+    S* w = w_.data();
+    detail::for_range(params.size, [&](Index i0, Index i1) {
+      for (Index i = i0; i < i1; ++i)
+        w[i] = static_cast<S>(a * static_cast<double>(w[i]) + b * static_cast<double>(params[i]));
+    });
     ++updates_;
   }
 

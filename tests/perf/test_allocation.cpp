@@ -1,0 +1,165 @@
+// Hot paths are allocation-free once warmed up (docs/benchmarks.md "Allocations"): after a first
+// step has sized every workspace, buffer and per-thread GEMM packing area, further steps of the
+// same shapes perform no heap allocation on any thread. And the thread team changes nothing but
+// rounding: one thread and two give the same losses and gradients.
+#include <Eigen/Core>
+#include <flowprior/flowprior.hpp>
+
+#include "catch.hpp"
+#include "malloc_counter.hpp"
+
+using flowprior::Convention;
+using flowprior::Index;
+using flowprior::Prior;
+using flowprior::Rng;
+namespace nn = flowprior::nn;
+namespace loss = flowprior::loss;
+namespace train = flowprior::train;
+
+namespace {
+
+// Big enough that every product takes the threaded path and needs packing buffers far above
+// Eigen's 128 KB stack limit: 256 x 256 weights times 1024 draws.
+nn::AdaLNMlpConfig config() {
+  nn::AdaLNMlpConfig c;
+  c.dim = 4;
+  c.width = 256;
+  c.depth = 2;
+  c.time_freq_dim = 64;
+  return c;
+}
+
+template <class S>
+void randomize(nn::AdaLNMlp<S>& net, Rng& rng) {
+  auto p = net.parameters();
+  for (const auto& t : net.layout().tensors()) {
+    const double b = t.shape.size() == 2 ? std::sqrt(3.0 / double(t.shape[1])) : 0.3;
+    const double c = t.name.find("ln.weight") != std::string::npos ? 1.0 : 0.0;
+    for (Index i = 0; i < t.size(); ++i)
+      p[t.offset + i] = static_cast<S>(c + flowprior::uniform(rng, -b, b));
+  }
+}
+
+template <class S>
+Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> normal_mat(Index r, Index c, Rng& rng) {
+  Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> m(r, c);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<S>(flowprior::normal01(rng));
+  return m;
+}
+
+/// Allocations during `reps` calls of f after two warm-up calls.
+template <class F>
+long allocations_after_warmup(F&& f, int reps = 3) {
+  f();
+  f();
+  fpt::start_counting_allocations();
+  for (int i = 0; i < reps; ++i) f();
+  return fpt::stop_counting_allocations();
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("a warmed-up alignment step allocates nothing", "[perf][alloc]", float,
+                   double) {
+  if (!fpt::malloc_counting_available()) {
+    WARN("heap counting is not available in sanitizer builds; checked by the ci preset");
+    return;
+  }
+  using S = TestType;
+  const Index group = GENERATE(1, 16);
+  CAPTURE(group);
+  nn::AdaLNMlp<S> net(config());
+  Rng rng(11);
+  randomize(net, rng);
+  const Prior<nn::AdaLNMlp<S>> prior(net, Convention::Paper);
+  train::AlignConfig cfg;
+  cfg.time_group = group;
+  cfg.sampler = loss::TimeSampler::stratified();
+  const Index n = 256;
+  auto y = normal_mat<S>(4, n, rng);
+  train::LatentAligner<nn::AdaLNMlp<S>> aligner(prior, Convention::Paper, n, cfg);
+  REQUIRE(allocations_after_warmup([&] { aligner.step(y, rng); }) == 0);
+}
+
+TEMPLATE_TEST_CASE("a warmed-up flow-matching training step allocates nothing",
+                   "[perf][alloc]", float, double) {
+  if (!fpt::malloc_counting_available()) {
+    WARN("heap counting is not available in sanitizer builds; checked by the ci preset");
+    return;
+  }
+  using S = TestType;
+  const Index group = GENERATE(1, 16);
+  CAPTURE(group);
+  nn::AdaLNMlp<S> net(config());
+  Rng rng(12);
+  randomize(net, rng);
+  train::TrainerConfig cfg;  // AdamW, clipping, EMA: the whole step
+  cfg.batch = 256;
+  cfg.time_group = group;
+  cfg.sampler = loss::TimeSampler::stratified();
+  cfg.adam.weight_decay = 0.01;
+  const auto targets = normal_mat<S>(4, 1000, rng);
+  train::FlowMatchingTrainer<nn::AdaLNMlp<S>> trainer(net, Convention::Code, cfg);
+  REQUIRE(allocations_after_warmup([&] { trainer.step(targets, rng); }) == 0);
+}
+
+TEST_CASE("a warmed-up forward, VJP, JVP and divergence allocate nothing", "[perf][alloc]") {
+  if (!fpt::malloc_counting_available()) {
+    WARN("heap counting is not available in sanitizer builds; checked by the ci preset");
+    return;
+  }
+  using Net = nn::AdaLNMlp<float>;
+  Net net(config());
+  Rng rng(13);
+  randomize(net, rng);
+  const Index B = 1024;
+  const auto x = normal_mat<float>(4, B, rng), u = normal_mat<float>(4, B, rng);
+  Eigen::VectorXf t(B), div(B);
+  for (Index i = 0; i < B; ++i) t[i] = static_cast<float>(flowprior::uniform01(rng));
+  Eigen::MatrixXf v(4, B), dx = Eigen::MatrixXf::Zero(4, B), dv(4, B);
+  Net::Workspace ws;
+  REQUIRE(allocations_after_warmup([&] {
+            net.forward(x, t, v, ws);
+            net.vjp_x(ws, u, dx);
+            net.jvp_x(ws, u, dv);
+            net.divergence(x, t, v, div, ws);
+          }) == 0);
+}
+
+TEST_CASE("one thread and two give the same losses and gradients", "[perf][threads]") {
+  using Net = nn::AdaLNMlp<double>;
+  const Index group = GENERATE(1, 16);
+  CAPTURE(group);
+  Net net(config());
+  Rng rng(14);
+  randomize(net, rng);
+  const Prior<Net> prior(net, Convention::Code);
+  const Index N = 256, K = 4;
+  const auto y = normal_mat<double>(4, N, rng);
+  loss::FlowDraws<double> draws;
+  loss::draw(draws, Convention::Code, N, 4, K, loss::TimeSampler::stratified(), rng, false, group);
+  struct Result {
+    double align = 0, fm = 0;
+    Eigen::MatrixXd d_y;
+    Eigen::VectorXd d_p;
+  };
+  auto run = [&](int threads) {
+    Eigen::setNbThreads(threads);
+    Result r;
+    loss::LossWorkspace<Net> ws;
+    r.d_y = Eigen::MatrixXd::Zero(4, N);
+    r.d_p = Eigen::VectorXd::Zero(net.num_params());
+    const loss::AlignmentOptions opt{loss::Reduction::Mean, 1.0, false};
+    r.align = loss::alignment_loss(prior, Convention::Code, y, draws, opt, ws, {}, r.d_y);
+    r.fm = loss::flow_matching_loss(prior, Convention::Code, y, draws, loss::Reduction::Mean, ws,
+                                    r.d_p);
+    return r;
+  };
+  const Result one = run(1), two = run(2);
+  Eigen::setNbThreads(0);  // back to the OpenMP default
+  REQUIRE(one.align == Approx(two.align).epsilon(1e-13));
+  REQUIRE(one.fm == Approx(two.fm).epsilon(1e-13));
+  REQUIRE((one.d_y - two.d_y).norm() <= 1e-12 * one.d_y.norm());
+  REQUIRE((one.d_p - two.d_p).norm() <= 1e-12 * one.d_p.norm());
+  REQUIRE(one.d_p.norm() > 0);
+}
