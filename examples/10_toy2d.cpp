@@ -37,6 +37,12 @@ int main(int argc, char** argv) {
   app.add_option("--eval-points", cfg.eval_points, "held-out points for the ODE NLL");
   app.add_option("--prior-samples", cfg.prior_samples, "samples drawn from the prior");
   app.add_option("--kde-samples", cfg.kde_samples, "target samples for the KDE and distances");
+  app.add_flag("--float", cfg.single_precision,
+               "train the prior and align the latents in float32 (evaluation stays in double)");
+  app.add_option("--prior-time-group", cfg.prior_time_group,
+                 "flow-matching draws sharing one t (stratified; 1 = one t per draw)");
+  app.add_option("--align-time-group", cfg.align_time_group,
+                 "alignment draws sharing one t (stratified; 1 = one t per draw)");
   app.add_flag("--quiet", quiet, "no progress bars");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -60,6 +66,8 @@ int main(int argc, char** argv) {
       keep("--eval-points", &pipeline::Toy2dConfig::eval_points);
       keep("--prior-samples", &pipeline::Toy2dConfig::prior_samples);
       keep("--kde-samples", &pipeline::Toy2dConfig::kde_samples);
+      keep("--prior-time-group", &pipeline::Toy2dConfig::prior_time_group);
+      keep("--align-time-group", &pipeline::Toy2dConfig::align_time_group);
       cfg = p;
     }
     cfg.target = data::parse_toy2d(target);

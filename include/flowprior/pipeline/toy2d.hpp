@@ -57,6 +57,11 @@ struct Toy2dConfig {
   bool prior_cosine = true;    ///< cosine decay after a linear warmup (else constant)
   Index prior_warmup = -1;     ///< linear warmup steps; -1: min(200, prior_steps / 10)
   double ema_decay = 0.999;
+  /// Train the prior and align the latents in float32 (as the PyTorch reference does); the
+  /// evaluation (ODE likelihood, sampling, landscape) always runs in double on the EMA weights.
+  bool single_precision = false;
+  /// Consecutive flow-matching draws sharing t (time groups, stratified t; 1: one t per draw).
+  Index prior_time_group = 1;
   // (b) evaluation
   Index eval_points = 2000;    ///< held-out target samples for the ODE NLL
   Index prior_samples = 2000;  ///< samples drawn from the prior by the ODE
@@ -72,11 +77,12 @@ struct Toy2dConfig {
   Index align_steps = 1000;
   Index align_draws = 4;
   double align_lr = 1e-2;
+  Index align_time_group = 1;  ///< consecutive alignment draws sharing t (stratified t)
   Index track_every = 10;
   bool progress = true;        ///< progress bars on stderr
 
   /// The paper's settings: width 512, depth 4, 100k prior steps, Adam 1e-4 (constant), batch
-  /// 256; 1000 latents, Adam 1e-2, 5000 steps.
+  /// 256; 1000 latents, Adam 1e-2, 5000 steps; float32 training and alignment, one t per draw.
   static Toy2dConfig paper() {
     Toy2dConfig c;
     c.width = 512;
@@ -87,6 +93,7 @@ struct Toy2dConfig {
     c.prior_cosine = false;
     c.prior_warmup = 0;
     c.ema_decay = 0.9999;
+    c.single_precision = true;  // the reference trains in float32
     c.latents = 1000;
     c.align_lr = 1e-2;
     c.align_steps = 5000;
@@ -111,6 +118,8 @@ struct Toy2dConfig {
     pos(latents, "latents");
     pos(align_draws, "align_draws");
     pos(track_every, "track_every");
+    pos(prior_time_group, "prior_time_group");
+    pos(align_time_group, "align_time_group");
     if (align_steps < 0) raise_config(w, "align_steps must be >= 0");
     if (grid < 2) raise_config(w, "grid must be >= 2");
     if (!(prior_lr > 0) || !(align_lr > 0)) raise_config(w, "learning rates must be > 0");
@@ -192,10 +201,14 @@ void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cf
                const TargetNll& nll, const Eigen::MatrixXd& start, std::uint64_t seed,
                const std::string& label, Eigen::MatrixXd& y, std::vector<double>& steps,
                std::vector<double>& losses, std::vector<double>& nlls) {
+  using S = typename Field::Scalar;
   train::AlignConfig ac;
   ac.K = cfg.align_draws;
   ac.adam.lr = cfg.align_lr;
+  ac.time_group = cfg.align_time_group;
+  if (ac.time_group > 1) ac.sampler = loss::TimeSampler::stratified();  // adaln.md "Time groups"
   train::LatentAligner<Field> aligner(prior, conv, start.cols(), ac);
+  Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> ys = start.template cast<S>();
   y = start;
   Rng rng(seed);
   util::Progress bar(label, cfg.align_steps, cfg.progress);
@@ -205,6 +218,7 @@ void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cf
   double running = 0;
   for (Index s = 0; s <= cfg.align_steps; ++s) {
     const bool track = s % cfg.track_every == 0 || s == cfg.align_steps;
+    if (track) y = ys.template cast<double>();
     const double n = track ? nll.mean(y) : 0.0;
     if (s == cfg.align_steps) {  // the final state: NLL only (no step taken)
       steps.push_back(double(s));
@@ -212,7 +226,7 @@ void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cf
       nlls.push_back(n);
       break;
     }
-    const double l = aligner.step(MatrixView<double>(y.data(), 2, y.cols()), rng);
+    const double l = aligner.step(MatrixView<S>(ys.data(), 2, ys.cols()), rng);
     running = s == 0 ? l : 0.95 * running + 0.05 * l;
     if (track) {
       steps.push_back(double(s));
@@ -224,6 +238,78 @@ void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cf
     bar.update(s + 1, st);
   }
   bar.finish();
+}
+
+/// Per-point alignment loss of many points (the landscape), in chunks of at most 8192 draws so
+/// that the field's caches stay small whatever the grid and the number of draws: the same draws
+/// and values as one call over all points.
+template <class Field>
+void chunked_alignment_loss(const Prior<Field>& prior, Convention conv, const Eigen::MatrixXd& pts,
+                            const loss::FlowDraws<double>& draws,
+                            const loss::AlignmentOptions& ao, loss::LossWorkspace<Field>& ws,
+                            Eigen::VectorXd& per) {
+  const Index P = pts.cols(), K = draws.K, d = draws.dim;
+  const Index chunk = std::max<Index>(1, 8192 / K);
+  loss::FlowDraws<double> part;
+  for (Index b0 = 0; b0 < P; b0 += chunk) {
+    const Index n = std::min(chunk, P - b0);
+    part.resize(draws.convention, n, d, K);
+    std::copy(draws.t.begin() + b0 * K, draws.t.begin() + (b0 + n) * K, part.t.begin());
+    std::copy(draws.eps.begin() + b0 * K * d, draws.eps.begin() + (b0 + n) * K * d,
+              part.eps.begin());
+    loss::alignment_loss(prior, conv, ConstMatrixView<double>(pts.data() + b0 * d, d, n, d),
+                         part, ao, ws, VectorView<double>(per.data() + b0, n));
+  }
+}
+
+/// Stage (a): trains an AdaLN prior in scalar S by flow matching on `target`, saves the training
+/// checkpoint, and copies the EMA weights into `prior` (double).
+template <class S>
+void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
+                 const nn::AdaLNMlpConfig& nc, const std::string& out_dir, Toy2dResult& r,
+                 nn::AdaLNMlp<double>& prior) {
+  using Net = nn::AdaLNMlp<S>;
+  Net net(nc);
+  Rng rng(cfg.seed);
+  net.init(rng);
+  r.prior_params = net.num_params();
+  train::TrainerConfig tc;
+  tc.batch = cfg.batch;
+  tc.K = cfg.prior_draws;
+  tc.ema_decay = cfg.ema_decay;
+  tc.time_group = cfg.prior_time_group;
+  if (tc.time_group > 1) tc.sampler = loss::TimeSampler::stratified();  // adaln.md "Time groups"
+  const Index warmup =
+      cfg.prior_warmup >= 0 ? cfg.prior_warmup : std::min<Index>(200, cfg.prior_steps / 10);
+  tc.schedule = cfg.prior_cosine ? optim::LrSchedule::cosine(cfg.prior_lr, warmup,
+                                                             cfg.prior_steps, cfg.prior_lr * 0.01)
+                                 : optim::LrSchedule::constant(cfg.prior_lr, warmup);
+  train::FlowMatchingTrainer<Net> trainer(net, cfg.convention, tc);
+  const auto t0 = std::chrono::steady_clock::now();
+  util::Progress bar("prior  ", cfg.prior_steps, cfg.progress);
+  double running = 0;
+  const Index every = std::max<Index>(1, cfg.prior_steps / 200);
+  for (Index s = 0; s < cfg.prior_steps; ++s) {
+    const auto st =
+        trainer.step_with([&](MatrixView<S> b, Rng& g) { target.sample<S>(b, g); }, rng);
+    running = s == 0 ? st.loss : 0.98 * running + 0.02 * st.loss;
+    if (s % every == 0 || s + 1 == cfg.prior_steps) {
+      r.train_step.push_back(double(s));
+      r.train_loss.push_back(running);
+    }
+    char b[64];
+    std::snprintf(b, sizeof b, "loss %.4f", running);
+    bar.update(s + 1, b);
+  }
+  bar.finish();
+  r.train_seconds = seconds_since(t0);
+  r.checkpoint_path = out_dir + "/prior.ckpt.safetensors";
+  io::save_checkpoint(r.checkpoint_path, trainer, net, rng,
+                      {{"target", r.target}, {"width", std::to_string(cfg.width)},
+                       {"depth", std::to_string(cfg.depth)}});
+  const auto& ema = trainer.ema().weights();
+  auto p = prior.parameters();
+  for (Index i = 0; i < p.size; ++i) p[i] = static_cast<double>(ema[std::size_t(i)]);
 }
 
 }  // namespace detail
@@ -245,51 +331,16 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
   target.sample<double>(MatrixView<double>(reference.data(), 2, reference.cols()), data_rng);
   const detail::TargetNll nll(target, reference, cfg.kde_bandwidth);
 
-  // (a) Train the prior by flow matching.
+  // (a) Train the prior by flow matching (float or double), then evaluate its EMA in double.
   nn::AdaLNMlpConfig nc;
   nc.dim = 2;
   nc.width = cfg.width;
   nc.depth = cfg.depth;
-  Net net(nc);
-  Rng rng(cfg.seed);
-  net.init(rng);
-  r.prior_params = net.num_params();
-  train::TrainerConfig tc;
-  tc.batch = cfg.batch;
-  tc.K = cfg.prior_draws;
-  tc.ema_decay = cfg.ema_decay;
-  const Index warmup =
-      cfg.prior_warmup >= 0 ? cfg.prior_warmup : std::min<Index>(200, cfg.prior_steps / 10);
-  tc.schedule = cfg.prior_cosine ? optim::LrSchedule::cosine(cfg.prior_lr, warmup,
-                                                             cfg.prior_steps, cfg.prior_lr * 0.01)
-                                 : optim::LrSchedule::constant(cfg.prior_lr, warmup);
-  train::FlowMatchingTrainer<Net> trainer(net, conv, tc);
-  {
-    const auto t0 = std::chrono::steady_clock::now();
-    util::Progress bar("prior  ", cfg.prior_steps, cfg.progress);
-    double running = 0;
-    const Index every = std::max<Index>(1, cfg.prior_steps / 200);
-    for (Index s = 0; s < cfg.prior_steps; ++s) {
-      const auto st = trainer.step_with(
-          [&](MatrixView<double> b, Rng& g) { target.sample<double>(b, g); }, rng);
-      running = s == 0 ? st.loss : 0.98 * running + 0.02 * st.loss;
-      if (s % every == 0 || s + 1 == cfg.prior_steps) {
-        r.train_step.push_back(double(s));
-        r.train_loss.push_back(running);
-      }
-      char b[64];
-      std::snprintf(b, sizeof b, "loss %.4f", running);
-      bar.update(s + 1, b);
-    }
-    bar.finish();
-    r.train_seconds = detail::seconds_since(t0);
-  }
-  r.checkpoint_path = out_dir + "/prior.ckpt.safetensors";
-  io::save_checkpoint(r.checkpoint_path, trainer, net, rng,
-                      {{"target", r.target}, {"width", std::to_string(cfg.width)},
-                       {"depth", std::to_string(cfg.depth)}});
   Net prior_net(nc);
-  trainer.copy_ema_to(prior_net);
+  if (cfg.single_precision)
+    detail::train_prior<float>(cfg, target, nc, out_dir, r, prior_net);
+  else
+    detail::train_prior<double>(cfg, target, nc, out_dir, r, prior_net);
   r.prior_path = out_dir + "/prior.safetensors";
   io::save_state_dict(prior_net, r.prior_path, io::Dtype::F32,
                       {{"convention", to_string(conv)}, {"target", r.target}});
@@ -351,7 +402,7 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
     const loss::AlignmentOptions ao{loss::Reduction::SumChannels, 1.0, false};
     Eigen::VectorXd per(P);
     loss::LossWorkspace<Net> lws;
-    loss::alignment_loss(prior, conv, pts, draws, ao, lws, per);
+    detail::chunked_alignment_loss(prior, conv, pts, draws, ao, lws, per);
     r.grid_align_trained.assign(per.data(), per.data() + P);
     r.grid_nll.resize(std::size_t(P));
     for (Index p = 0; p < P; ++p) r.grid_nll[std::size_t(p)] = nll(pts.col(p).data());
@@ -360,7 +411,7 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
     if (exact) {
       loss::LossWorkspace<Exact> ews;
       const auto eprior = Prior<Exact>(*exact, Convention::Paper).as(conv);
-      loss::alignment_loss(eprior, conv, pts, draws, ao, ews, per);
+      detail::chunked_alignment_loss(eprior, conv, pts, draws, ao, ews, per);
       r.grid_align_exact.assign(per.data(), per.data() + P);
       r.pearson_exact = eval::pearson(r.grid_align_exact.data(), r.grid_nll.data(), P);
       r.spearman_exact = eval::spearman(r.grid_align_exact.data(), r.grid_nll.data(), P);
@@ -375,8 +426,19 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
     Rng yr(cfg.seed * 7919 + 4);
     r.latents_start.resize(2, cfg.latents);
     for (Index b = 0; b < cfg.latents; ++b) r.latents_start.col(b) << normal01(yr), normal01(yr);
-    detail::align_run(prior, conv, cfg, nll, r.latents_start, cfg.seed * 7919 + 5, "align  ",
-                      r.latents_trained, r.track_step, r.track_loss_trained, r.track_nll_trained);
+    if (cfg.single_precision) {  // the EMA prior in float, as it was trained
+      nn::AdaLNMlp<float> prior_f(prior_net.config());
+      auto pf = prior_f.parameters();
+      const auto pd = prior_net.parameters();
+      for (Index i = 0; i < pf.size; ++i) pf[i] = static_cast<float>(pd[i]);
+      detail::align_run(Prior<nn::AdaLNMlp<float>>(prior_f, conv), conv, cfg, nll,
+                        r.latents_start, cfg.seed * 7919 + 5, "align  ", r.latents_trained,
+                        r.track_step, r.track_loss_trained, r.track_nll_trained);
+    } else {
+      detail::align_run(prior, conv, cfg, nll, r.latents_start, cfg.seed * 7919 + 5, "align  ",
+                        r.latents_trained, r.track_step, r.track_loss_trained,
+                        r.track_nll_trained);
+    }
     if (exact) {
       std::vector<double> steps;
       detail::align_run(Prior<Exact>(*exact, Convention::Paper).as(conv), conv, cfg, nll,
@@ -427,6 +489,9 @@ inline io::json::Out toy2d_metrics(const Toy2dConfig& cfg, const Toy2dResult& r)
       .set("prior_lr", cfg.prior_lr)
       .set("prior_schedule", cfg.prior_cosine ? "cosine" : "constant")
       .set("ema_decay", cfg.ema_decay)
+      .set("precision", cfg.single_precision ? "float32" : "float64")
+      .set("prior_time_group", cfg.prior_time_group)
+      .set("align_time_group", cfg.align_time_group)
       .set("latents", cfg.latents)
       .set("align_steps", cfg.align_steps)
       .set("align_draws", cfg.align_draws)
