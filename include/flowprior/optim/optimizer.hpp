@@ -10,6 +10,8 @@
 /// element's update is evaluated in double before it is rounded back to `S`.
 #pragma once
 
+#include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -150,16 +152,35 @@ class Adam {
     const double eps = cfg_.eps;
     S* mm = m_.data();
     S* vv = v_.data();
-    detail::for_range(n_, [&](Index i0, Index i1) {  // element-wise: any split gives the same bits
-      for (Index i = i0; i < i1; ++i) {
-        const double p = static_cast<double>(params[i]);
-        const double g = static_cast<double>(grads[i]) + l2 * p;              // (4)
-        const double m = b1 * static_cast<double>(mm[i]) + (1.0 - b1) * g;      // (1)
-        const double v = b2 * static_cast<double>(vv[i]) + (1.0 - b2) * g * g;  // (1)
-        mm[i] = static_cast<S>(m);
-        vv[i] = static_cast<S>(v);
-        const double denom = std::sqrt(static_cast<double>(vv[i])) / bc2_sqrt + eps;
-        params[i] = static_cast<S>(p * shrink - step_size * static_cast<double>(mm[i]) / denom);
+    // Element-wise, so any split gives the same bits. Each block is widened to double on the
+    // stack and updated with Eigen's packet arithmetic: a scalar std::sqrt cannot be vectorised
+    // without -fno-math-errno, and the square root and division were most of the step.
+    detail::for_range(n_, [&](Index c0, Index c1) {
+      using AD = Eigen::Array<double, Eigen::Dynamic, 1>;
+      constexpr Index kBlock = 512;
+      alignas(64) double pb[kBlock], gb[kBlock], mb[kBlock], vb[kBlock];
+      S* ps = params.data;
+      const S* gs = grads.data;
+      for (Index i0 = c0; i0 < c1; i0 += kBlock) {
+        const Index len = std::min(kBlock, c1 - i0);
+        for (Index j = 0; j < len; ++j) {  // widen (plain loops: the compiler vectorises them)
+          pb[j] = static_cast<double>(ps[i0 + j]);
+          gb[j] = static_cast<double>(gs[i0 + j]);
+          mb[j] = static_cast<double>(mm[i0 + j]);
+          vb[j] = static_cast<double>(vv[i0 + j]);
+        }
+        Eigen::Map<AD> pa(pb, len), ga(gb, len), ma(mb, len), va(vb, len);
+        ga += l2 * pa;                                // (4)
+        ma = b1 * ma + (1.0 - b1) * ga;               // (1)
+        va = b2 * va + ((1.0 - b2) * ga) * ga;        // (1)
+        for (Index j = 0; j < len; ++j) {  // store the moments; continue with them as stored
+          mm[i0 + j] = static_cast<S>(mb[j]);
+          vv[i0 + j] = static_cast<S>(vb[j]);
+          mb[j] = static_cast<double>(mm[i0 + j]);
+          vb[j] = static_cast<double>(vv[i0 + j]);
+        }
+        pa = pa * shrink - step_size * ma / (va.sqrt() / bc2_sqrt + eps);  // (2)-(3)
+        for (Index j = 0; j < len; ++j) ps[i0 + j] = static_cast<S>(pb[j]);
       }
     });
   }
