@@ -47,6 +47,13 @@ Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> normal_mat(Index r, Index c, Rn
   return m;
 }
 
+/// False (with a warning) in sanitizer builds, where malloc cannot be interposed.
+bool can_count() {
+  if (fpt::malloc_counting_available()) return true;
+  WARN("heap counting is not available in sanitizer builds; checked by the ci preset");
+  return false;
+}
+
 /// Allocations during `reps` calls of f after two warm-up calls.
 template <class F>
 long allocations_after_warmup(F&& f, int reps = 3) {
@@ -61,10 +68,7 @@ long allocations_after_warmup(F&& f, int reps = 3) {
 
 TEMPLATE_TEST_CASE("a warmed-up alignment step allocates nothing", "[perf][alloc]", float,
                    double) {
-  if (!fpt::malloc_counting_available()) {
-    WARN("heap counting is not available in sanitizer builds; checked by the ci preset");
-    return;
-  }
+  if (!can_count()) return;
   using S = TestType;
   const Index group = GENERATE(1, 16);
   CAPTURE(group);
@@ -83,10 +87,7 @@ TEMPLATE_TEST_CASE("a warmed-up alignment step allocates nothing", "[perf][alloc
 
 TEMPLATE_TEST_CASE("a warmed-up flow-matching training step allocates nothing",
                    "[perf][alloc]", float, double) {
-  if (!fpt::malloc_counting_available()) {
-    WARN("heap counting is not available in sanitizer builds; checked by the ci preset");
-    return;
-  }
+  if (!can_count()) return;
   using S = TestType;
   const Index group = GENERATE(1, 16);
   CAPTURE(group);
@@ -104,10 +105,7 @@ TEMPLATE_TEST_CASE("a warmed-up flow-matching training step allocates nothing",
 }
 
 TEST_CASE("a warmed-up forward, VJP, JVP and divergence allocate nothing", "[perf][alloc]") {
-  if (!fpt::malloc_counting_available()) {
-    WARN("heap counting is not available in sanitizer builds; checked by the ci preset");
-    return;
-  }
+  if (!can_count()) return;
   using Net = nn::AdaLNMlp<float>;
   Net net(config());
   Rng rng(13);
