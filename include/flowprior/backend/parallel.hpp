@@ -9,8 +9,9 @@
 /// parallel region (a caller that parallelises over its own work) everything runs serially.
 ///
 /// Determinism: every output element is written by exactly one thread, and reductions over
-/// columns are cut by rows (each sum keeps its serial order), so results do not depend on the
-/// thread count except through the GEMM kernel's own blocking (cpu_gemm.hpp).
+/// columns are cut by rows (each sum keeps its serial order). Results depend on the thread count
+/// only through rounding: the GEMM's blocking of each thread's share (cpu_gemm.hpp) and the
+/// grouping of sum_range's partial sums. For a fixed thread count every run gives the same bits.
 #pragma once
 
 #include <Eigen/Core>
