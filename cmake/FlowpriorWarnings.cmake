@@ -30,6 +30,11 @@ if(FLOWPRIOR_SANITIZE)
     # Make UBSan findings fatal so CTest sees a failing exit code.
     list(APPEND _flowprior_san_flags "-fno-sanitize-recover=undefined")
   endif()
+  if("float-cast-overflow" IN_LIST FLOWPRIOR_SANITIZE)
+    # Not part of "undefined": a float -> int conversion out of range (a plot coordinate at 1e9
+    # pixels) is undefined behaviour all the same, and fatal here.
+    list(APPEND _flowprior_san_flags "-fno-sanitize-recover=float-cast-overflow")
+  endif()
   target_compile_options(flowprior_warnings INTERFACE
     "$<$<COMPILE_LANGUAGE:CXX>:${_flowprior_san_flags}>")
   target_link_options(flowprior_warnings INTERFACE

@@ -9,6 +9,7 @@
 #include <flowprior/core/error.hpp>
 #include <flowprior/core/math.hpp>
 #include <flowprior/core/random.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/backend/cpu.hpp>
 #include <flowprior/nn/params.hpp>

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <flowprior/core/check.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/random.hpp>
 #include <flowprior/core/types.hpp>
@@ -40,7 +41,7 @@ class GaussianMixture {
     if (Index(stds_.size()) != K) detail::raise_size(w, "stds", Index(stds_.size()), K);
     if (Index(weights_.size()) != K) detail::raise_size(w, "weights", Index(weights_.size()), K);
     check_finite<double>(w, "means", means);
-    means_.resize(static_cast<std::size_t>(dim_ * K));
+    checked_resize(w, "the means", means_, checked_mul(w, "dim x components", dim_, K));
     for (Index k = 0; k < K; ++k)
       for (Index i = 0; i < dim_; ++i) means_[std::size_t(k * dim_ + i)] = means(i, k);
     double total = 0;
@@ -169,7 +170,8 @@ class GaussianMixtureField {
     check_shape(w, "v", v_out, d, x.cols);
     check_unit_interval(w, "t", t);
     const Index B = x.cols, K = gmm_.components();
-    ws.jac.resize(static_cast<std::size_t>(d * d * B));
+    checked_resize(w, "the Jacobian cache", ws.jac,
+                   checked_mul(w, "dim x dim x batch", checked_mul(w, "dim x dim", d, d), B));
     ws.tmp.resize(static_cast<std::size_t>(K * (2 * d + 3) + 2 * d));
     double* lw = ws.tmp.data();           // (K) log weights -> weights
     double* ck = lw + K;                  // (K)

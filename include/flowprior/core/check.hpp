@@ -106,6 +106,15 @@ inline void check_forward_done(const char* where, Index ws_batch, const void* ws
                          ": call forward() with this workspace first");
 }
 
+/// Throws flowprior::error unless the workspace was laid out for the field's current sizes: the
+/// field was replaced (e.g. assigned a wider network) since the forward that filled it.
+inline void check_layout_unchanged(const char* where, bool same_layout) {
+  if (!same_layout)
+    detail::raise<error>(std::string("[flowprior.state] ") + where +
+                         ": the field changed since the last forward on this workspace; call "
+                         "forward() again");
+}
+
 /// Throws config_error unless K (tangents per sample of a JVP) is positive.
 inline void check_tangents(const char* where, Index K) {
   if (K <= 0)

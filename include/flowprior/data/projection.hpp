@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <flowprior/core/check.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/core/random.hpp>
 #include <flowprior/core/types.hpp>
 
@@ -30,7 +31,7 @@ class RandomProjection {
     const char* w = "RandomProjection";
     if (out_dim <= 0 || in_dim <= 0) raise_config(w, "dimensions must be positive");
     if (!std::isfinite(scale) || scale == 0) raise_config(w, "scale must be finite and non-zero");
-    W_.resize(static_cast<std::size_t>(out_ * in_));
+    checked_resize(w, "the projection matrix", W_, checked_mul(w, "out_dim x in_dim", out_, in_));
     Rng rng(seed);
     const double sd = 1.0 / std::sqrt(double(in_));
     for (auto& x : W_) x = static_cast<S>(sd * normal01(rng));  // column-major (d, d2)

@@ -14,6 +14,7 @@
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/math.hpp>
 #include <flowprior/core/random.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 
 namespace flowprior {
@@ -43,7 +44,10 @@ struct TimeSampler {
   }
 };
 
-/// N rows x K draws of (t, eps) in a stated convention.
+/// N rows x K draws of (t, eps) in a stated convention. The fields are public so that a caller
+/// can supply its own draws (resize, then fill t and eps); every loss checks them with
+/// validate() before reading, so sizes edited out of step with the buffers are a shape_error,
+/// never an out-of-bounds read (docs/errors.md "Draws").
 template <class S>
 struct FlowDraws {
   Convention convention = Convention::Paper;
@@ -60,18 +64,44 @@ struct FlowDraws {
   VectorView<S> times() { return {t.data(), cols()}; }
   MatrixView<S> noise() { return {eps.data(), dim, cols()}; }
 
-  /// Sizes the buffers (reusing their memory) for N rows, K draws, dimension d.
+  /// Sizes the buffers (reusing their memory) for N rows, K draws, dimension d. Throws
+  /// config_error, leaving the draws unchanged, when K < 1, N < 0, d < 1, or N K or d N K
+  /// overflows or cannot fit in memory.
   void resize(Convention conv, Index n_rows, Index d, Index draws_per_row) {
+    const char* w = "FlowDraws";
     if (draws_per_row <= 0)
-      raise_config("FlowDraws", "K (draws per row) must be >= 1, got " +
-                                    std::to_string(draws_per_row));
-    if (n_rows < 0 || d <= 0) raise_config("FlowDraws", "rows must be >= 0 and dim >= 1");
+      raise_config(w, "K (draws per row) must be >= 1, got " + std::to_string(draws_per_row));
+    if (n_rows < 0 || d <= 0)
+      raise_config(w, "rows must be >= 0 and dim >= 1, got rows " + std::to_string(n_rows) +
+                          ", dim " + std::to_string(d));
+    const Index M = checked_mul(w, "rows x K", n_rows, draws_per_row);
+    const Index n_eps = checked_mul(w, "dim x rows x K", d, M);
+    if (static_cast<std::size_t>(n_eps) > eps.size())  // growing: say what does not fit
+      check_allocation(w, "the noise of " + std::to_string(n_rows) + " rows x K " +
+                              std::to_string(draws_per_row) + " draws of dim " + std::to_string(d),
+                       n_eps, sizeof(S));
+    checked_resize(w, "the times of the draws", t, M);
+    checked_resize(w, "the noise of the draws", eps, n_eps);
     convention = conv;
     rows = n_rows;
     K = draws_per_row;
     dim = d;
-    t.resize(static_cast<std::size_t>(cols()));
-    eps.resize(static_cast<std::size_t>(d * cols()));
+  }
+
+  /// Throws shape_error unless the sizes agree with the buffers (t holds rows K times, eps
+  /// dim rows K values, K >= 1, rows >= 0, dim >= 1), naming `where`. The losses call it.
+  void validate(const char* where) const {
+    Index M = 0, n_eps = 0;
+    const bool sizes_ok = K >= 1 && rows >= 0 && dim >= 1 &&
+                          !__builtin_mul_overflow(rows, K, &M) &&
+                          !__builtin_mul_overflow(dim, M, &n_eps) &&
+                          Index(t.size()) == M && Index(eps.size()) == n_eps;
+    if (!sizes_ok)
+      flowprior::detail::raise<shape_error>(
+          std::string("[flowprior.shape] ") + where + ": the draws say rows " +
+          std::to_string(rows) + ", K " + std::to_string(K) + ", dim " + std::to_string(dim) +
+          " but hold " + std::to_string(t.size()) + " times and " + std::to_string(eps.size()) +
+          " noise values (use FlowDraws::resize, then fill t and eps)");
   }
 };
 
@@ -98,7 +128,7 @@ void draw(FlowDraws<S>& out, Convention conv, Index rows, Index dim, Index K,
   out.resize(conv, rows, dim, K);
   const Index M = out.cols();
   const Index G = time_group;
-  const Index n_times = (M + G - 1) / G;  // one time per run of G columns
+  const Index n_times = M / G + (M % G != 0);  // one time per run of G columns
   std::vector<Index>& strata = out.strata;
   if (sampler.kind == TimeSampler::Kind::Stratified) {
     strata.resize(static_cast<std::size_t>(n_times));

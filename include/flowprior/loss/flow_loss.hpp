@@ -22,6 +22,7 @@
 
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/loss/draws.hpp>
 #include <flowprior/prior.hpp>
@@ -56,7 +57,8 @@ namespace detail {
 
 template <class S>
 MatrixView<S> sized(std::vector<S>& buf, Index rows, Index cols) {
-  buf.resize(static_cast<std::size_t>(rows * cols));
+  checked_resize("loss workspace", "a buffer of the loss",  buf,
+                 checked_mul("loss workspace", "dim x rows x K", rows, cols));
   return {buf.data(), rows, cols};
 }
 
@@ -73,6 +75,7 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
   check_convention(where, "the prior", prior.convention(), conv);
   check_convention(where, "the draws", draws.convention, conv);
   check_shape(where, xname, x, d, N);
+  draws.validate(where);
   if (draws.rows != N || draws.dim != d)
     flowprior::detail::raise<shape_error>(std::string("[flowprior.shape] ") + where + ": draws are for " +
                                std::to_string(draws.rows) + " rows of dim " +
@@ -80,7 +83,8 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
                                std::to_string(d) + ", " + std::to_string(N) + ")");
   if (loss_per_row.data != nullptr || loss_per_row.size != 0)
     check_size(where, "loss_per_row", loss_per_row, N);
-  if (!std::isfinite(weight)) raise_config(where, "weight must be finite");
+  if (!(std::isfinite(weight) && weight >= 0))
+    raise_config(where, "weight (lambda) must be finite and >= 0, got " + std::to_string(weight));
   check_finite(where, xname, x);
   const Index M = N * K;
   MatrixView<S> xt = sized(ws.xt, d, M), v = sized(ws.v, d, M);

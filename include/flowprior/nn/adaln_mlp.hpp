@@ -72,8 +72,18 @@ class AdaLNMlp {
 
   /// Per-thread memory for activations (forward caches) and backward/JVP scratch. Reused across
   /// calls: a call with a batch size it has already seen allocates nothing.
+  /// Copying a workspace gives an empty one (its views would otherwise point into the source's
+  /// memory); moving keeps the memory and the caches.
   class Workspace {
    public:
+    Workspace() = default;
+    Workspace(const Workspace&) {}
+    Workspace& operator=(const Workspace&) {
+      *this = Workspace();
+      return *this;
+    }
+    Workspace(Workspace&&) = default;
+    Workspace& operator=(Workspace&&) = default;
     Index batch() const { return batch_; }
 
    private:
@@ -81,6 +91,7 @@ class AdaLNMlp {
     Arena<S, Backend> fwd_, bwd_, jvp_;
     Index batch_ = -1, bwd_batch_ = -1, jvp_cols_ = -1;
     Index fwd_layout_ = -1, fwd_groups_ = -1, groups_ = -1;
+    LayoutKey key_;            // the sizes of the field the caches were laid out for
     std::vector<Index> group;  // sample -> time group (when grouped)
     std::vector<S> t_group;    // one t per group
     const void* owner_ = nullptr;
@@ -97,19 +108,36 @@ class AdaLNMlp {
     MatrixView<S> dh, tan_in, tan_out;
   };
 
+  /// Builds the layout and allocates the parameters. Throws config_error from cfg.validate(),
+  /// or naming the sizes when the parameter count overflows or cannot fit in memory
+  /// (docs/errors.md "Sizes"), before the parameters are allocated.
   explicit AdaLNMlp(const Config& cfg) : cfg_(cfg) {
     cfg_.validate();
     const S eps = static_cast<S>(cfg_.ln_eps);
-    temb_ = TimeEmbedding<S, Backend>::make(layout_, "time_embed", cfg_.time_freq_dim,
-                                            cfg_.width, static_cast<S>(cfg_.max_period));
-    if (cfg_.cond_dim > 0)
-      cond_ = Linear<S, Backend>::make(layout_, "cond_embed", cfg_.cond_dim, cfg_.width);
-    input_ = Linear<S, Backend>::make(layout_, "input_proj", cfg_.dim, cfg_.width);
-    for (Index i = 0; i < cfg_.depth; ++i)
-      blocks_.push_back(ResBlock<S, Backend>::make(layout_, "res_blocks." + std::to_string(i),
-                                                   cfg_.width, eps, cfg_.activation));
-    final_ = FinalLayer<S, Backend>::make(layout_, "final_layer", cfg_.width, cfg_.dim, eps);
+    const std::string sizes = "dim " + std::to_string(cfg_.dim) + ", width " +
+                              std::to_string(cfg_.width) + ", depth " + std::to_string(cfg_.depth) +
+                              ", cond_dim " + std::to_string(cfg_.cond_dim) + ", time_freq_dim " +
+                              std::to_string(cfg_.time_freq_dim);
+    try {
+      temb_ = TimeEmbedding<S, Backend>::make(layout_, "time_embed", cfg_.time_freq_dim,
+                                              cfg_.width, static_cast<S>(cfg_.max_period));
+      if (cfg_.cond_dim > 0)
+        cond_ = Linear<S, Backend>::make(layout_, "cond_embed", cfg_.cond_dim, cfg_.width);
+      input_ = Linear<S, Backend>::make(layout_, "input_proj", cfg_.dim, cfg_.width);
+      for (Index i = 0; i < cfg_.depth; ++i) {
+        // one check per block before its layout entries, so depth 1e18 fails fast too
+        check_allocation("AdaLNMlp", "the parameters of " + sizes, layout_.total(), sizeof(S));
+        blocks_.push_back(ResBlock<S, Backend>::make(layout_, "res_blocks." + std::to_string(i),
+                                                     cfg_.width, eps, cfg_.activation));
+      }
+      final_ = FinalLayer<S, Backend>::make(layout_, "final_layer", cfg_.width, cfg_.dim, eps);
+    } catch (const config_error& e) {
+      raise_config("AdaLNMlp", "the network (" + sizes + ") is too large: " + e.what());
+    }
+    check_allocation("AdaLNMlp", "the parameters of " + sizes, layout_.total(), sizeof(S));
     Backend::resize(params_, layout_.total());
+    key_.sizes = {{layout_.total(), cfg_.dim, cfg_.width, cfg_.depth, cfg_.cond_dim,
+                   cfg_.time_freq_dim, 0, 0}};
   }
 
   const Config& config() const { return cfg_; }
@@ -190,8 +218,9 @@ class AdaLNMlp {
     const char* w = "AdaLNMlp::jvp_x";
     require_forward(w, ws);
     check_tangents(w, K);
-    check_shape(w, "dx", dx, cfg_.dim, ws.batch_ * K);
-    check_shape(w, "dv", dv_out, cfg_.dim, ws.batch_ * K);
+    const Index cols = checked_mul(w, "batch x K", ws.batch_, K);
+    check_shape(w, "dx", dx, cfg_.dim, cols);
+    check_shape(w, "dv", dv_out, cfg_.dim, cols);
     jvp_impl(ws, dx, dv_out, K);
   }
 
@@ -234,11 +263,13 @@ class AdaLNMlp {
 
   void require_forward(const char* w, const Workspace& ws) const {
     check_forward_done(w, ws.batch_, ws.owner_, this);
+    check_layout_unchanged(w, ws.key_ == key_);
   }
 
   /// Layout of the forward caches for B samples in R time groups (R == B: ungrouped).
   void prepare_forward(Workspace& ws, Index B, Index R) const {
-    if (ws.fwd_layout_ == B && ws.fwd_groups_ == R && ws.owner_ == this) return;
+    if (ws.fwd_layout_ == B && ws.fwd_groups_ == R && ws.key_ == key_) return;
+    ws.key_ = LayoutKey();  // invalid until the layout below is complete
     for (int pass = 0; pass < 2; ++pass) {
       ws.fwd_.begin(pass == 0);
       ws.temb = temb_.carve(ws.fwd_, R);
@@ -250,8 +281,9 @@ class AdaLNMlp {
       ws.blocks.clear();
       for (const auto& b : blocks_) ws.blocks.push_back(b.carve(ws.fwd_, B, R));
       ws.fin = final_.carve(ws.fwd_, B, R);
-      if (pass == 0) ws.fwd_.reserve_counted();
+      if (pass == 0) ws.fwd_.reserve_counted("AdaLNMlp::forward", B);
     }
+    ws.key_ = key_;
     ws.fwd_layout_ = B;
     ws.fwd_groups_ = R;
     ws.bwd_batch_ = -1;
@@ -268,7 +300,7 @@ class AdaLNMlp {
       ws.bs.d_mod = ws.bwd_.take(3 * cfg_.width, B);
       ws.d_h = ws.bwd_.take(cfg_.width, B);
       ws.d_sc = ws.bwd_.take(cfg_.width, B);
-      if (pass == 0) ws.bwd_.reserve_counted();
+      if (pass == 0) ws.bwd_.reserve_counted("AdaLNMlp::backward", B);
     }
     ws.bwd_batch_ = B;
   }
@@ -282,7 +314,7 @@ class AdaLNMlp {
       ws.dh = ws.jvp_.take(cfg_.width, cols);
       ws.tan_in = ws.jvp_.take(cfg_.dim, cols);
       ws.tan_out = ws.jvp_.take(cfg_.dim, cols);
-      if (pass == 0) ws.jvp_.reserve_counted();
+      if (pass == 0) ws.jvp_.reserve_counted("AdaLNMlp::jvp_x", cols);
     }
     ws.jvp_cols_ = cols;
   }
@@ -385,6 +417,7 @@ class AdaLNMlp {
   Linear<S, Backend> input_;
   std::vector<ResBlock<S, Backend>> blocks_;
   FinalLayer<S, Backend> final_;
+  LayoutKey key_;  // what a workspace laid out for this field must match
 };
 
 }  // namespace nn

@@ -55,14 +55,25 @@ class MlpField {
   using Scalar = S;
   using Config = MlpFieldConfig;
 
+  /// Copying a workspace gives an empty one (its views would otherwise point into the source's
+  /// memory); moving keeps the memory and the caches.
   class Workspace {
    public:
+    Workspace() = default;
+    Workspace(const Workspace&) {}
+    Workspace& operator=(const Workspace&) {
+      *this = Workspace();
+      return *this;
+    }
+    Workspace(Workspace&&) = default;
+    Workspace& operator=(Workspace&&) = default;
     Index batch() const { return batch_; }
 
    private:
     friend class MlpField;
     Arena<S, Backend> fwd_, bwd_, jvp_;
     Index batch_ = -1, fwd_layout_ = -1, bwd_batch_ = -1, jvp_cols_ = -1;
+    LayoutKey key_;  // the sizes of the field the caches were laid out for
     const void* owner_ = nullptr;
     MatrixView<S> z;                  // (dim + F, B) network input
     std::vector<MatrixView<S>> pre;   // (W, B) pre-activations
@@ -71,17 +82,30 @@ class MlpField {
     MatrixView<S> j1, j2, tan_in, tan_out;  // jvp scratch
   };
 
+  /// Builds the layout and allocates the parameters. Throws config_error from cfg.validate(),
+  /// or naming the sizes when the parameter count overflows or cannot fit in memory
+  /// (docs/errors.md "Sizes"), before the parameters are allocated.
   explicit MlpField(const Config& cfg) : cfg_(cfg) {
     cfg_.validate();
-    Index in = cfg_.dim + cfg_.time_features();
-    for (Index l = 0; l < cfg_.depth; ++l) {
-      layers_.push_back(Linear<S, Backend>::make(layout_, "layers." + std::to_string(l), in,
-                                                 cfg_.width));
-      in = cfg_.width;
+    const std::string sizes = "dim " + std::to_string(cfg_.dim) + ", width " +
+                              std::to_string(cfg_.width) + ", depth " + std::to_string(cfg_.depth);
+    try {
+      Index in = checked_add("MlpField", "input size", cfg_.dim, cfg_.time_features());
+      for (Index l = 0; l < cfg_.depth; ++l) {
+        check_allocation("MlpField", "the parameters of " + sizes, layout_.total(), sizeof(S));
+        layers_.push_back(Linear<S, Backend>::make(layout_, "layers." + std::to_string(l), in,
+                                                   cfg_.width));
+        in = cfg_.width;
+      }
+      layers_.push_back(Linear<S, Backend>::make(layout_, "layers." + std::to_string(cfg_.depth),
+                                                 cfg_.width, cfg_.dim));
+    } catch (const config_error& e) {
+      raise_config("MlpField", "the network (" + sizes + ") is too large: " + e.what());
     }
-    layers_.push_back(Linear<S, Backend>::make(layout_, "layers." + std::to_string(cfg_.depth),
-                                               cfg_.width, cfg_.dim));
+    check_allocation("MlpField", "the parameters of " + sizes, layout_.total(), sizeof(S));
     Backend::resize(params_, layout_.total());
+    key_.sizes = {{layout_.total(), cfg_.dim, cfg_.width, cfg_.depth, cfg_.time_features(), 0, 0,
+                   0}};
   }
 
   const Config& config() const { return cfg_; }
@@ -138,8 +162,9 @@ class MlpField {
     const char* w = "MlpField::jvp_x";
     require_forward(w, ws);
     check_tangents(w, K);
-    check_shape(w, "dx", dx, cfg_.dim, ws.batch_ * K);
-    check_shape(w, "dv", dv_out, cfg_.dim, ws.batch_ * K);
+    const Index cols = checked_mul(w, "batch x K", ws.batch_, K);
+    check_shape(w, "dx", dx, cfg_.dim, cols);
+    check_shape(w, "dv", dv_out, cfg_.dim, cols);
     jvp_impl(ws, dx, dv_out, K);
   }
 
@@ -169,10 +194,12 @@ class MlpField {
  private:
   void require_forward(const char* w, const Workspace& ws) const {
     check_forward_done(w, ws.batch_, ws.owner_, this);
+    check_layout_unchanged(w, ws.key_ == key_);
   }
 
   void prepare_forward(Workspace& ws, Index B) const {
-    if (ws.fwd_layout_ == B && ws.owner_ == this) return;
+    if (ws.fwd_layout_ == B && ws.key_ == key_) return;
+    ws.key_ = LayoutKey();  // invalid until the layout below is complete
     for (int pass = 0; pass < 2; ++pass) {
       ws.fwd_.begin(pass == 0);
       ws.z = ws.fwd_.take(cfg_.dim + cfg_.time_features(), B);
@@ -182,8 +209,9 @@ class MlpField {
         ws.pre.push_back(ws.fwd_.take(cfg_.width, B));
         ws.post.push_back(ws.fwd_.take(cfg_.width, B));
       }
-      if (pass == 0) ws.fwd_.reserve_counted();
+      if (pass == 0) ws.fwd_.reserve_counted("MlpField::forward", B);
     }
+    ws.key_ = key_;
     ws.fwd_layout_ = B;
     ws.bwd_batch_ = -1;
     ws.jvp_cols_ = -1;
@@ -196,7 +224,7 @@ class MlpField {
       ws.bwd_.begin(pass == 0);
       ws.t1 = ws.bwd_.take(cfg_.width, B);
       ws.t2 = ws.bwd_.take(cfg_.width, B);
-      if (pass == 0) ws.bwd_.reserve_counted();
+      if (pass == 0) ws.bwd_.reserve_counted("MlpField::backward", B);
     }
     ws.bwd_batch_ = B;
   }
@@ -209,7 +237,7 @@ class MlpField {
       ws.j2 = ws.jvp_.take(cfg_.width, cols);
       ws.tan_in = ws.jvp_.take(cfg_.dim, cols);
       ws.tan_out = ws.jvp_.take(cfg_.dim, cols);
-      if (pass == 0) ws.jvp_.reserve_counted();
+      if (pass == 0) ws.jvp_.reserve_counted("MlpField::jvp_x", cols);
     }
     ws.jvp_cols_ = cols;
   }
@@ -283,6 +311,7 @@ class MlpField {
   ParamLayout layout_;
   typename Backend::template Buffer<S> params_;
   std::vector<Linear<S, Backend>> layers_;
+  LayoutKey key_;  // what a workspace laid out for this field must match
 };
 
 }  // namespace nn

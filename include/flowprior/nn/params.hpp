@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <flowprior/core/error.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 
 namespace flowprior {
@@ -38,11 +39,17 @@ struct MatmulFlops {
 /// The ordered list of named tensors of a module and their offsets.
 class ParamLayout {
  public:
-  /// Appends a tensor and returns its offset.
+  /// Appends a tensor and returns its offset. Throws config_error naming the tensor when an
+  /// extent is negative or its size or the running total overflows Index (docs/errors.md
+  /// "Sizes"); the layout is unchanged then.
   Index add(std::string name, std::vector<Index> shape) {
+    const std::string what = "size of parameter '" + name + "'";
+    Index n = 1;
+    for (Index s : shape) n = checked_mul("ParamLayout::add", what.c_str(), n, s);
+    const Index total = checked_add("ParamLayout::add", "parameter count", total_, n);
     TensorInfo t{std::move(name), total_, std::move(shape)};
-    total_ += t.size();
     tensors_.push_back(std::move(t));
+    total_ = total;
     return tensors_.back().offset;
   }
   Index total() const { return total_; }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <flowprior/core/check.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/random.hpp>
 #include <flowprior/ode/integrate.hpp>
@@ -130,8 +131,10 @@ SolveStats log_likelihood(const Prior<Field>& prior, Convention conv,
   const Index K = opt.probes;
   if (hutch) {
     if (rng == nullptr) raise_config(w, "Hutchinson estimates need a random generator");
-    ws.probes.resize(static_cast<std::size_t>(d * B * K));
-    ws.jv.resize(ws.probes.size());
+    const Index n_probes =
+        checked_mul(w, "dim x rows x probes", checked_mul(w, "dim x rows", d, B), K);
+    checked_resize(w, "the Hutchinson probes", ws.probes, n_probes);
+    checked_resize(w, "the Hutchinson products", ws.jv, n_probes);
     for (auto& e : ws.probes)  // drawn once: fixed during the solve
       e = opt.probe == Probe::Rademacher ? (uniform01(*rng) < 0.5 ? S(-1) : S(1))
                                          : static_cast<S>(normal01(*rng));

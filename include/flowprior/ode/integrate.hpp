@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <flowprior/core/check.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 
 namespace flowprior {
@@ -132,7 +133,9 @@ template <class S, class F>
 SolveStats fixed(F& f, double t0, double t1, MatrixView<S> z, const SolverOptions& opt,
                  Index steps, std::vector<S>& work) {
   const Index n = z.rows, B = z.cols;
-  work.resize(static_cast<std::size_t>(5 * n * B));
+  const char* w = "ode::integrate";
+  checked_resize(w, "the RK4 stages", work,
+                 checked_mul(w, "5 x state size", 5, checked_mul(w, "state size", n, B)));
   MatrixView<S> k1 = buf(work, 0, n, B), k2 = buf(work, 1, n, B), k3 = buf(work, 2, n, B),
                 k4 = buf(work, 3, n, B), y = buf(work, 4, n, B);
   SolveStats st;
@@ -192,7 +195,9 @@ template <class S, class F>
 SolveStats dopri5(F& f, double t0, double t1, MatrixView<S> z, const SolverOptions& opt,
                   std::vector<S>& work) {
   const Index n = z.rows, B = z.cols;
-  work.resize(static_cast<std::size_t>(9 * n * B));
+  const char* w = "ode::integrate";
+  checked_resize(w, "the Dopri5 stages", work,
+                 checked_mul(w, "9 x state size", 9, checked_mul(w, "state size", n, B)));
   MatrixView<S> k[7];
   for (int i = 0; i < 7; ++i) k[i] = buf(work, i, n, B);
   MatrixView<S> y = buf(work, 7, n, B), ynew = buf(work, 8, n, B);

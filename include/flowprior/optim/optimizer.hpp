@@ -22,6 +22,7 @@
 #include <flowprior/backend/parallel.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/error.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 
 namespace flowprior {
@@ -78,11 +79,17 @@ struct AdamConfig {
   double weight_decay = 0;  ///< lambda >= 0
   bool decoupled = true;    ///< true: AdamW, docs/math/optim.md (3); false: L2 Adam, (4)
 
-  /// Throws config_error naming the field: lr finite and >= 0, 0 <= beta1, beta2 < 1, eps > 0
+  /// The largest learning rate Adam accepts. Adam moves every parameter by about lr per step
+  /// whatever the scale of its gradient (docs/math/optim.md (2)), so a larger rate is a unit
+  /// mistake, not a setting: it is refused rather than run (docs/errors.md "Options").
+  static constexpr double max_lr = 1e3;
+
+  /// Throws config_error naming the field: lr in [0, max_lr], 0 <= beta1, beta2 < 1, eps > 0
   /// and finite, weight_decay finite and >= 0. (NaN fails every check.)
   void validate() const {
-    if (!(std::isfinite(lr) && lr >= 0))
-      raise_config("AdamConfig", "lr must be finite and >= 0, got " + detail::optim_num(lr));
+    if (!(lr >= 0 && lr <= max_lr))
+      raise_config("AdamConfig", "lr must lie in [0, " + detail::optim_num(max_lr) + "], got " +
+                                     detail::optim_num(lr));
     if (!(beta1 >= 0 && beta1 < 1))
       raise_config("AdamConfig", "beta1 must lie in [0, 1), got " + detail::optim_num(beta1));
     if (!(beta2 >= 0 && beta2 < 1))
@@ -114,6 +121,8 @@ class Adam {
   Adam(Index n, AdamConfig cfg) : cfg_(cfg) {
     if (n < 0) raise_config("Adam", "n must be >= 0, got " + std::to_string(n));
     cfg_.validate();
+    check_allocation("Adam", "the moments of " + std::to_string(n) + " parameters",
+                     checked_mul("Adam", "2 x parameters", 2, n), sizeof(S));
     n_ = n;
     m_.assign(static_cast<std::size_t>(n), S(0));
     v_.assign(static_cast<std::size_t>(n), S(0));
@@ -127,13 +136,14 @@ class Adam {
   ///   p <- p - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps),  bc_k = 1 - b_k^t.
   /// Shapes: params and grads have size n. grads is not modified.
   /// Throws, leaving params and the state unchanged: shape_error if a size differs from n,
-  /// config_error if lr is negative or not finite, numeric_error naming the index of the first
-  /// NaN/Inf gradient.
+  /// config_error if lr lies outside [0, AdamConfig::max_lr] (NaN included), numeric_error
+  /// naming the index of the first NaN/Inf gradient.
   void step(VectorView<S> params, ConstVectorView<S> grads, double lr) {
     check_size("Adam::step", "params", params, n_);
     check_size("Adam::step", "grads", grads, n_);
-    if (!(std::isfinite(lr) && lr >= 0))
-      raise_config("Adam::step", "lr must be finite and >= 0, got " + detail::optim_num(lr));
+    if (!(lr >= 0 && lr <= AdamConfig::max_lr))
+      raise_config("Adam::step", "lr must lie in [0, " + detail::optim_num(AdamConfig::max_lr) +
+                                     "], got " + detail::optim_num(lr));
     const Index bad = detail::optim_first_nonfinite(grads.data, n_);
     if (bad >= 0)
       detail::optim_raise_nonfinite("Adam::step", "grads", static_cast<double>(grads[bad]), bad);
