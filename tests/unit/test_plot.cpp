@@ -7,13 +7,19 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <flowprior/pipeline/toy2d_figures.hpp>
 #include <flowprior/plot/figure.hpp>
+#include <future>
+#include <limits>
+#include <memory>
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "catch.hpp"
@@ -136,6 +142,44 @@ Box ink_box(const Canvas& cv, Color bg) {
         ++b.count;
       }
   return b;
+}
+
+/// Runs f on its own thread and waits at most `seconds`: true when it returned in time (an
+/// exception it threw is rethrown here). A call that hangs -- the regression the hostile-data
+/// tests guard against -- is left running detached, owning its data through f's captures, so the
+/// test fails instead of blocking the suite. f must not use Catch2 assertions.
+template <class F>
+bool finishes_within(double seconds, F f) {
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> result = done->get_future();
+  std::thread([done, f]() mutable {
+    try {
+      f();
+      done->set_value();
+    } catch (...) {
+      done->set_exception(std::current_exception());
+    }
+  }).detach();
+  if (result.wait_for(std::chrono::duration<double>(seconds)) != std::future_status::ready)
+    return false;
+  result.get();
+  return true;
+}
+
+/// Generous: a render takes milliseconds (a second under sanitizers); a hang takes hours.
+constexpr double kRenderSeconds = 60;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kMax = std::numeric_limits<double>::max();
+constexpr double kDenorm = std::numeric_limits<double>::denorm_min();
+
+/// Largest channel difference between two canvases of the same size.
+int max_channel_diff(const Canvas& a, const Canvas& b) {
+  int d = 0;
+  const std::size_t n = static_cast<std::size_t>(a.width()) * a.height() * 3;
+  for (std::size_t i = 0; i < n; ++i) d = std::max(d, std::abs(int{a.data()[i]} - b.data()[i]));
+  return d;
 }
 
 }  // namespace
@@ -407,6 +451,283 @@ TEST_CASE("plot figure: a 2x2 figure saves a valid PNG, heatmap row 0 at the bot
   REQUIRE_THROWS_AS(plot::Figure(0, 1), flowprior::config_error);
   REQUIRE_THROWS_AS(plot::Figure(1, 1, 50, 50), flowprior::config_error);
   REQUIRE_THROWS_AS(plot::Figure(200, 1), flowprior::config_error);  // wider than kMaxImageSide
+}
+
+// Hostile data (docs/plotting.md "Hostile data"): far, huge and non-finite coordinates are clipped in
+// floating point before any conversion to int, so no loop runs over pixels outside the canvas.
+TEST_CASE("plot canvas: far, huge and non-finite coordinates are clipped, never looped over",
+          "[plot][robust]") {
+  const Color bg = plot::colors::white, ink = plot::colors::blue;
+  auto cv = std::make_shared<Canvas>(40, 30, bg);
+  // Nothing of these shapes is on the canvas: pixel coordinates far beyond int, or non-finite.
+  REQUIRE(finishes_within(kRenderSeconds, [cv, ink] {
+    for (double far : {2e11, -2e11, 1e300, -1e300, kMax, -kMax, kInf, -kInf, kNaN}) {
+      cv->disc(far, 10, 2.0, ink);
+      cv->disc(10, far, 2.0, ink);
+      cv->disc(far, far, 3.0, ink);
+      cv->circle(far, 12, 4.0, ink);
+      cv->circle(-far, -far, 4.0, ink, 2.0);
+      cv->line(far, 5, far, 25, ink, 2.0);  // a vertical line far right (or left) of the canvas
+      cv->line(far, far, far, -far, ink);
+    }
+    cv->line(5e11, -5e11, 5e11 + 1, 5e11, ink);  // passes far from the canvas
+    cv->line(kMax, -kMax, -kMax, -kMax, ink);    // below it, with an overflowing length
+    // Integer rectangles and text near the ends of int.
+    const int big = std::numeric_limits<int>::max(), small = std::numeric_limits<int>::min();
+    cv->fill_rect(big - 2, 0, 10, 10, ink);
+    cv->fill_rect(small, small, big, big, ink);
+    cv->rect(big - 5, big - 5, big, big, ink, big);
+    cv->text(big - 3, 5, "far text", ink);
+    cv->text(small, 5, "far text", ink);
+    cv->text(5, big - 3, "far text", ink, big);
+    cv->text_vertical(5, small + 3, "far text", ink, big / 2);
+    cv->set_clip(big - 1, big - 1, big, big);
+    cv->fill_rect(0, 0, 40, 30, ink);
+    cv->reset_clip();
+  }));
+  REQUIRE(ink_box(*cv, bg).count == 0);
+
+  // A segment from inside to far outside draws exactly its visible part: as a short one would.
+  for (double far : {2e11, 1e300, kMax}) {
+    CAPTURE(far);
+    auto a = std::make_shared<Canvas>(40, 30, bg), b = std::make_shared<Canvas>(40, 30, bg);
+    REQUIRE(finishes_within(kRenderSeconds, [a, b, far, ink] {
+      a->line(5, 15, far, 15, ink, 3.0);
+      a->line(20, 2, 20, -far, ink, 1.0);
+      a->line(-far, -far, 10, 10, ink, 1.0);
+      b->line(5, 15, 100, 15, ink, 3.0);
+      b->line(20, 2, 20, -100, ink, 1.0);
+      b->line(-100, -100, 10, 10, ink, 1.0);
+    }));
+    REQUIRE(a->get(39, 15) == ink);
+    REQUIRE(a->get(20, 0) == ink);
+    REQUIRE(a->get(0, 0) == ink);
+    REQUIRE(max_channel_diff(*a, *b) <= 1);
+  }
+  // Crossing the whole canvas from far outside on both sides: every column of the row (and
+  // every row of the column), however far the ends.
+  for (double far : {1e12, 1e300, kMax}) {
+    CAPTURE(far);
+    auto h = std::make_shared<Canvas>(40, 30, bg), v = std::make_shared<Canvas>(40, 30, bg);
+    REQUIRE(finishes_within(kRenderSeconds, [h, v, far, ink] {
+      h->line(-far, 7, far, 7, ink, 1.0);
+      v->line(9, far, 9, -far, ink, 1.0);
+    }));
+    const Box hb = ink_box(*h, bg), vb = ink_box(*v, bg);
+    REQUIRE(hb.count == 40);
+    REQUIRE(hb.y0 == 7);
+    REQUIRE(hb.y1 == 7);
+    REQUIRE(vb.count == 30);
+    REQUIRE(vb.x0 == 9);
+    REQUIRE(vb.x1 == 9);
+  }
+
+  // Huge markers and widths cover the canvas (within the clip rectangle), bounded by its size.
+  auto w = std::make_shared<Canvas>(40, 30, bg);
+  REQUIRE(finishes_within(kRenderSeconds, [w, ink] {
+    w->set_clip(10, 10, 5, 5);
+    w->disc(0, 0, 1e300, ink);
+    w->circle(0, 0, 1e300, ink, kInf);
+    w->line(0, 0, 1, 1, ink, 1e300);
+    w->reset_clip();
+  }));
+  const Box wb = ink_box(*w, bg);
+  REQUIRE(wb.count == 25);
+  REQUIRE(wb.x0 == 10);
+  REQUIRE(wb.y1 == 14);
+
+  // Colour helpers map NaN like 0 rather than converting it.
+  REQUIRE(plot::mix(plot::colors::black, plot::colors::white, kNaN) == plot::colors::black);
+  REQUIRE(plot::grayscale(kNaN) == plot::colors::black);
+  REQUIRE(plot::viridis(kNaN) == plot::viridis(0));
+}
+
+TEST_CASE("plot axes: a scatter point at 1e9 with limits -1..1 is clipped, not looped over",
+          "[plot][robust]") {
+  auto fig = std::make_shared<plot::Figure>(2, 1, 240, 200, "far points");
+  const double xs[] = {0.5, 1e9, -1e9, 0.5, 1e300, -kMax, kNaN, kInf, -kInf, 0.25, kDenorm};
+  const double ys[] = {0.5, 0.5, 1e9, 1e300, 0.0, 0.0, 0.0, 0.5, kNaN, -0.5, kDenorm};
+  const int n = 11;
+  plot::Axes& sc = fig->panel(0, 0);
+  sc.set_limits(-1, 1, -1, 1).scatter(xs, ys, n, plot::colors::red, 3.0, 1.0);
+  sc.text(1e9, 0, "far away").text(kNaN, kInf, "nowhere");
+  plot::Axes& ln = fig->panel(1, 0);
+  ln.set_limits(-1, 1, -1, 1).line(xs, ys, n, plot::colors::red, 2.0).set_grid();
+  auto out = std::make_shared<std::unique_ptr<Canvas>>();
+  REQUIRE(finishes_within(kRenderSeconds,
+                          [fig, out] { *out = std::make_unique<Canvas>(fig->render()); }));
+  const std::unique_ptr<Canvas>& cv = *out;
+  // The near point is drawn, at its place.
+  REQUIRE(cv->get(static_cast<int>(std::lround(sc.to_px(0.5))),
+                  static_cast<int>(std::lround(sc.to_py(0.5)))) == plot::colors::red);
+  // The line from (0.5, 0.5) towards (1e9, 0.5) is drawn up to the right edge of the panel...
+  const plot::Rect p = ln.plot_rect();
+  for (int x = static_cast<int>(std::lround(ln.to_px(0.5))); x < p.x + p.w; ++x) {
+    CAPTURE(x);
+    REQUIRE(cv->get(x, static_cast<int>(std::lround(ln.to_py(0.5)))) == plot::colors::red);
+  }
+  // ... and the segment from (1e300, 0) to (-DBL_MAX, 0) crosses the whole panel at y = 0...
+  const int y0 = static_cast<int>(std::lround(ln.to_py(0)));
+  for (int x = p.x; x < p.x + p.w; ++x) {
+    CAPTURE(x);
+    REQUIRE(cv->get(x, y0) == plot::colors::red);
+  }
+  // ... and nothing of either panel spills out of its plot area (no pixel right of it is red).
+  for (int y = 0; y < cv->height(); ++y) {
+    CAPTURE(y);
+    REQUIRE(cv->get(p.x + p.w + 1, y) != plot::colors::red);
+  }
+  TempDir tmp;
+  fig->save(tmp / "far.png");
+  const Decoded d = decode_png(flowprior::io::read_file(tmp / "far.png"));
+  REQUIRE(d.width == fig->width());
+  REQUIRE(std::equal(d.rgb.begin(), d.rgb.end(), cv->data()));
+}
+
+TEST_CASE("plot axes: autoscale of hostile data gives finite distinct limits and renders",
+          "[plot][robust]") {
+  using V = std::vector<double>;
+  const std::vector<std::pair<V, V>> cases = {
+      {{}, {}},
+      {{kNaN, kInf, -kInf}, {kInf, kNaN, 1}},
+      {{3}, {-2}},
+      {{1e300}, {1e300}},
+      {{-kMax}, {kMax}},
+      {{kMax, -kMax}, {-kMax, kMax}},
+      {{1e300, -1e300, 0}, {0, 1e300, -1e300}},
+      {{1e16, 1e16 + 2, 1e16 + 4}, {-1e16, -1e16, -1e16 - 2}},
+      {{0, kDenorm}, {kDenorm, 2 * kDenorm}},
+      {{kDenorm}, {-kDenorm}},
+      {{1, 1, 1}, {5, 5, 5}},
+  };
+  for (std::size_t k = 0; k < cases.size(); ++k) {
+    for (int mode = 0; mode < 3; ++mode) {  // plain, equal aspect, log y
+      CAPTURE(k, mode);
+      const V& x = cases[k].first;
+      const V& y = cases[k].second;
+      auto fig = std::make_shared<plot::Figure>(1, 1, 240, 200);
+      plot::Axes& ax = fig->panel(0, 0);
+      ax.scatter(x.data(), y.data(), int(x.size()), plot::colors::red)
+          .line(x.data(), y.data(), int(x.size()), plot::colors::blue)
+          .set_grid()
+          .set_title("hostile")
+          .set_equal_aspect(mode == 1)
+          .set_log_y(mode == 2);
+      const plot::Limits l = ax.limits();
+      CAPTURE(l.x0, l.x1, l.y0, l.y1);
+      REQUIRE(std::isfinite(l.x0));
+      REQUIRE(std::isfinite(l.x1));
+      REQUIRE(std::isfinite(l.y0));
+      REQUIRE(std::isfinite(l.y1));
+      REQUIRE(l.x0 < l.x1);
+      REQUIRE(l.y0 < l.y1);
+      // The data corners map to distinct finite pixels.
+      REQUIRE(std::isfinite(ax.to_px(l.x0)));
+      REQUIRE(ax.to_px(l.x0) < ax.to_px(l.x1));
+      REQUIRE(ax.to_py(l.y0) > ax.to_py(l.y1));
+      REQUIRE(finishes_within(kRenderSeconds, [fig] { (void)fig->render(); }));
+    }
+  }
+  // Explicit limits at the ends of the double range still map monotonically.
+  plot::Axes wide;
+  wide.set_limits(-kMax, kMax, -kMax, kMax);
+  REQUIRE(wide.to_px(-kMax) < wide.to_px(0));
+  REQUIRE(wide.to_px(0) < wide.to_px(kMax));
+  REQUIRE(wide.to_py(0) == Approx(wide.plot_rect().y - 0.5 + wide.plot_rect().h / 2.0));
+}
+
+TEST_CASE("plot axes: heatmaps with NaN, inf and infinite colour limits stay in the colour table",
+          "[plot][robust]") {
+  std::set<std::array<std::uint8_t, 3>> table;
+  for (int k = 0; k < 1024; ++k) {
+    const Color c = plot::viridis(k / 1023.0);
+    table.insert({c.r, c.g, c.b});
+  }
+  const double v[] = {kNaN, kInf, -kInf, 1e300, -1e300, kMax, -kMax, 0, kDenorm};
+  const double lims[][2] = {{kNaN, kNaN},  {-kInf, kInf},  {kInf, kInf},  {-kMax, kMax},
+                            {kMax, -kMax}, {1e300, 1e300}, {kNaN, -kInf}, {0, kDenorm}};
+  for (const auto& lim : lims) {
+    CAPTURE(lim[0], lim[1]);
+    auto fig = std::make_shared<plot::Figure>(1, 1, 240, 200);
+    plot::Axes& ax = fig->panel(0, 0);
+    ax.heatmap(v, 3, 3, 0, 3, 0, 3, plot::viridis, lim[0], lim[1]);
+    REQUIRE_NOTHROW(ax.colorbar("v"));
+    auto out = std::make_shared<std::unique_ptr<Canvas>>();
+    REQUIRE(finishes_within(kRenderSeconds,
+                            [fig, out] { *out = std::make_unique<Canvas>(fig->render()); }));
+    const std::unique_ptr<Canvas>& cv = *out;
+    const plot::Rect p = ax.plot_rect();
+    for (int y = p.y; y < p.y + p.h; y += 3)
+      for (int x = p.x; x < p.x + p.w; x += 3) {
+        const Color c = cv->get(x, y);
+        CAPTURE(x, y);
+        REQUIRE((c == plot::colors::white || table.count({c.r, c.g, c.b}) == 1));
+      }
+  }
+  // Constant data, however large, still gets a colour bar.
+  const double same[] = {1e300, 1e300, 1e300, 1e300};
+  plot::Axes ax;
+  REQUIRE_NOTHROW(ax.heatmap(same, 2, 2, 0, 1, 0, 1).colorbar());
+}
+
+TEST_CASE("plot ticks: degenerate, denormal and non-finite ranges give few finite ticks",
+          "[plot][robust]") {
+  const double ranges[][2] = {{1e16, 1e16 + 4}, {0, kDenorm}, {-kMax, kMax}, {kMax, kMax},
+                              {1e300, -1e300},  {kNaN, 1},    {0, kInf},     {-1e-310, 1e-310}};
+  for (const auto& r : ranges) {
+    CAPTURE(r[0], r[1]);
+    const std::vector<double> t = plot::nice_ticks(r[0], r[1], 5);
+    REQUIRE(t.size() <= 20);
+    for (std::size_t k = 0; k < t.size(); ++k) {
+      REQUIRE(std::isfinite(t[k]));
+      if (k > 0) REQUIRE(t[k] > t[k - 1]);
+    }
+  }
+  const std::vector<double> lt = plot::log_ticks(kDenorm, kMax);
+  REQUIRE(!lt.empty());
+  REQUIRE(lt.size() <= 20);
+  REQUIRE(plot::format_tick(kNaN, 0.5) == "nan");
+  REQUIRE(plot::format_tick(kNaN, kInf) == "nan");  // no decimals computed from log10(inf)
+  REQUIRE(plot::format_tick(-kInf, 0.5) == "-inf");
+  for (double v : {0.0, -1.0, kNaN, kInf, kDenorm}) {
+    CAPTURE(v);
+    REQUIRE(!plot::format_log_tick(v).empty());
+  }
+}
+
+TEST_CASE("plot toy2d figures: a diverged run's data still gives four valid PNGs",
+          "[plot][robust]") {
+  namespace pipeline = flowprior::pipeline;
+  auto r = std::make_shared<pipeline::Toy2dResult>();
+  r->target = "two_moons";
+  r->x0 = -2, r->x1 = 2, r->y0 = -1.5, r->y1 = 1.5;
+  r->grid = 4;
+  r->grid_align_trained.assign(16, 1e300);  // constant and huge: a degenerate colour range
+  r->grid_align_trained[3] = kNaN;
+  r->grid_nll.assign(16, kInf);
+  r->grid_nll[5] = -kMax;
+  r->target_samples = Eigen::MatrixXd::Random(2, 50);
+  r->prior_samples = Eigen::MatrixXd::Constant(2, 50, 1e9);
+  r->prior_samples(0, 0) = kNaN;
+  r->latents_start = Eigen::MatrixXd::Random(2, 30);
+  r->latents_trained = Eigen::MatrixXd::Constant(2, 30, -1e300);
+  r->latents_trained(1, 2) = kInf;
+  r->train_step = {0, 1, 2, 3};
+  r->train_loss = {1, 1e300, kInf, kNaN};
+  r->track_step = {0, 10, 20};
+  r->track_loss_trained = {1, 1e9, kMax};
+  r->track_nll_trained = {-kMax, kNaN, 1e300};
+  TempDir tmp;
+  const std::string dir = tmp.dir.string();
+  auto paths = std::make_shared<std::vector<std::string>>();
+  REQUIRE(finishes_within(kRenderSeconds,
+                          [r, dir, paths] { *paths = pipeline::write_toy2d_figures(*r, dir); }));
+  REQUIRE(paths->size() == 4);
+  for (const std::string& path : *paths) {
+    CAPTURE(path);
+    const Decoded d = decode_png(flowprior::io::read_file(path));
+    REQUIRE(d.width > 0);
+  }
 }
 
 #endif  // FLOWPRIOR_HAS_PLOT

@@ -9,7 +9,10 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <flowprior/pipeline/toy2d.hpp>
@@ -27,8 +30,16 @@ inline void scatter_cols(plot::Axes& ax, const Eigen::MatrixXd& m, plot::Color c
   ax.scatter(x.data(), y.data(), int(x.size()), c, radius, alpha);
 }
 
+/// True when [x0, x1] x [y0, y1] can be an Axes' limits (finite, non-empty).
+inline bool usable_box(double x0, double x1, double y0, double y1) {
+  return std::isfinite(x0) && std::isfinite(x1) && std::isfinite(y0) && std::isfinite(y1) &&
+         x0 != x1 && y0 != y1;
+}
+
+/// The data range of the run, or autoscale when it is unusable (a diverged run).
 inline void frame(plot::Axes& ax, const Toy2dResult& r, const std::string& title) {
-  ax.set_limits(r.x0, r.x1, r.y0, r.y1).set_equal_aspect().set_title(title);
+  if (usable_box(r.x0, r.x1, r.y0, r.y1)) ax.set_limits(r.x0, r.x1, r.y0, r.y1);
+  ax.set_equal_aspect().set_title(title);
 }
 
 inline std::vector<double> finite_or(const std::vector<double>& v) {
@@ -38,7 +49,8 @@ inline std::vector<double> finite_or(const std::vector<double>& v) {
   return o;
 }
 
-/// Colour range [q_lo, q_hi] quantiles of the finite values (robust to far-out extremes).
+/// Colour range [q_lo, q_hi] quantiles of the finite values (robust to far-out extremes);
+/// always finite with lo < hi (constant values, even huge ones, get a widened range).
 inline void percentile_range(const std::vector<double>& v, double& lo, double& hi,
                              double q_lo = 0.01, double q_hi = 0.99) {
   std::vector<double> s = finite_or(v);
@@ -47,6 +59,10 @@ inline void percentile_range(const std::vector<double>& v, double& lo, double& h
   lo = s.empty() ? 0 : at(q_lo);
   hi = s.empty() ? 1 : at(q_hi);
   if (!(hi > lo)) hi = lo + 1;
+  if (!(hi > lo)) {  // lo + 1 == lo beyond 2^53
+    const double big = std::numeric_limits<double>::max();
+    std::tie(lo, hi) = plot::detail::usable_range(lo, lo, -big, big);
+  }
 }
 
 }  // namespace detail
@@ -81,10 +97,13 @@ inline std::vector<std::string> write_toy2d_figures(const Toy2dResult& r,
                      double vmax, const std::string& label) {
       auto& ax = fig.panel(col++, 0);
       detail::frame(ax, r, title);
-      const int G = int(r.grid);
-      const double hx = (r.x1 - r.x0) / (2.0 * (G - 1)), hy = (r.y1 - r.y0) / (2.0 * (G - 1));
-      ax.heatmap(v.data(), G, G, r.x0 - hx, r.x1 + hx, r.y0 - hy, r.y1 + hy, plot::viridis, vmin,
-                 vmax);
+      const Index G = r.grid;
+      if (G < 2 || G > 32768 || v.size() != std::size_t(G * G)) return;  // no grid to show
+      const double hx = (r.x1 - r.x0) / (2.0 * double(G - 1)),
+                   hy = (r.y1 - r.y0) / (2.0 * double(G - 1));
+      if (!detail::usable_box(r.x0 - hx, r.x1 + hx, r.y0 - hy, r.y1 + hy)) return;
+      ax.heatmap(v.data(), int(G), int(G), r.x0 - hx, r.x1 + hx, r.y0 - hy, r.y1 + hy,
+                 plot::viridis, vmin, vmax);
       ax.colorbar(label);
     };
     char t[128];
@@ -127,8 +146,8 @@ inline std::vector<std::string> write_toy2d_figures(const Toy2dResult& r,
     plot::Figure fig(3, 1, 420, 400, "training and alignment curves");
     auto& a = fig.panel(0, 0);
     a.set_title("prior: flow-matching loss").set_xlabel("step").set_ylabel("loss");
-    if (!r.train_step.empty())
-      a.line(r.train_step.data(), r.train_loss.data(), int(r.train_step.size()), prior_c);
+    const std::size_t n_train = std::min(r.train_step.size(), r.train_loss.size());
+    if (n_train > 0) a.line(r.train_step.data(), r.train_loss.data(), int(n_train), prior_c);
     auto curve = [&](plot::Axes& ax, const std::vector<double>& tr, const std::vector<double>& ex,
                      bool log_y) {
       const std::size_t n = std::min(r.track_step.size(), tr.size());

@@ -52,9 +52,9 @@ inline Color palette(int i) {
   return kTable[k];
 }
 
-/// Linear interpolation between two colours, t in [0, 1] (clamped).
+/// Linear interpolation between two colours, t in [0, 1] (clamped; NaN maps like 0).
 inline Color mix(Color a, Color b, double t) {
-  t = std::clamp(t, 0.0, 1.0);
+  t = t > 0.0 ? std::min(t, 1.0) : 0.0;
   auto ch = [t](std::uint8_t u, std::uint8_t v) {
     return static_cast<std::uint8_t>(std::lround(u + (v - u) * t));
   };
@@ -163,11 +163,19 @@ inline bool glyph_bit(std::uint64_t g, int col, int row) {
 /// An RGB raster, rows top to bottom. Every drawing call is clipped to the canvas and to the
 /// current clip rectangle; drawing outside is silently ignored (a marker half outside a panel
 /// is drawn in part), so callers never need to pre-clip.
+///
+/// Any coordinates are safe (docs/plotting.md "Hostile data"): shapes are clipped in floating point
+/// before a coordinate becomes an int, so far-away points (1e300, beyond int) are never
+/// converted with undefined behaviour and no loop runs over pixels outside the clip rectangle;
+/// shapes with a non-finite coordinate are skipped; integer rectangles and text positions are
+/// added up in 64 bits, so values near INT_MAX cannot overflow.
 class Canvas {
  public:
   /// Glyph cell of the built-in font at scale 1: 6 pixels advance, 8 rows (7 + descender).
   static constexpr int kGlyphAdvance = 6;
   static constexpr int kGlyphHeight = 8;
+  /// Text scales are clamped to 1..kMaxTextScale: one font pixel then covers any canvas.
+  static constexpr int kMaxTextScale = kMaxImageSide;
 
   /// @pre 1 <= width, height <= kMaxImageSide, else config_error.
   explicit Canvas(int width, int height, Color background = colors::white)
@@ -204,10 +212,10 @@ class Canvas {
 
   /// Restricts drawing to the rectangle [x, x+w) x [y, y+h) (intersected with the canvas).
   void set_clip(int x, int y, int w, int h) {
-    clip_x0_ = std::max(0, x);
-    clip_y0_ = std::max(0, y);
-    clip_x1_ = std::min(width_, x + std::max(0, w));
-    clip_y1_ = std::min(height_, y + std::max(0, h));
+    clip_x0_ = static_cast<int>(std::clamp<long long>(x, 0, width_));
+    clip_y0_ = static_cast<int>(std::clamp<long long>(y, 0, height_));
+    clip_x1_ = static_cast<int>(std::clamp<long long>(x + std::max(0LL, w + 0LL), 0, width_));
+    clip_y1_ = static_cast<int>(std::clamp<long long>(y + std::max(0LL, h + 0LL), 0, height_));
   }
   /// Drawing may touch the whole canvas again.
   void reset_clip() { set_clip(0, 0, width_, height_); }
@@ -236,31 +244,33 @@ class Canvas {
 
   /// Fills the pixels [x, x+w) x [y, y+h), optionally translucent.
   void fill_rect(int x, int y, int w, int h, Color c, double alpha = 1.0) {
-    const int x0 = std::max(x, clip_x0_), x1 = std::min(x + w, clip_x1_);
-    const int y0 = std::max(y, clip_y0_), y1 = std::min(y + h, clip_y1_);
-    for (int j = y0; j < y1; ++j)
-      for (int i = x0; i < x1; ++i) blend(i, j, c, alpha);
+    fill_box(x, y, x + static_cast<long long>(w), y + static_cast<long long>(h), c, alpha);
   }
 
   /// Outline of the rectangle [x, x+w) x [y, y+h), `thickness` pixels drawn inwards.
   void rect(int x, int y, int w, int h, Color c, int thickness = 1) {
-    const int t = std::max(1, std::min(thickness, std::min(w, h) / 2 + 1));
-    fill_rect(x, y, w, t, c);
-    fill_rect(x, y + h - t, w, t, c);
-    fill_rect(x, y + t, t, h - 2 * t, c);
-    fill_rect(x + w - t, y + t, t, h - 2 * t, c);
+    const long long t = std::max(1, std::min(thickness, std::min(w, h) / 2 + 1));
+    const long long x1 = x + static_cast<long long>(w), y1 = y + static_cast<long long>(h);
+    fill_box(x, y, x1, y + t, c, 1.0);
+    fill_box(x, y1 - t, x1, y1, c, 1.0);
+    fill_box(x, y + t, x + t, y1 - t, c, 1.0);
+    fill_box(x1 - t, y + t, x1, y1 - t, c, 1.0);
   }
 
   /// Anti-aliased segment from (x0, y0) to (x1, y1) with round caps. A pixel is covered by
   /// clamp(width/2 + 1/2 - d, 0, 1), d the distance of its centre to the segment, so a width-1
   /// line through integer points is exactly one pixel wide and both endpoints are fully set.
+  /// A segment with a non-finite end is skipped; one reaching far outside is first clipped (in
+  /// floating point) to the clip rectangle grown by width/2 + 1, which changes no pixel.
   void line(double x0, double y0, double x1, double y1, Color c, double width = 1.0,
             double alpha = 1.0) {
     if (!std::isfinite(x0) || !std::isfinite(y0) || !std::isfinite(x1) || !std::isfinite(y1))
       return;
+    if (std::isnan(width)) return;
     const double r = std::max(width, 0.0) / 2.0;
-    const double dx = x1 - x0, dy = y1 - y0, len2 = dx * dx + dy * dy;
     const double pad = r + 1.0;
+    if (!clip_segment(x0, y0, x1, y1, pad)) return;
+    const double dx = x1 - x0, dy = y1 - y0, len2 = dx * dx + dy * dy;
     for_each_in_box(std::min(x0, x1) - pad, std::min(y0, y1) - pad, std::max(x0, x1) + pad,
                     std::max(y0, y1) + pad, [&](int i, int j) {
                       double s = len2 > 0 ? ((i - x0) * dx + (j - y0) * dy) / len2 : 0.0;
@@ -293,41 +303,53 @@ class Canvas {
     });
   }
 
-  /// Pixel width of s in the built-in font: 6*scale per character, minus the trailing gap.
+  /// Pixel width of s in the built-in font: 6*scale per character, minus the trailing gap
+  /// (saturated at kMaxTextExtent for absurdly long strings, so callers' sums cannot overflow).
   static int text_width(const std::string& s, int scale = 1) {
-    scale = std::max(1, scale);
-    return s.empty() ? 0 : static_cast<int>(s.size()) * kGlyphAdvance * scale - scale;
+    return static_cast<int>(std::min<long long>(text_extent(s, scale), kMaxTextExtent));
   }
   /// Pixel height of a line of text (cap height plus the descender row).
-  static int text_height(int scale = 1) { return kGlyphHeight * std::max(1, scale); }
+  static int text_height(int scale = 1) {
+    return kGlyphHeight * static_cast<int>(clamp_scale(scale));
+  }
 
   /// Draws s with its top-left corner at (x, y), each font pixel a scale x scale block. The text
   /// occupies [x, x + text_width) x [y, y + text_height). No line breaks; characters outside
-  /// printable ASCII draw as '?'.
+  /// printable ASCII draw as '?'. Glyphs outside the clip rectangle are skipped.
   void text(int x, int y, const std::string& s, Color c, int scale = 1) {
-    scale = std::max(1, scale);
+    const long long sc = clamp_scale(scale), advance = kGlyphAdvance * sc;
+    if (y >= clip_y1_ || y + kGlyphHeight * sc <= clip_y0_) return;
     for (std::size_t k = 0; k < s.size(); ++k) {
+      const long long gx = x + static_cast<long long>(k) * advance;
+      if (gx >= clip_x1_) break;
+      if (gx + advance <= clip_x0_) continue;
       const std::uint64_t g = detail::glyph(s[k]);
-      const int gx = x + static_cast<int>(k) * kGlyphAdvance * scale;
       for (int row = 0; row < kGlyphHeight; ++row)
         for (int col = 0; col < 5; ++col)
-          if (detail::glyph_bit(g, col, row))
-            fill_rect(gx + col * scale, y + row * scale, scale, scale, c);
+          if (detail::glyph_bit(g, col, row)) {
+            const long long px = gx + col * sc, py = y + row * sc;
+            fill_box(px, py, px + sc, py + sc, c, 1.0);
+          }
     }
   }
 
   /// Draws s rotated a quarter turn counter-clockwise (reading bottom to top, as a y-axis label).
   /// It occupies [x, x + text_height) x [y, y + text_width): (x, y) is that box's top-left.
   void text_vertical(int x, int y, const std::string& s, Color c, int scale = 1) {
-    scale = std::max(1, scale);
-    const int bottom = y + text_width(s, scale) - 1;
+    const long long sc = clamp_scale(scale), advance = kGlyphAdvance * sc;
+    if (x >= clip_x1_ || x + kGlyphHeight * sc <= clip_x0_) return;
+    const long long bottom = y + text_extent(s, scale) - 1;
     for (std::size_t k = 0; k < s.size(); ++k) {
+      const long long gy = bottom - static_cast<long long>(k) * advance;
+      if (gy < clip_y0_) break;
+      if (gy - advance >= clip_y1_) continue;
       const std::uint64_t g = detail::glyph(s[k]);
-      const int gy = bottom - static_cast<int>(k) * kGlyphAdvance * scale;
       for (int row = 0; row < kGlyphHeight; ++row)
         for (int col = 0; col < 5; ++col)
-          if (detail::glyph_bit(g, col, row))
-            fill_rect(x + row * scale, gy - (col + 1) * scale + 1, scale, scale, c);
+          if (detail::glyph_bit(g, col, row)) {
+            const long long px = x + row * sc, py = gy - (col + 1) * sc + 1;
+            fill_box(px, py, px + sc, py + sc, c, 1.0);
+          }
     }
   }
 
@@ -343,15 +365,98 @@ class Canvas {
   bool inside(int x, int y) const {
     return x >= clip_x0_ && x < clip_x1_ && y >= clip_y0_ && y < clip_y1_;
   }
-  /// Calls f(i, j) for every pixel centre in the box, clipped, bounds already finite.
+  /// Largest text_width(): far beyond any canvas, far below INT_MAX.
+  static constexpr long long kMaxTextExtent = 1LL << 30;
+  static long long clamp_scale(int scale) { return std::clamp(scale, 1, kMaxTextScale); }
+  /// Exact pixel width of s (64 bits: strings are far shorter than 2^33 characters).
+  static long long text_extent(const std::string& s, int scale) {
+    const long long sc = clamp_scale(scale);
+    return s.empty() ? 0 : static_cast<long long>(s.size()) * kGlyphAdvance * sc - sc;
+  }
+
+  /// Fills the pixels [x0, x1) x [y0, y1), clipped; 64-bit bounds, so callers may add sizes to
+  /// any int coordinates without overflow.
+  void fill_box(long long x0, long long y0, long long x1, long long y1, Color c, double alpha) {
+    const int i0 = static_cast<int>(std::clamp<long long>(x0, clip_x0_, clip_x1_));
+    const int i1 = static_cast<int>(std::clamp<long long>(x1, clip_x0_, clip_x1_));
+    const int j0 = static_cast<int>(std::clamp<long long>(y0, clip_y0_, clip_y1_));
+    const int j1 = static_cast<int>(std::clamp<long long>(y1, clip_y0_, clip_y1_));
+    for (int j = j0; j < j1; ++j)
+      for (int i = i0; i < i1; ++i) blend(i, j, c, alpha);
+  }
+
+  /// Calls f(i, j) for every pixel centre in the box [xa, xb] x [ya, yb], clipped. The bounds
+  /// are clamped to the clip rectangle in floating point before they become ints: far bounds
+  /// (beyond int) are never converted, and a box with a NaN bound is empty.
   template <class F>
   void for_each_in_box(double xa, double ya, double xb, double yb, F&& f) {
-    const int i0 = static_cast<int>(std::max<double>(clip_x0_, std::floor(xa)));
-    const int i1 = static_cast<int>(std::min<double>(clip_x1_ - 1, std::ceil(xb)));
-    const int j0 = static_cast<int>(std::max<double>(clip_y0_, std::floor(ya)));
-    const int j1 = static_cast<int>(std::min<double>(clip_y1_ - 1, std::ceil(yb)));
+    const double fx0 = std::floor(xa), fx1 = std::ceil(xb);
+    const double fy0 = std::floor(ya), fy1 = std::ceil(yb);
+    if (!(fx0 <= clip_x1_ - 1 && fx1 >= clip_x0_ && fy0 <= clip_y1_ - 1 && fy1 >= clip_y0_))
+      return;  // disjoint from the clip rectangle, or NaN
+    const int i0 = fx0 > clip_x0_ ? static_cast<int>(fx0) : clip_x0_;
+    const int i1 = fx1 < clip_x1_ - 1 ? static_cast<int>(fx1) : clip_x1_ - 1;
+    const int j0 = fy0 > clip_y0_ ? static_cast<int>(fy0) : clip_y0_;
+    const int j1 = fy1 < clip_y1_ - 1 ? static_cast<int>(fy1) : clip_y1_ - 1;
     for (int j = j0; j <= j1; ++j)
       for (int i = i0; i <= i1; ++i) f(i, j);
+  }
+
+  /// Parameter interval [t0, t1] of the points p + t (q - p), t in [0, 1], inside the box
+  /// [lo, hi] (Liang-Barsky). Differences are taken of halved values, so no finite input
+  /// overflows. Empty (t0 > t1) when the segment misses the box. When t1 < 1, the point at t1
+  /// lies on the box edge: coordinate `axis` equals `edge` there.
+  static void clip_interval(const double p[2], const double q[2], const double lo[2],
+                            const double hi[2], double& t0, double& t1, int& axis, double& edge) {
+    t0 = 0.0;
+    t1 = 1.0;
+    axis = 0;
+    edge = q[0];
+    for (int k = 0; k < 2; ++k) {
+      const double d = 0.5 * q[k] - 0.5 * p[k];
+      const double to_lo = 0.5 * lo[k] - 0.5 * p[k], to_hi = 0.5 * hi[k] - 0.5 * p[k];
+      if (d == 0) {
+        if (to_lo > 0 || to_hi < 0) t0 = 2.0;  // parallel to the box and outside it
+        continue;
+      }
+      const double ta = to_lo / d, tb = to_hi / d;  // d > 0: enters at lo, leaves at hi
+      t0 = std::max(t0, d > 0 ? ta : tb);
+      const double leave = d > 0 ? tb : ta;
+      if (leave < t1) t1 = leave, axis = k, edge = d > 0 ? hi[k] : lo[k];
+    }
+  }
+
+  /// Clips the segment (x0, y0)-(x1, y1) to the clip rectangle grown by `margin`, in floating
+  /// point. Each clipped end is computed from the other end, and its coordinate on the edge is
+  /// set exactly, so the visible part of a segment to a far-away point keeps its full precision
+  /// (a segment between two far points is as precise as its ends allow). False when nothing is
+  /// left.
+  bool clip_segment(double& x0, double& y0, double& x1, double& y1, double margin) const {
+    const double lo[2] = {clip_x0_ - margin, clip_y0_ - margin};
+    const double hi[2] = {clip_x1_ - 1 + margin, clip_y1_ - 1 + margin};
+    double a[2] = {x0, y0}, b[2] = {x1, y1};
+    double t0, t1, u0, u1, edge_b, edge_a;
+    int axis_b, axis_a;
+    clip_interval(a, b, lo, hi, t0, t1, axis_b, edge_b);  // from a towards b
+    clip_interval(b, a, lo, hi, u0, u1, axis_a, edge_a);  // from b towards a
+    if (!(t0 <= t1) || !(u0 <= u1)) return false;
+    // p + t (q - p) as p + t (q/2 - p/2) twice: finite for t in [0, 1].
+    auto along = [](double p, double q, double t) {
+      const double h = t * (0.5 * q - 0.5 * p);
+      return p + h + h;
+    };
+    const double a0[2] = {a[0], a[1]};
+    if (t1 < 1) {
+      for (int k = 0; k < 2; ++k) b[k] = along(a0[k], b[k], t1);
+      b[axis_b] = edge_b;
+    }
+    if (u1 < 1) {
+      const double b0[2] = {x1, y1};
+      for (int k = 0; k < 2; ++k) a[k] = along(b0[k], a[k], u1);
+      a[axis_a] = edge_a;
+    }
+    x0 = a[0], y0 = a[1], x1 = b[0], y1 = b[1];
+    return true;
   }
 
   int width_, height_;

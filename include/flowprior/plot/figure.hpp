@@ -17,6 +17,7 @@
 #include <flowprior/plot/canvas.hpp>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -49,6 +50,53 @@ namespace detail {
   flowprior::detail::raise<config_error>("[flowprior.config] plot: " + what);
 }
 inline double nan() { return std::numeric_limits<double>::quiet_NaN(); }
+
+/// Largest magnitude of an autoscaled or widened limit: the span of two such limits, and their
+/// sum, stay finite.
+inline constexpr double kMaxLimit = std::numeric_limits<double>::max() / 4;
+
+/// Nearest int to the pixel coordinate v, clamped to +-2^24 (NaN gives -2^24): outside any
+/// canvas, and far enough from INT_MAX that adding margins and text widths cannot overflow.
+/// Every data-derived pixel position becomes an int through here.
+inline int pixel(double v) {
+  constexpr int kFar = 1 << 24;
+  if (!(v > -kFar)) return -kFar;
+  if (v > kFar) return kFar;
+  return static_cast<int>(std::lround(v));
+}
+
+/// (v - a) / (b - a), the position of v in the range [a, b]; computed from halved values when
+/// a difference would overflow (ranges or points near +-DBL_MAX), so it is finite for finite
+/// input unless the quotient itself is out of range.
+inline double fraction(double v, double a, double b) {
+  const double n = v - a, d = b - a;
+  if (std::isfinite(n) && std::isfinite(d)) return n / d;
+  return (0.5 * v - 0.5 * a) / (0.5 * b - 0.5 * a);
+}
+
+/// a + t (b - a), the inverse of fraction(); finite for finite a, b and |t| <= 1.
+inline double lerp(double a, double b, double t) {
+  const double d = b - a;
+  if (std::isfinite(d)) return a + t * d;
+  const double h = t * (0.5 * b - 0.5 * a);
+  return a + h + h;
+}
+
+/// [lo, hi] (lo <= hi, neither NaN) clamped to [bmin, bmax] and, when empty, widened to a
+/// distinct range: by 0.5 each way, or by 2^-20 |lo| when 0.5 is lost to rounding, then moved
+/// back inside the bounds. @pre bmax - bmin is finite and larger than that widening.
+inline std::pair<double, double> usable_range(double lo, double hi, double bmin, double bmax) {
+  lo = std::clamp(lo, bmin, bmax);
+  hi = std::clamp(hi, bmin, bmax);
+  if (lo < hi) return {lo, hi};
+  double h = 0.5;
+  if (lo - h == lo || lo + h == lo) h = std::abs(lo) * 0x1p-20;
+  lo -= h;
+  hi += h;
+  if (lo < bmin) hi = std::min(bmax, hi + (bmin - lo)), lo = bmin;
+  if (hi > bmax) lo = std::max(bmin, lo - (hi - bmax)), hi = bmax;
+  return {lo, hi};
+}
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
@@ -56,11 +104,13 @@ inline double nan() { return std::numeric_limits<double>::quiet_NaN(); }
 // ---------------------------------------------------------------------------------------------
 
 /// The 1-2-5 step (1, 2 or 5 times a power of ten) nearest, in ratio, to span / target.
+/// A span so small (denormal) that no power of ten below it is representable gives the span.
 inline double nice_step(double span, int target = 5) {
   span = std::abs(span);
   if (!(span > 0) || !std::isfinite(span)) return 1.0;
   const double raw = span / std::max(1, target);
   const double mag = std::pow(10.0, std::floor(std::log10(raw)));
+  if (!(raw > 0) || !(mag > 0)) return span;
   const double f = raw / mag;
   // Geometric midpoints between 1, 2, 5 and 10.
   const double m = f < 1.4142 ? 1 : f < 3.1623 ? 2 : f < 7.0711 ? 5 : 10;
@@ -70,14 +120,25 @@ inline double nice_step(double span, int target = 5) {
 /// Tick values k * nice_step(hi - lo, target) inside [min(lo, hi), max(lo, hi)], ascending.
 /// E.g. [0, 1] -> 0, 0.2, ..., 1 (target 5) or 0, 0.5, 1 (target 3). Multiples are formed as
 /// k * step (not by repeated addition), so 0 is exactly 0 and no rounding drift accumulates.
+/// At most 1000 ticks, strictly increasing: far from 0 (a range [1e16, 1e16 + 4]) multiples
+/// that round to the same double are kept once. Non-finite lo or hi give no ticks.
 inline std::vector<double> nice_ticks(double lo, double hi, int target = 5) {
   if (lo > hi) std::swap(lo, hi);
   if (!std::isfinite(lo) || !std::isfinite(hi)) return {};
   if (!(hi > lo)) return {lo};
-  const double step = nice_step(hi - lo, target);
+  // A span beyond the double range (lo, hi near -+DBL_MAX): half the span over half the ticks.
+  const double span = hi - lo;
+  const double step = std::isfinite(span) ? nice_step(span, target)
+                                          : nice_step(0.5 * hi - 0.5 * lo, std::max(1, target / 2));
   const double k0 = std::ceil(lo / step - 1e-9), k1 = std::floor(hi / step + 1e-9);
+  if (!std::isfinite(k0) || !std::isfinite(k1)) return {lo, hi};
   std::vector<double> ticks;
-  for (double k = k0; k <= k1 && ticks.size() < 1000; k += 1) ticks.push_back(k * step);
+  if (!(k0 <= k1)) return ticks;
+  const int n = static_cast<int>(std::min(k1 - k0, 999.0));
+  for (int i = 0; i <= n; ++i) {
+    const double v = (k0 + i) * step;
+    if (ticks.empty() || v > ticks.back()) ticks.push_back(v);
+  }
   return ticks;
 }
 
@@ -112,7 +173,8 @@ inline std::string format_tick(double v, double step) {
   if (v == 0 || std::abs(v) < std::abs(step) * 1e-9) return "0";
   char buf[48];
   step = std::abs(step);
-  if (std::abs(v) >= 1e6 || step < 1e-4 || !(step > 0)) {
+  if (!std::isfinite(v) || std::abs(v) >= 1e6 || step < 1e-4 || !(step > 0) ||
+      !std::isfinite(step)) {
     std::snprintf(buf, sizeof buf, "%.3g", v);
   } else {
     const int decimals = std::max(0, static_cast<int>(std::ceil(-std::log10(step) - 1e-9)));
@@ -122,9 +184,13 @@ inline std::string format_tick(double v, double step) {
 }
 
 /// Label of a log-axis tick: plain decimals from 1e-3 to 1e4 ("0.002", "500"), else "2e-05"
-/// style.
+/// style (and %g for v <= 0 or non-finite, which a log axis never shows).
 inline std::string format_log_tick(double v) {
   char buf[48];
+  if (!(v > 0) || !std::isfinite(v)) {
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+  }
   const int e = static_cast<int>(std::floor(std::log10(v) + 1e-9));
   if (e >= -3 && e <= 4)
     std::snprintf(buf, sizeof buf, "%.*f", std::max(0, -e), v);
@@ -140,6 +206,9 @@ inline std::string format_log_tick(double v) {
 /// Data <-> pixel mapping of one Axes. Data x0 falls on the left edge of the plot rectangle
 /// (pixel coordinate plot.x - 0.5) and x1 on its right edge (plot.x + plot.w - 0.5); y0 on the
 /// bottom edge and y1 on the top edge, so a heatmap cell grid tiles the pixels exactly.
+/// Finite data and limits never overflow in between (detail::fraction): a point far outside
+/// maps to a far (possibly infinite) pixel coordinate, never NaN; non-finite data gives a
+/// non-finite pixel coordinate, which every mark skips.
 class Transform {
  public:
   Transform(Rect plot, Limits limits, bool log_y) : plot_(plot), lim_(limits), log_y_(log_y) {
@@ -148,20 +217,20 @@ class Transform {
   }
   /// Pixel x of data x.
   double px(double x) const {
-    return plot_.x - 0.5 + (x - lim_.x0) / (lim_.x1 - lim_.x0) * plot_.w;
+    return plot_.x - 0.5 + detail::fraction(x, lim_.x0, lim_.x1) * plot_.w;
   }
   /// Pixel y of data y (non-finite for y <= 0 on a log axis).
   double py(double y) const {
     const double v = log_y_ ? std::log10(y) : y;
-    return plot_.y - 0.5 + plot_.h - (v - ly0_) / (ly1_ - ly0_) * plot_.h;
+    return plot_.y - 0.5 + plot_.h - detail::fraction(v, ly0_, ly1_) * plot_.h;
   }
   /// Data x at pixel x (inverse of px).
   double x_at(double px) const {
-    return lim_.x0 + (px - (plot_.x - 0.5)) / plot_.w * (lim_.x1 - lim_.x0);
+    return detail::lerp(lim_.x0, lim_.x1, (px - (plot_.x - 0.5)) / plot_.w);
   }
   /// Data y at pixel y (inverse of py).
   double y_at(double py) const {
-    const double v = ly0_ + (plot_.y - 0.5 + plot_.h - py) / plot_.h * (ly1_ - ly0_);
+    const double v = detail::lerp(ly0_, ly1_, (plot_.y - 0.5 + plot_.h - py) / plot_.h);
     return log_y_ ? std::pow(10.0, v) : v;
   }
   const Rect& plot() const { return plot_; }
@@ -277,8 +346,8 @@ class Axes {
 
   /// Image of an nx x ny grid over [x0, x1] x [y0, y1]: values[i + j*nx] fills cell (i, j),
   /// i along x, j along y **upwards** (j = 0 is the bottom row at y0). Colours are
-  /// cmap((v - vmin) / (vmax - vmin)); a NaN vmin or vmax is taken from the finite data.
-  /// Non-finite values are left transparent.
+  /// cmap((v - vmin) / (vmax - vmin)), clamped; a non-finite (NaN, +-inf) vmin or vmax is taken
+  /// from the finite data, and vmin == vmax is widened. Non-finite values are left transparent.
   /// @pre nx, ny >= 1, values non-null, finite extents with x0 != x1 and y0 != y1.
   Axes& heatmap(const double* values, int nx, int ny, double x0, double x1, double y0, double y1,
                 Colormap cmap = viridis, double vmin = detail::nan(), double vmax = detail::nan()) {
@@ -300,9 +369,12 @@ class Axes {
     for (double v : m.a)
       if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
     if (!(lo <= hi)) lo = 0, hi = 1;
-    m.vmin = std::isnan(vmin) ? lo : vmin;
-    m.vmax = std::isnan(vmax) ? hi : vmax;
-    if (m.vmin == m.vmax) m.vmin -= 0.5, m.vmax += 0.5;
+    m.vmin = std::isfinite(vmin) ? vmin : lo;
+    m.vmax = std::isfinite(vmax) ? vmax : hi;
+    if (m.vmin == m.vmax) {
+      const double big = std::numeric_limits<double>::max();
+      std::tie(m.vmin, m.vmax) = detail::usable_range(m.vmin, m.vmax, -big, big);
+    }
     last_heatmap_ = {m.cmap, m.vmin, m.vmax};
     has_heatmap_ = true;
     marks_.push_back(std::move(m));
@@ -333,7 +405,8 @@ class Axes {
     return *this;
   }
 
-  /// Text with its top-left corner at data point (x, y), clipped to the panel rectangle.
+  /// Text with its top-left corner at data point (x, y), clipped to the panel rectangle (skipped
+  /// when the point is not finite).
   Axes& text(double x, double y, std::string s, Color color = colors::black, int scale = 1) {
     Mark m;
     m.kind = Mark::Kind::text;
@@ -375,7 +448,9 @@ class Axes {
       detail::plot_config_error("log y axis needs y limits > 0, got [" + std::to_string(lim.y0) +
                                 ", " + std::to_string(lim.y1) + "]");
     if (equal_aspect_ && !log_y_) {
-      const double sx = std::abs(lim.x1 - lim.x0) / p.w, sy = std::abs(lim.y1 - lim.y0) / p.h;
+      // Half spans per pixel: finite even for limits near +-DBL_MAX.
+      const double sx = std::abs(0.5 * lim.x1 - 0.5 * lim.x0) / p.w,
+                   sy = std::abs(0.5 * lim.y1 - 0.5 * lim.y0) / p.h;
       if (sx > sy) widen(lim.y0, lim.y1, sx * p.h);
       if (sy > sx) widen(lim.x0, lim.x1, sy * p.w);
     }
@@ -399,14 +474,8 @@ class Axes {
 
     if (axis_visible_ && grid_) {
       const Color g{232, 232, 232};
-      for (double v : xt) {
-        const int x = static_cast<int>(std::lround(t.px(v)));
-        cv.fill_rect(x, p.y, 1, p.h, g);
-      }
-      for (double v : yt) {
-        const int y = static_cast<int>(std::lround(t.py(v)));
-        cv.fill_rect(p.x, y, p.w, 1, g);
-      }
+      for (double v : xt) cv.fill_rect(detail::pixel(t.px(v)), p.y, 1, p.h, g);
+      for (double v : yt) cv.fill_rect(p.x, detail::pixel(t.py(v)), p.w, 1, g);
     }
 
     for (const Mark& m : marks_) {
@@ -423,7 +492,7 @@ class Axes {
       cv.rect(p.x - 1, p.y - 1, p.w + 2, p.h + 2, ink);
       const double xstep = xt.size() > 1 ? xt[1] - xt[0] : 1.0;
       for (double v : xt) {
-        const int x = static_cast<int>(std::lround(t.px(v)));
+        const int x = detail::pixel(t.px(v));
         cv.fill_rect(x, p.y + p.h + 1, 1, 4, ink);
         const std::string s = format_tick(v, xstep);
         cv.text(x - Canvas::text_width(s) / 2, p.y + p.h + 8, s, ink);
@@ -431,7 +500,7 @@ class Axes {
       const double ystep = yt.size() > 1 ? yt[1] - yt[0] : 1.0;
       const bool log_labels = log_y_ && is_log_tick_set(yt);
       for (double v : yt) {
-        const int y = static_cast<int>(std::lround(t.py(v)));
+        const int y = detail::pixel(t.py(v));
         cv.fill_rect(p.x - 5, y, 4, 1, ink);
         const std::string s = log_labels ? format_log_tick(v) : format_tick(v, ystep);
         cv.text(p.x - 8 - Canvas::text_width(s), y - 3, s, ink);
@@ -482,11 +551,12 @@ class Axes {
     m.b.assign(y, y + n);
     return m;
   }
-  /// Widens [lo, hi] about its centre to total length `len`, keeping its direction.
-  static void widen(double& lo, double& hi, double len) {
-    const double c = 0.5 * (lo + hi), half = 0.5 * len * (hi >= lo ? 1 : -1);
-    lo = c - half;
-    hi = c + half;
+  /// Widens [lo, hi] about its centre to total length 2 * half, keeping its direction; the
+  /// ends are clamped to +-kMaxLimit (so a huge ratio of the two spans cannot overflow).
+  static void widen(double& lo, double& hi, double half) {
+    const double c = 0.5 * lo + 0.5 * hi, h = half * (hi >= lo ? 1 : -1);
+    lo = std::clamp(c - h, -detail::kMaxLimit, detail::kMaxLimit);
+    hi = std::clamp(c + h, -detail::kMaxLimit, detail::kMaxLimit);
   }
   /// True when every tick is 1, 2 or 5 times a power of ten (log_ticks did not fall back).
   static bool is_log_tick_set(const std::vector<double>& ticks) {
@@ -499,6 +569,9 @@ class Axes {
   }
 
   /// Set limits where given, else the marks' bounding box (padded unless a heatmap is present).
+  /// Autoscaled limits are finite and distinct whatever the data: non-finite points are
+  /// ignored, the range is clamped to +-kMaxLimit (10^-307..10^308 on a log axis), and an
+  /// empty one (a single point, 1e300 +- 0.5) is widened.
   Limits data_limits() const {
     if (has_xlim_ && has_ylim_) return {xlim_.first, xlim_.second, ylim_.first, ylim_.second};
     const double inf = std::numeric_limits<double>::infinity();
@@ -525,34 +598,40 @@ class Axes {
         add_y(m.extent.y1);
       }
     }
-    auto fit = [heat](double lo, double hi, double empty_lo, double empty_hi) {
+    auto fit = [heat](double lo, double hi, double empty_lo, double empty_hi, double bound) {
       if (!(lo <= hi)) return std::make_pair(empty_lo, empty_hi);
-      if (hi == lo) return std::make_pair(lo - 0.5, hi + 0.5);
-      const double pad = heat ? 0.0 : 0.05 * (hi - lo);
-      return std::make_pair(lo - pad, hi + pad);
+      const double span = hi - lo;
+      const double pad = heat ? 0.0 : std::isfinite(span) ? 0.05 * span : 0.05 * hi - 0.05 * lo;
+      if (hi > lo) lo -= pad, hi += pad;
+      return detail::usable_range(lo, hi, -bound, bound);
     };
     Limits lim;
-    const auto fx = has_xlim_ ? xlim_ : fit(bx0, bx1, 0.0, 1.0);
+    const auto fx = has_xlim_ ? xlim_ : fit(bx0, bx1, 0.0, 1.0, detail::kMaxLimit);
     lim.x0 = fx.first;
     lim.x1 = fx.second;
     if (has_ylim_) {
       lim.y0 = ylim_.first;
       lim.y1 = ylim_.second;
     } else if (log_y_) {
-      const auto fy = fit(by0, by1, 0.0, 1.0);  // in decades
+      // In decades, kept where 10^y is a finite normal number.
+      const auto fy = fit(by0, by1, 0.0, 1.0, 307.0);
       lim.y0 = std::pow(10.0, fy.first);
       lim.y1 = std::pow(10.0, fy.second);
     } else {
-      const auto fy = fit(by0, by1, 0.0, 1.0);
+      const auto fy = fit(by0, by1, 0.0, 1.0, detail::kMaxLimit);
       lim.y0 = fy.first;
       lim.y1 = fy.second;
     }
     return lim;
   }
 
+  /// A pixel coordinate of finite data that overflowed (a point beyond 1e300 pixels) is moved
+  /// to +-1e300: still far outside, but a line towards it keeps its direction.
+  static double far_pixel(double v) { return std::clamp(v, -1e300, 1e300); }
+
   void draw_mark(Canvas& cv, const Transform& t, const Mark& m) const {
     switch (m.kind) {
-      case Mark::Kind::scatter:
+      case Mark::Kind::scatter:  // Canvas::disc skips non-finite and clips far centres
         for (std::size_t i = 0; i < m.a.size(); ++i)
           cv.disc(t.px(m.a[i]), t.py(m.b[i]), m.size, m.color, m.alpha);
         break;
@@ -560,8 +639,10 @@ class Axes {
         bool have_prev = false;
         double qx = 0, qy = 0;
         for (std::size_t i = 0; i < m.a.size(); ++i) {
-          const double x = t.px(m.a[i]), y = t.py(m.b[i]);
-          const bool ok = std::isfinite(x) && std::isfinite(y);
+          // Non-finite data (and y <= 0 on a log axis) breaks the line; Canvas::line clips.
+          const bool ok =
+              std::isfinite(m.a[i]) && std::isfinite(m.b[i]) && (!t.log_y() || m.b[i] > 0);
+          const double x = far_pixel(t.px(m.a[i])), y = far_pixel(t.py(m.b[i]));
           if (ok && have_prev) cv.line(qx, qy, x, y, m.color, m.size);
           if (ok && m.a.size() == 1) cv.disc(x, y, m.size / 2, m.color);
           have_prev = ok;
@@ -573,11 +654,12 @@ class Axes {
       case Mark::Kind::heatmap:
         draw_heatmap(cv, t, m);
         break;
-      case Mark::Kind::text:
-        cv.text(static_cast<int>(std::lround(t.px(m.a[0]))),
-                static_cast<int>(std::lround(t.py(m.b[0]))), m.text, m.color,
-                static_cast<int>(m.size));
+      case Mark::Kind::text: {
+        const double x = t.px(m.a[0]), y = t.py(m.b[0]);
+        if (std::isfinite(x) && std::isfinite(y))
+          cv.text(detail::pixel(x), detail::pixel(y), m.text, m.color, static_cast<int>(m.size));
         break;
+      }
     }
   }
 
@@ -588,21 +670,22 @@ class Axes {
     std::array<Color, kLut> lut;
     for (int k = 0; k < kLut; ++k) lut[k] = m.cmap(k / double(kLut - 1));
     const Rect& p = t.plot();
-    const double sx = 1.0 / (m.extent.x1 - m.extent.x0), sy = 1.0 / (m.extent.y1 - m.extent.y0);
-    const double sv = 1.0 / (m.vmax - m.vmin);
+    const Limits& e = m.extent;
     for (int j = p.y; j < p.y + p.h; ++j) {
-      const double v = (t.y_at(j) - m.extent.y0) * sy;
+      const double v = detail::fraction(t.y_at(j), e.y0, e.y1);
       if (!(v >= 0 && v <= 1)) continue;
       const int cj = std::min(m.ny - 1, static_cast<int>(v * m.ny));
       for (int i = p.x; i < p.x + p.w; ++i) {
-        const double u = (t.x_at(i) - m.extent.x0) * sx;
+        const double u = detail::fraction(t.x_at(i), e.x0, e.x1);
         if (!(u >= 0 && u <= 1)) continue;
         const int ci = std::min(m.nx - 1, static_cast<int>(u * m.nx));
         const double val = m.a[static_cast<std::size_t>(ci) +
                                static_cast<std::size_t>(cj) * static_cast<std::size_t>(m.nx)];
         if (!std::isfinite(val)) continue;
-        const double s = std::clamp((val - m.vmin) * sv, 0.0, 1.0);
-        cv.set(i, j, lut[static_cast<std::size_t>(std::lround(s * (kLut - 1)))]);
+        // Clamped before the conversion; NaN (only for absurd ranges) maps like 0.
+        const double s = detail::fraction(val, m.vmin, m.vmax);
+        const long k = s > 0 ? std::lround(std::min(s, 1.0) * (kLut - 1)) : 0;
+        cv.set(i, j, lut[static_cast<std::size_t>(k)]);
       }
     }
   }
@@ -620,8 +703,8 @@ class Axes {
     const double step = ticks.size() > 1 ? ticks[1] - ticks[0] : 1.0;
     int widest = 0;
     for (double v : ticks) {
-      const double s = (v - c.vmin) / (c.vmax - c.vmin);
-      const int y = static_cast<int>(std::lround(p.y - 0.5 + (1.0 - s) * p.h));
+      const double s = detail::fraction(v, c.vmin, c.vmax);
+      const int y = detail::pixel(p.y - 0.5 + (1.0 - s) * p.h);
       cv.fill_rect(bx + bw + 1, y, 4, 1, ink);
       const std::string label = format_tick(v, step);
       cv.text(bx + bw + 8, y - 3, label, ink);
