@@ -33,6 +33,7 @@ using flowprior::Rng;
                                            std::to_string(EIGEN_MINOR_VERSION) + ", nbThreads " +
                                            std::to_string(Eigen::nbThreads()) + ", SIMD " +
                                            Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("gemm_engine", flowprior::CpuBackend::gemm_engine());
   return true;
 }();
 
@@ -268,14 +269,20 @@ BENCHMARK(BM_TrainStep)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
-/// The same products through the backend (CpuBackend::gemm: flowprior's threading of Eigen's
-/// kernel with reused packing buffers), to set beside BM_Sgemm.
+/// The same products through the backend (CpuBackend::gemm on the binary's GEMM engine, named
+/// in the context block: flowprior's threading of Eigen's kernel, OpenBLAS or BLIS), to set
+/// beside BM_Sgemm. Args {m, n, k, trans_a, trans_b}: C (m x n) = op(A) (m x k) op(B) (k x n).
+/// The shapes are the flow head's: a hidden layer, the adaLN modulation (3 W rows), the
+/// input-gradient product W^T d (trans_a), the weight gradient d x^T (trans_b, k = rows), the
+/// input and output projections at the paper's size (32 / 1024 / 6, 4096 rows), and the toy's.
 void BM_BackendSgemm(benchmark::State& state) {
   const Index m = state.range(0), n = state.range(1), k = state.range(2);
-  const Eigen::MatrixXf A = Eigen::MatrixXf::Random(m, k), B = Eigen::MatrixXf::Random(k, n);
+  const bool ta = state.range(3) != 0, tb = state.range(4) != 0;
+  const Eigen::MatrixXf A = ta ? Eigen::MatrixXf::Random(k, m) : Eigen::MatrixXf::Random(m, k);
+  const Eigen::MatrixXf B = tb ? Eigen::MatrixXf::Random(n, k) : Eigen::MatrixXf::Random(k, n);
   Eigen::MatrixXf C(m, n);
   auto run = [&] {
-    flowprior::CpuBackend::gemm<float>(false, false, 1.0f, A, B, 0.0f, flowprior::MatrixView<float>(C));
+    flowprior::CpuBackend::gemm<float>(ta, tb, 1.0f, A, B, 0.0f, flowprior::MatrixView<float>(C));
   };
   run();
   for (auto _ : state) {
@@ -286,8 +293,15 @@ void BM_BackendSgemm(benchmark::State& state) {
   set_flops(state, 2.0 * double(m) * double(n) * double(k));
 }
 BENCHMARK(BM_BackendSgemm)
-    ->ArgNames({"m", "n", "k"})
-    ->Args({1024, 4096, 1024})
+    ->ArgNames({"m", "n", "k", "ta", "tb"})
+    ->Args({1024, 4096, 1024, 0, 0})
+    ->Args({3072, 4096, 1024, 0, 0})
+    ->Args({1024, 4096, 1024, 1, 0})
+    ->Args({1024, 1024, 4096, 0, 1})
+    ->Args({32, 4096, 1024, 0, 0})
+    ->Args({1024, 4096, 32, 0, 0})
+    ->Args({512, 1000, 512, 0, 0})
+    ->Args({512, 512, 1000, 0, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

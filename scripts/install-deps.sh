@@ -7,6 +7,9 @@ packages=(
   cmake g++ ninja-build make
   libeigen3-dev catch2 libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libstb-dev zlib1g-dev
+  # GEMM engines of the CPU backend (flowprior::blas), in the builds that flowprior can call from
+  # its own thread team (docs/backends.md "GEMM engines"); the tests run on each.
+  libopenblas-openmp-dev libblis-serial-dev
 )
 
 missing=()

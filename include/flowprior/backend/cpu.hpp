@@ -22,6 +22,7 @@
 #include <cstring>
 #include <vector>
 
+#include <flowprior/backend/cpu_blas.hpp>
 #include <flowprior/backend/cpu_gemm.hpp>
 #include <flowprior/backend/parallel.hpp>
 #include <flowprior/core/activation.hpp>
@@ -50,6 +51,8 @@ struct CpuBackend {
   using Buffer = std::vector<S, Eigen::aligned_allocator<S>>;
 
   static constexpr const char* name() { return "cpu"; }
+  /// The GEMM engine compiled in: "eigen", "openblas" or "blis" (cpu_blas.hpp).
+  static const char* gemm_engine() { return detail::gemm_engine_name(); }
 
   template <class S>
   static void resize(Buffer<S>& b, Index n) {
@@ -68,17 +71,24 @@ struct CpuBackend {
   // Matrix products.
 
   /// C = alpha op(A) op(B) + beta C, op(X) = X or X^T (BLAS gemm semantics; beta = 0 ignores
-  /// the previous content of C, NaN included). Runs Eigen's kernel with per-thread packing
-  /// buffers that are reused from call to call (cpu_gemm.hpp): no allocation once warmed up.
+  /// the previous content of C, NaN included). Runs on the engine chosen at compile time
+  /// (cpu_blas.hpp: OpenBLAS or BLIS through flowprior::blas); the default, Eigen's kernel, uses
+  /// per-thread packing buffers reused from call to call (cpu_gemm.hpp). No engine allocates
+  /// once warmed up (tests/perf).
   template <class S>
   static void gemm(bool trans_a, bool trans_b, S alpha, CView<S> A,
                    CView<S> B, S beta, MatrixView<S> C) {
     if (C.empty()) return;
+    const Index k = trans_a ? A.rows : A.cols;
+#if defined(FLOWPRIOR_CBLAS)
+    if (detail::gemm_cblas(trans_a, trans_b, C.rows, C.cols, k, alpha, A.data, A.ld, B.data, B.ld,
+                           beta, C.data, C.ld))
+      return;
+#endif
     if (beta == S(0))
       fill(C, S(0));
     else if (beta != S(1))
       scale(C, beta);
-    const Index k = trans_a ? A.rows : A.cols;
     detail::gemm_accumulate(trans_a, trans_b, C.rows, C.cols, k, alpha, A.data, A.ld, B.data,
                             B.ld, C.data, C.ld);
   }

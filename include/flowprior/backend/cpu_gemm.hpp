@@ -81,36 +81,56 @@ void gemm_serial(bool trans_a, bool trans_b, Index m, Index n, Index k, S alpha,
 /// Multiply-adds below which a product stays on one thread (about 15 microseconds of one core).
 inline constexpr double kParallelMacs = 1 << 20;
 
-/// C += alpha op(A) op(B), split over the threads by blocks of columns of C (or of rows when C
-/// has more rows than columns). Each thread packs its own operands: the duplicated packing of the
-/// shared operand costs O(1/n) of the multiply-adds.
-template <class S>
-void gemm_accumulate(bool trans_a, bool trans_b, Index m, Index n, Index k, S alpha, const S* A,
-                     Index lda, const S* B, Index ldb, S* C, Index ldc) {
-  if (m <= 0 || n <= 0 || k <= 0) return;
+/// Runs kernel(m_b, n_b, A_b, B_b, C_b) on disjoint blocks of C = op(A) op(B) (m x n, inner size
+/// k), one per thread of the team (parallel.hpp): blocks of columns of C, or of rows when C has
+/// more rows than columns, each with the matching panel of op(A) or op(B). The kernel is a serial
+/// GEMM of any engine (Eigen's below, a BLAS's in cpu_blas.hpp); each thread packs its own
+/// operands, and the duplicated packing of the shared operand costs O(1/threads) of the
+/// multiply-adds. The kernel must not throw; it returns false on failure, and gemm_split then
+/// throws std::bad_alloc (the only failure: a thread's first growth of its packing scratch).
+template <class S, class Kernel>
+void gemm_split(bool trans_a, bool trans_b, Index m, Index n, Index k, const S* A, Index lda,
+                const S* B, Index ldb, S* C, Index ldc, Kernel&& kernel) {
+  if (m <= 0 || n <= 0) return;
   const bool split_cols = n >= m;
   const Index len = split_cols ? n : m;
   // Whole micro-panels per thread: 8 columns, or 48 rows (3 AVX-512 registers of floats).
   const Index grain = split_cols ? 8 : 48;
   const int threads =
       team_size(double(m) * double(n) * double(k), (len + grain - 1) / grain, kParallelMacs);
-  if (threads == 1) return gemm_serial(trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, C, ldc);
+  if (threads == 1) {
+    if (!kernel(m, n, A, B, C)) throw std::bad_alloc();
+    return;
+  }
   std::atomic<bool> failed{false};
   run_chunks(threads, len, grain, [&](Index begin, Index end) {
-    try {
-      if (split_cols) {
-        const S* b = trans_b ? B + begin : B + begin * ldb;
-        gemm_serial(trans_a, trans_b, m, end - begin, k, alpha, A, lda, b, ldb, C + begin * ldc,
-                    ldc);
-      } else {
-        const S* a = trans_a ? A + begin * lda : A + begin;
-        gemm_serial(trans_a, trans_b, end - begin, n, k, alpha, a, lda, B, ldb, C + begin, ldc);
-      }
-    } catch (...) {  // only the first growth of a thread's scratch can throw (bad_alloc)
-      failed.store(true);
+    bool ok;
+    if (split_cols) {
+      const S* b = trans_b ? B + begin : B + begin * ldb;
+      ok = kernel(m, end - begin, A, b, C + begin * ldc);
+    } else {
+      const S* a = trans_a ? A + begin * lda : A + begin;
+      ok = kernel(end - begin, n, a, B, C + begin);
     }
+    if (!ok) failed.store(true);
   });
   if (failed.load()) throw std::bad_alloc();
+}
+
+/// C += alpha op(A) op(B) on the Eigen engine, split over the thread team.
+template <class S>
+void gemm_accumulate(bool trans_a, bool trans_b, Index m, Index n, Index k, S alpha, const S* A,
+                     Index lda, const S* B, Index ldb, S* C, Index ldc) {
+  if (m <= 0 || n <= 0 || k <= 0) return;
+  gemm_split(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc,
+             [&](Index mb, Index nb, const S* a, const S* b, S* c) {
+               try {
+                 gemm_serial(trans_a, trans_b, mb, nb, k, alpha, a, lda, b, ldb, c, ldc);
+                 return true;
+               } catch (...) {  // only the first growth of a thread's scratch can throw
+                 return false;
+               }
+             });
 }
 
 }  // namespace flowprior::detail

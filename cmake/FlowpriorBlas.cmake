@@ -1,0 +1,116 @@
+# GEMM engines of the CPU backend (docs/backends.md "GEMM engines"). Used by flowprior's own build
+# and, installed beside flowpriorConfig.cmake, by find_package(flowprior COMPONENTS blas).
+#
+# flowprior_find_cblas(<engine> <out-var>)
+#   engine: openblas or blis. flowprior runs the BLAS single-threaded on each block of its own
+#   OpenMP team (one thread pool for the products and the element-wise passes), so it wants a
+#   build that is safe to call from several threads at once and allocates nothing per call:
+#   BLIS's serial build, then its OpenMP and pthread builds; OpenBLAS's OpenMP build, then its
+#   pthread build (Debian's serial OpenBLAS is not safe to call concurrently: flowprior then keeps
+#   its products on one thread), then the serial one. Debian: libblis-serial-dev,
+#   libopenblas-openmp-dev, ... A plain install anywhere on the search path comes last.
+#   docs/backends.md "GEMM engines" has the measurements behind this order. On success creates the imported INTERFACE target
+#   flowprior_cblas_<engine> (library, include directory, FLOWPRIOR_CBLAS_<ENGINE>) and sets
+#   <out-var> to its name; otherwise sets <out-var> to "".
+#
+# flowprior_select_cblas(<choice> <out-target> <out-engine>)
+#   choice: AUTO (OpenBLAS, then BLIS, then none), openblas, blis, or eigen/none. A named engine
+#   that is not found is a fatal error; AUTO without any BLAS gives "" and the engine "eigen".
+
+include_guard(GLOBAL)
+
+function(flowprior_find_cblas engine out)
+  set(${out} "" PARENT_SCOPE)
+  set(_target flowprior_cblas_${engine})
+  if(TARGET ${_target})
+    set(${out} ${_target} PARENT_SCOPE)
+    return()
+  endif()
+  if(engine STREQUAL "openblas")
+    set(_names openblas)
+    set(_define FLOWPRIOR_CBLAS_OPENBLAS=1)
+    set(_variants openmp pthread serial)
+  elseif(engine STREQUAL "blis")
+    set(_names blis)
+    set(_define FLOWPRIOR_CBLAS_BLIS=1)
+    set(_variants serial openmp pthread)
+  else()
+    message(FATAL_ERROR "flowprior: unknown GEMM engine '${engine}' (openblas or blis)")
+  endif()
+  set(_libdirs)
+  set(_incdirs)
+  foreach(_prefix IN LISTS CMAKE_SYSTEM_PREFIX_PATH)
+    if(CMAKE_LIBRARY_ARCHITECTURE)
+      list(APPEND _libdirs "${_prefix}/lib/${CMAKE_LIBRARY_ARCHITECTURE}")
+      list(APPEND _incdirs "${_prefix}/include/${CMAKE_LIBRARY_ARCHITECTURE}")
+    endif()
+    list(APPEND _libdirs "${_prefix}/lib")
+    list(APPEND _incdirs "${_prefix}/include")
+  endforeach()
+  foreach(_variant IN LISTS _variants)
+    set(_lib_var FLOWPRIOR_${engine}_${_variant}_LIBRARY)
+    set(_inc_var FLOWPRIOR_${engine}_${_variant}_INCLUDE_DIR)
+    list(TRANSFORM _libdirs APPEND "/${engine}-${_variant}" OUTPUT_VARIABLE _vlib)
+    list(TRANSFORM _incdirs APPEND "/${engine}-${_variant}" OUTPUT_VARIABLE _vinc)
+    find_library(${_lib_var} NAMES ${_names} PATHS ${_vlib} NO_DEFAULT_PATH)
+    find_path(${_inc_var} cblas.h PATHS ${_vinc} NO_DEFAULT_PATH)
+    mark_as_advanced(${_lib_var} ${_inc_var})
+    if(${_lib_var} AND ${_inc_var})
+      set(_lib "${${_lib_var}}")
+      set(_inc "${${_inc_var}}")
+      set(_how "${_variant} build")
+      break()
+    endif()
+  endforeach()
+  if(NOT _lib)  # a plain install: the library on the search path, cblas.h beside the engine's headers
+    find_library(FLOWPRIOR_${engine}_LIBRARY NAMES ${_names})
+    find_path(FLOWPRIOR_${engine}_INCLUDE_DIR cblas.h PATH_SUFFIXES ${engine})
+    mark_as_advanced(FLOWPRIOR_${engine}_LIBRARY FLOWPRIOR_${engine}_INCLUDE_DIR)
+    if(FLOWPRIOR_${engine}_LIBRARY AND FLOWPRIOR_${engine}_INCLUDE_DIR)
+      set(_lib "${FLOWPRIOR_${engine}_LIBRARY}")
+      set(_inc "${FLOWPRIOR_${engine}_INCLUDE_DIR}")
+      set(_how "search path")
+    endif()
+  endif()
+  if(NOT _lib)
+    return()
+  endif()
+  add_library(${_target} INTERFACE IMPORTED GLOBAL)
+  set_target_properties(${_target} PROPERTIES
+    INTERFACE_LINK_LIBRARIES "${_lib}"
+    INTERFACE_INCLUDE_DIRECTORIES "${_inc}"
+    INTERFACE_COMPILE_DEFINITIONS "FLOWPRIOR_CBLAS=1;${_define}")
+  if(NOT FLOWPRIOR_FIND_QUIETLY)
+    message(STATUS "flowprior: GEMM engine ${engine} (${_how}): ${_lib}")
+  endif()
+  set(${out} ${_target} PARENT_SCOPE)
+endfunction()
+
+function(flowprior_select_cblas choice out_target out_engine)
+  string(TOLOWER "${choice}" _choice)
+  set(${out_target} "" PARENT_SCOPE)
+  set(${out_engine} "eigen" PARENT_SCOPE)
+  if(_choice STREQUAL "eigen" OR _choice STREQUAL "none" OR _choice STREQUAL "off")
+    return()
+  endif()
+  if(_choice STREQUAL "auto" OR _choice STREQUAL "")
+    set(_candidates openblas blis)
+  elseif(_choice STREQUAL "openblas" OR _choice STREQUAL "blis")
+    set(_candidates ${_choice})
+  else()
+    message(FATAL_ERROR
+      "flowprior: FLOWPRIOR_BLAS must be AUTO, openblas, blis or eigen (got '${choice}')")
+  endif()
+  foreach(_engine IN LISTS _candidates)
+    flowprior_find_cblas(${_engine} _t)
+    if(_t)
+      set(${out_target} ${_t} PARENT_SCOPE)
+      set(${out_engine} ${_engine} PARENT_SCOPE)
+      return()
+    endif()
+  endforeach()
+  if(NOT _choice STREQUAL "auto" AND NOT _choice STREQUAL "")
+    message(FATAL_ERROR "flowprior: FLOWPRIOR_BLAS=${choice} but ${choice} (library and cblas.h) "
+                        "was not found; on Debian: apt-get install lib${choice}-openmp-dev")
+  endif()
+endfunction()
