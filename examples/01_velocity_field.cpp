@@ -1,20 +1,34 @@
 // 01: the released flow head as a velocity field. Builds the toy-size AdaLN MLP, evaluates
 // v(x, t) on a batch, its input VJP (what the alignment loss needs), and its exact divergence
 // (what the ODE likelihood needs), and prints the cost of each pass.
-#include <flowprior/flowprior.hpp>
-
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
+#include <flowprior/flowprior.hpp>
+#include <limits>
+#include <string>
 
 int main(int argc, char** argv) {
+  using namespace flowprior;
+  CLI::App app{"The released flow head as a velocity field: forward, input VJP and divergence"};
+  Index batch = 1000;  // rows; a small value for smoke runs
+  app.add_option("batch", batch, "rows of the batch (a positive integer, default 1000)");
+  CLI11_PARSE(app, argc, argv);
   try {
-    using namespace flowprior;
     // The paper's 2-D toy prior: dim 2, width 512, depth 4 (6,179,330 parameters).
     nn::AdaLNMlpConfig cfg;
     cfg.dim = 2;
     cfg.width = 512;
     cfg.depth = 4;
+    // Checked before any work: a positive batch whose activations (at least one width-512
+    // vector per block and row, float) can fit in memory.
+    if (batch <= 0)
+      raise_config("01_velocity_field",
+                   "batch must be a positive integer, got " + std::to_string(batch));
+    const double bytes = double(batch) * double(cfg.width) * double(cfg.depth + 1) * 4.0;
+    if (!(bytes <= double(flowprior::physical_memory_bytes())))
+      raise_config("01_velocity_field", "batch = " + std::to_string(batch) +
+                                            " rows need more than this machine's memory");
     nn::AdaLNMlp<float> net(cfg);
     Rng rng(2026);
     net.init(rng);  // released init: v == 0 until trained
@@ -24,8 +38,6 @@ int main(int argc, char** argv) {
     auto p = net.parameters();
     for (Index i = 0; i < p.size; ++i) p[i] += static_cast<float>(0.01 * normal01(rng));
 
-    const Index batch = argc > 1 ? std::atoi(argv[1]) : 1000;  // rows; a small value for smoke runs
-    if (batch <= 0) throw config_error("batch must be positive");
     Eigen::MatrixXf x(cfg.dim, batch), v(cfg.dim, batch), d_x(cfg.dim, batch);
     Eigen::VectorXf t(batch), div(batch);
     for (Index b = 0; b < batch; ++b) {

@@ -2,11 +2,15 @@
 // 32 by default), the ODE log-likelihood of points drawn from it, with the exact velocity field
 // and exact divergence, is compared with the closed-form density; the Hutchinson estimate with
 // K probes is shown next to it. Prints the agreement, the field evaluations and the time.
-#include <flowprior/flowprior.hpp>
-
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <flowprior/flowprior.hpp>
+#include <limits>
+#include <string>
+
+namespace {}  // namespace
 
 int main(int argc, char** argv) {
   using namespace flowprior;
@@ -14,12 +18,37 @@ int main(int argc, char** argv) {
   Index n = 1000, components = 5, probes = 4;
   std::vector<Index> dims = {2, 32};
   double tol = 1e-6;
-  app.add_option("--points", n, "points per dimension")->check(CLI::PositiveNumber);
-  app.add_option("--dims", dims, "dimensions to run");
-  app.add_option("--components", components, "mixture components")->check(CLI::PositiveNumber);
-  app.add_option("--tol", tol, "Dopri5 atol = rtol")->check(CLI::PositiveNumber);
-  app.add_option("--probes", probes, "Hutchinson probes")->check(CLI::PositiveNumber);
+  app.add_option("--points", n, "points per dimension (> 0)");
+  app.add_option("--dims", dims, "dimensions to run (each > 0)");
+  app.add_option("--components", components, "mixture components (> 0)");
+  app.add_option("--tol", tol, "Dopri5 atol = rtol, in [1e-14, 1)");
+  app.add_option("--probes", probes, "Hutchinson probes (> 0)");
   CLI11_PARSE(app, argc, argv);
+  // Every option is checked before any work; messages name the option.
+  auto check = [](bool ok, const std::string& what) {
+    if (!ok) std::fprintf(stderr, "error: [flowprior.config] 03_likelihood: %s\n", what.c_str());
+    return ok;
+  };
+  if (!check(n > 0, "--points must be a positive integer, got " + std::to_string(n)) ||
+      !check(components > 0,
+             "--components must be a positive integer, got " + std::to_string(components)) ||
+      !check(probes > 0, "--probes must be a positive integer, got " + std::to_string(probes)) ||
+      !check(std::isfinite(tol) && tol >= 1e-14 && tol < 1,
+             "--tol must be finite and lie in [1e-14, 1), got " + flowprior::short_number(tol)) ||
+      !check(!dims.empty(), "--dims needs at least one dimension"))
+    return 1;
+  for (Index d : dims) {
+    if (!check(d > 0,
+               "--dims: every dimension must be a positive integer, got " + std::to_string(d)))
+      return 1;
+    // points x dim for x, the ODE state and its stages, the probes; dim x components means.
+    const double bytes =
+        double(n) * double(d) * 8.0 * double(8 + probes) + double(d) * double(components) * 8.0;
+    if (!check(bytes <= double(flowprior::physical_memory_bytes()),
+               "--points x --dims x --probes = " + std::to_string(n) + " x " + std::to_string(d) +
+                   " x " + std::to_string(probes) + " need more than this machine's memory"))
+      return 1;
+  }
   try {
     using Field = analytic::GaussianMixtureField<double>;
     std::printf("%4s %7s %12s %12s %12s %8s %9s %14s\n", "dim", "points", "mean logp", "max |err|",

@@ -2,12 +2,31 @@
 // on a toy target, evaluate its likelihood, compare the alignment-loss landscape with the NLL,
 // and align free latents with the alignment loss alone. Writes PNG figures, metrics.json, the
 // checkpoint and the prior into --out, and prints a one-screen summary.
+//
+// Every option is checked, and the output folder created and probed for writing, before any
+// work (docs/errors.md "Examples"). A diverging training stops with a non-zero exit and keeps
+// its last good checkpoint; --resume continues a stopped run from its checkpoint.
 #include <flowprior/flowprior.hpp>
 #include <flowprior/pipeline/toy2d_figures.hpp>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <string>
+#include <system_error>
+
+namespace {
+
+/// CLI11 reads "-1" into an unsigned seed as 2^64 - 1: refuse any sign instead.
+const CLI::Validator kNonNegativeInteger(
+    [](std::string& s) {
+      return s.find('-') == std::string::npos
+                 ? std::string()
+                 : "must be a non-negative integer (0 to 18446744073709551615), got " + s;
+    },
+    "NON-NEGATIVE");
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace flowprior;
@@ -18,7 +37,8 @@ int main(int argc, char** argv) {
   app.add_option("--target", target,
                  "ring5, grid16, moons, rings, spiral, swissroll or checkerboard");
   app.add_option("--out", out, "output folder (created)");
-  app.add_option("--seed", cfg.seed, "random seed");
+  app.add_option("--seed", cfg.seed, "random seed (a non-negative integer)")
+      ->check(kNonNegativeInteger);
   app.add_option("--convention", conv, "time convention of the prior: code or paper")
       ->check(CLI::IsMember({"code", "paper"}));
   app.add_flag("--paper", paper,
@@ -43,6 +63,23 @@ int main(int argc, char** argv) {
                  "flow-matching draws sharing one t (stratified; 1 = one t per draw)");
   app.add_option("--align-time-group", cfg.align_time_group,
                  "alignment draws sharing one t (stratified; 1 = one t per draw)");
+  app.add_option("--prior-draws", cfg.prior_draws, "(t, eps) draws per target sample (K)");
+  app.add_option("--prior-warmup", cfg.prior_warmup,
+                 "linear warmup steps of the prior (-1: min(200, prior steps / 10))");
+  app.add_option("--ema-decay", cfg.ema_decay, "EMA decay of the prior's weights, in [0, 1)");
+  app.add_option("--ode-tol", cfg.ode_tol, "Dopri5 atol = rtol, in [1e-14, 1)");
+  app.add_option("--kde-bandwidth", cfg.kde_bandwidth, "KDE bandwidth (normalised units)");
+  app.add_option("--pad", cfg.pad, "landscape padding of the data range (fraction, each side)");
+  app.add_option("--align-draws", cfg.align_draws, "(t, eps) draws per latent and step");
+  app.add_option("--track-every", cfg.track_every, "alignment steps between tracked points");
+  app.add_option("--divergence-factor", cfg.divergence_factor,
+                 "stop when the running mean of a loss exceeds this multiple of its first value "
+                 "(> 1; inf: only on a non-finite loss)");
+  app.add_option("--checkpoint-every", cfg.checkpoint_every,
+                 "save the training checkpoint every N prior steps (0: only at the start and "
+                 "the end)");
+  app.add_flag("--resume", cfg.resume,
+               "continue the prior's training from the checkpoint in --out (same options)");
   app.add_flag("--quiet", quiet, "no progress bars");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -68,13 +105,34 @@ int main(int argc, char** argv) {
       keep("--kde-samples", &pipeline::Toy2dConfig::kde_samples);
       keep("--prior-time-group", &pipeline::Toy2dConfig::prior_time_group);
       keep("--align-time-group", &pipeline::Toy2dConfig::align_time_group);
+      keep("--prior-draws", &pipeline::Toy2dConfig::prior_draws);
+      keep("--prior-warmup", &pipeline::Toy2dConfig::prior_warmup);
+      keep("--ema-decay", &pipeline::Toy2dConfig::ema_decay);
+      keep("--ode-tol", &pipeline::Toy2dConfig::ode_tol);
+      keep("--kde-bandwidth", &pipeline::Toy2dConfig::kde_bandwidth);
+      keep("--pad", &pipeline::Toy2dConfig::pad);
+      keep("--align-draws", &pipeline::Toy2dConfig::align_draws);
+      keep("--track-every", &pipeline::Toy2dConfig::track_every);
+      keep("--divergence-factor", &pipeline::Toy2dConfig::divergence_factor);
+      keep("--checkpoint-every", &pipeline::Toy2dConfig::checkpoint_every);
+      keep("--float", &pipeline::Toy2dConfig::single_precision);
+      keep("--resume", &pipeline::Toy2dConfig::resume);
       cfg = p;
     }
     cfg.target = data::parse_toy2d(target);
     cfg.convention = conv == "paper" ? Convention::Paper : Convention::Code;
     cfg.progress = !quiet;
-    std::filesystem::create_directories(out);
+    // Before any work: the options (config_error naming the option), then the output folder
+    // (created, then probed for writing by run_toy2d).
+    cfg.validate();
+    std::error_code ec;
+    std::filesystem::create_directories(out, ec);
+    if (ec)
+      io::fail(out, "cannot create the output folder (" + ec.message() + ")");
     const auto result = pipeline::run_toy2d(cfg, out);
+    if (result.resumed_from >= 0)
+      std::printf("resumed the prior's training from its checkpoint at step %td\n",
+                  result.resumed_from);
     io::json::write_file(out + "/metrics.json", pipeline::toy2d_metrics(cfg, result));
     const auto figures = pipeline::write_toy2d_figures(result, out);
     std::printf("%s", pipeline::toy2d_summary(result).c_str());

@@ -61,3 +61,29 @@ TEST_CASE("aligner: latents from N(0, I) reach the ring's modes and its NLL fall
   REQUIRE_THROWS_AS(train::LatentAligner<Field>(prior, flowprior::flipped(conv), n, cfg),
                     flowprior::convention_error);
 }
+
+TEST_CASE("aligner: a non-finite loss is refused naming the step and the latents stay unchanged",
+          "[train][error]") {
+  const Convention conv = Convention::Code;
+  Eigen::MatrixXd means(2, 2);
+  means << -1, 1, 0, 0;
+  const analytic::GaussianMixture gmm(means, std::vector<double>(2, 0.2),
+                                      std::vector<double>(2, 1.0));
+  Field field(gmm);
+  const auto prior = Prior<Field>(field, Convention::Paper).as(conv);
+  const Index n = 8;
+  Rng rng(3);
+  Eigen::MatrixXd y(2, n);
+  for (Index b = 0; b < n; ++b) y.col(b) << flowprior::normal01(rng), flowprior::normal01(rng);
+  train::AlignConfig cfg;
+  train::LatentAligner<Field> aligner(prior, conv, n, cfg);
+  aligner.step(MatrixView<double>(y), rng);
+  y(0, 3) = 1e300;  // the residual's square overflows: the loss is +Inf
+  const Eigen::MatrixXd before = y;
+  REQUIRE_THROWS_AS(aligner.step(MatrixView<double>(y), rng), flowprior::numeric_error);
+  REQUIRE_THROWS_WITH(aligner.step(MatrixView<double>(y), rng),
+                      Catch::Contains("diverged") && Catch::Contains("step 2") &&
+                          Catch::Contains("not applied"));
+  REQUIRE(y == before);
+  REQUIRE(aligner.steps() == 1);
+}

@@ -82,7 +82,8 @@ TEST_CASE("training: a small AdaLN prior reaches the irreducible flow-matching l
   REQUIRE(first > 1.2 * irreducible);      // and training did something
 }
 
-TEST_CASE("training: the same seed gives the same trajectory; EMA and steps", "[train]") {
+// (No ';' in test names: catch_discover_tests splits a name at ';' into two broken tests.)
+TEST_CASE("training: the same seed gives the same trajectory and EMA and step count", "[train]") {
   const auto gmm = fpt::three_modes();
   Eigen::MatrixXd targets(2, 500);
   Rng dr(3);
@@ -165,4 +166,68 @@ TEST_CASE("training: the trained prior's ODE NLL on its own distribution is near
   const double nll = -logp.mean(), entropy = -exact.mean();
   INFO("ODE NLL " << nll << ", entropy (MC) " << entropy << ", field evaluations " << st.nfe);
   REQUIRE(std::abs(nll - entropy) < 0.15);
+}
+
+TEST_CASE(
+    "training: a step whose loss is not finite is refused naming the step and changes nothing",
+          "[train][error]") {
+  // A parameter so large that the forward pass overflows: the loss is Inf or NaN. The trainer
+  // throws numeric_error naming the step and applies nothing: parameters, optimizer and EMA keep
+  // their values (the last good state, which a checkpoint may then save).
+  const auto gmm = fpt::three_modes();
+  Net net(net_config());
+  Rng rng(5);
+  net.init(rng);
+  train::FlowMatchingTrainer<Net> trainer(net, Convention::Code, trainer_config(10));
+  auto sample = [&](MatrixView<double> b, Rng& r) { gmm.sample<double>(b, r); };
+  trainer.step_with(sample, rng);
+  trainer.step_with(sample, rng);
+  auto p = net.parameters();
+  for (Index i = 0; i < p.size; ++i) p[i] = 1e300;
+  const Eigen::VectorXd before = Eigen::Map<const Eigen::VectorXd>(p.data, p.size);
+  const std::vector<double> ema_before = trainer.ema().weights();
+  const std::vector<double> m_before = trainer.optimizer().m();
+  REQUIRE_THROWS_AS(trainer.step_with(sample, rng), flowprior::numeric_error);
+  REQUIRE_THROWS_WITH(trainer.step_with(sample, rng),
+                      Catch::Contains("diverged") && Catch::Contains("step 3") &&
+                          Catch::Contains("not applied"));
+  REQUIRE(trainer.steps() == 2);
+  REQUIRE(Eigen::Map<const Eigen::VectorXd>(p.data, p.size) == before);
+  REQUIRE(trainer.ema().weights() == ema_before);
+  REQUIRE(trainer.optimizer().m() == m_before);
+}
+
+TEST_CASE("training: DivergenceGuard stops on a non-finite or exploding loss", "[train][error]") {
+  // The rule (docs/errors.md "Divergence"): running = first loss, then
+  // running <- smoothing * running + (1 - smoothing) * loss; diverged when a loss is not finite or
+  // running > factor * (first loss).
+  train::DivergenceGuard guard("prior training", 100.0, 0.98);
+  guard.observe(0, 2.0);
+  REQUIRE(guard.initial() == 2.0);
+  REQUIRE(guard.running() == 2.0);
+  guard.observe(1, 3.0);  // a spike well inside the bound
+  REQUIRE(guard.running() == Approx(0.98 * 2.0 + 0.02 * 3.0));
+  guard.observe(2, 5000.0);  // running ~ 102 < 200: still fine
+  REQUIRE_THROWS_AS(guard.observe(3, 1e5), flowprior::numeric_error);
+  REQUIRE_THROWS_WITH(guard.observe(3, 1e5), Catch::Contains("prior training diverged at step 3") &&
+                                                 Catch::Contains("loss 100000"));
+  train::DivergenceGuard nan_guard("alignment", 100.0, 0.95);
+  nan_guard.observe(0, 1.0);
+  REQUIRE_THROWS_WITH(nan_guard.observe(7, std::numeric_limits<double>::quiet_NaN()),
+                      Catch::Contains("alignment diverged at step 7") && Catch::Contains("nan"));
+  // factor +inf: only non-finite losses stop the run.
+  train::DivergenceGuard off("x", std::numeric_limits<double>::infinity(), 0.98);
+  off.observe(0, 1.0);
+  off.observe(1, 1e300);
+  REQUIRE_THROWS_AS(off.observe(2, std::numeric_limits<double>::infinity()),
+                    flowprior::numeric_error);
+  // Restored state (resume) continues the same rule.
+  train::DivergenceGuard resumed("prior training", 100.0, 0.98);
+  resumed.set_state(2.0, 150.0);
+  REQUIRE_THROWS_AS(resumed.observe(10, 5000.0), flowprior::numeric_error);
+  // Invalid options.
+  REQUIRE_THROWS_AS(train::DivergenceGuard("x", 1.0, 0.98), flowprior::config_error);
+  REQUIRE_THROWS_AS(train::DivergenceGuard("x", std::nan(""), 0.98), flowprior::config_error);
+  REQUIRE_THROWS_AS(train::DivergenceGuard("x", 100.0, 1.0), flowprior::config_error);
+  REQUIRE_THROWS_AS(train::DivergenceGuard("x", 100.0, -0.5), flowprior::config_error);
 }

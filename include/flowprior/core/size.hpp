@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <new>
 #include <sstream>
@@ -29,7 +30,9 @@ namespace detail {
   raise<config_error>(std::string("[flowprior.config] ") + where + ": " + what);
 }
 
-/// "12.5 GiB" (3 significant digits).
+}  // namespace detail
+
+/// "12.5 GiB" (3 significant digits), for messages.
 inline std::string gib_string(double bytes) {
   std::ostringstream os;
   os.precision(3);
@@ -37,7 +40,13 @@ inline std::string gib_string(double bytes) {
   return os.str();
 }
 
-}  // namespace detail
+/// A number in short %g form for messages ("1e+30", "1.79769e+308", "nan"): never the 309
+/// digits std::to_string gives DBL_MAX.
+inline std::string short_number(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", x);
+  return b;
+}
 
 /// a * b for sizes; throws config_error "<where>: <what> = a x b ..." when either is negative or
 /// the product overflows Index.
@@ -79,10 +88,10 @@ inline void check_allocation(const char* where, const std::string& what, Index c
   const double limit = double(physical_memory_bytes());
   if (bytes > limit)
     detail::raise_size_config(where, what + " needs " + std::to_string(count) + " elements (" +
-                                         detail::gib_string(bytes) +
+                                         gib_string(bytes) +
                                          "), more than this "
                                          "machine's memory (" +
-                                         detail::gib_string(limit) + ")");
+                                         gib_string(limit) + ")");
 }
 
 /// Resizes a std::vector-like buffer to `count` elements. When it grows, check_allocation runs
@@ -102,7 +111,7 @@ void checked_resize(const char* where, const char* what, Vec& v, Index count) {
   } catch (const std::bad_alloc&) {
     detail::raise_size_config(
         where, std::string(what) + ": cannot allocate " + std::to_string(count) + " elements (" +
-                   detail::gib_string(double(count) * double(sizeof(T))) + ")");
+                   gib_string(double(count) * double(sizeof(T))) + ")");
   } catch (const std::length_error&) {
     detail::raise_size_config(where, std::string(what) + ": " + std::to_string(count) +
                                          " elements exceed the container's maximum size");

@@ -51,7 +51,7 @@ class Arena {
     } catch (const std::bad_alloc&) {
       detail::raise_size_config(where, what + ": cannot allocate " + std::to_string(used_) +
                                            " elements (" +
-                                           detail::gib_string(double(used_) * sizeof(S)) + ")");
+                                           gib_string(double(used_) * sizeof(S)) + ")");
     }
   }
   Index used() const { return used_; }

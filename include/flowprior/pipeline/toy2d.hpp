@@ -17,18 +17,34 @@
 
 #include <chrono>
 #include <cmath>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #include <Eigen/Core>
 
 #include <flowprior/analytic/gaussian_mixture.hpp>
 #include <flowprior/core/convention.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/data/toy2d.hpp>
 #include <flowprior/eval/stats.hpp>
 #include <flowprior/io/checkpoint.hpp>
+#include <flowprior/io/file.hpp>
 #include <flowprior/io/json.hpp>
 #include <flowprior/io/state_dict.hpp>
 #include <flowprior/loss/flow_loss.hpp>
@@ -37,12 +53,29 @@
 #include <flowprior/train/align.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <flowprior/util/progress.hpp>
+#include <flowprior/version.hpp>
 
 namespace flowprior {
 namespace pipeline {
 
+namespace detail {
+
+/// The shortest decimal form that reads back as exactly x (checkpoint metadata, run identity).
+inline std::string toy2d_exact(double x) {
+  char b[40];
+  for (int digits = 15; digits <= 17; ++digits) {
+    std::snprintf(b, sizeof b, "%.*g", digits, x);
+    if (std::strtod(b, nullptr) == x || std::isnan(x)) break;
+  }
+  return b;
+}
+
+
+}  // namespace detail
+
 /// Every option of the 2-D pipeline. The defaults finish on the ring in a few minutes on two
-/// cores; Toy2dConfig::paper() holds the paper's settings.
+/// cores; Toy2dConfig::paper() holds the paper's settings. validate() checks every option
+/// before anything is allocated (docs/errors.md "The 2-D pipeline").
 struct Toy2dConfig {
   data::Toy2D target = data::Toy2D::Ring5;
   std::uint64_t seed = 0;
@@ -79,7 +112,27 @@ struct Toy2dConfig {
   double align_lr = 1e-2;
   Index align_time_group = 1;  ///< consecutive alignment draws sharing t (stratified t)
   Index track_every = 10;
+  // Robustness (these do not change the results of a run that completes).
+  /// Divergence guard of the prior's training and of the alignments (train::DivergenceGuard):
+  /// the run stops with numeric_error when a loss is not finite or the running mean of the loss
+  /// exceeds divergence_factor times the first step's loss. > 1; +inf: non-finite losses only.
+  double divergence_factor = 100;
+  /// Save the training checkpoint every this many prior steps (and always at step 0 and at the
+  /// end); 0: only at step 0 and at the end.
+  Index checkpoint_every = 500;
+  /// Continue the prior's training from out_dir/prior.ckpt.safetensors (written by a run with
+  /// the same options, checked) instead of starting afresh; bit-exact with an uninterrupted run.
+  bool resume = false;
   bool progress = true;        ///< progress bars on stderr
+  /// Called after every prior step with the number of steps done (after any checkpoint save).
+  /// For progress reporting and tests (an exception thrown here stops the run like a kill).
+  std::function<void(Index)> on_prior_step;
+
+  /// Smallest kde_samples: the landscape's data range and the KDE need a real sample.
+  static constexpr Index kMinKdeSamples = 100;
+  /// Largest learning rate accepted (prior_lr, align_lr): catches typos such as 1e30; a large
+  /// rate that is accepted but diverges is stopped by the divergence guard.
+  static constexpr double kMaxLearningRate = optim::AdamConfig::max_lr;
 
   /// The paper's settings: width 512, depth 4, 100k prior steps, Adam 1e-4 (constant), batch
   /// 256; 1000 latents, Adam 1e-2, 5000 steps; float32 training and alignment, one t per draw.
@@ -101,6 +154,12 @@ struct Toy2dConfig {
     return c;
   }
 
+  /// Throws config_error naming the option (its field name) unless every option is valid:
+  /// counts positive, every real finite and in its range, and every buffer the run allocates
+  /// (products of sizes: grid x grid x landscape_draws, latents x align_draws,
+  /// batch x prior_draws, width x width x depth, ...) small enough to possibly fit in this
+  /// machine's memory. Sizes are estimated in double (lower bounds of what the run holds), so
+  /// no product can overflow before it is checked. run_toy2d calls it before anything else.
   void validate() const {
     const char* w = "Toy2dConfig";
     auto pos = [&](Index v, const char* name) {
@@ -120,17 +179,165 @@ struct Toy2dConfig {
     pos(track_every, "track_every");
     pos(prior_time_group, "prior_time_group");
     pos(align_time_group, "align_time_group");
-    if (align_steps < 0) raise_config(w, "align_steps must be >= 0");
-    if (grid < 2) raise_config(w, "grid must be >= 2");
-    if (!(prior_lr > 0) || !(align_lr > 0)) raise_config(w, "learning rates must be > 0");
+    if (align_steps < 0)
+      raise_config(w, "align_steps must be >= 0, got " + std::to_string(align_steps));
+    if (grid < 2) raise_config(w, "grid must be >= 2, got " + std::to_string(grid));
+    if (kde_samples < kMinKdeSamples)
+      raise_config(w, "kde_samples must be >= " + std::to_string(kMinKdeSamples) +
+                          " (the landscape's data range and the KDE are taken from them), got " +
+                          std::to_string(kde_samples));
+    if (checkpoint_every < 0)
+      raise_config(w, "checkpoint_every must be >= 0 (0: only at the start and the end), got " +
+                          std::to_string(checkpoint_every));
     if (prior_warmup < -1 || (prior_cosine && prior_warmup >= prior_steps))
-      raise_config(w, "prior_warmup must be -1 (automatic) or lie in [0, prior_steps)");
-    if (!(ema_decay >= 0 && ema_decay < 1)) raise_config(w, "ema_decay must lie in [0, 1)");
-    if (!(ode_tol > 0)) raise_config(w, "ode_tol must be > 0");
-    if (!(pad >= 0)) raise_config(w, "pad must be >= 0");
-    if (!(kde_bandwidth > 0)) raise_config(w, "kde_bandwidth must be > 0");
+      raise_config(w, "prior_warmup must be -1 (automatic) or lie in [0, prior_steps), got " +
+                          std::to_string(prior_warmup));
+    // Reals: finite (NaN fails every comparison) and in range.
+    auto real = [&](double v, const char* name, bool ok, const char* range) {
+      if (!(ok && std::isfinite(v)))
+        raise_config(w, std::string(name) + " must be finite and lie in " + range + ", got " +
+                            short_number(v));
+    };
+    real(prior_lr, "prior_lr", prior_lr > 0 && prior_lr <= kMaxLearningRate, "(0, 1e3]");
+    real(align_lr, "align_lr", align_lr > 0 && align_lr <= kMaxLearningRate, "(0, 1e3]");
+    real(ema_decay, "ema_decay", ema_decay >= 0 && ema_decay < 1, "[0, 1)");
+    real(ode_tol, "ode_tol", ode_tol >= 1e-14 && ode_tol < 1, "[1e-14, 1)");
+    real(kde_bandwidth, "kde_bandwidth", kde_bandwidth > 0 && kde_bandwidth <= 10, "(0, 10]");
+    real(pad, "pad", pad >= 0 && pad <= 10, "[0, 10] (a fraction of the data extent)");
+    if (!(divergence_factor > 1))
+      raise_config(w, "divergence_factor must be > 1 (+inf: stop on non-finite losses only), got " +
+                          short_number(divergence_factor));
+    validate_sizes();
+  }
+
+ private:
+  /// The memory check of validate(): a lower bound of the bytes each stage holds, in double.
+  void validate_sizes() const {
+    const char* w = "Toy2dConfig";
+    const double limit = double(physical_memory_bytes());
+    auto fits = [&](double bytes, const std::string& what) {
+      if (!(bytes <= limit))
+        raise_config(w, what + " need at least " + gib_string(bytes) +
+                            ", more than this machine's memory (" + gib_string(limit) +
+                            ")");
+    };
+    auto n = [](Index v) { return std::to_string(v); };
+    const double S = single_precision ? 4.0 : 8.0;  // bytes per trained value
+    const double W = double(width), D = double(depth);
+    // (a) AdaLN parameters: >= W^2 (5 per block + 3); training holds the weights, gradients,
+    // Adam's two moments and the EMA, and the evaluation a double copy.
+    const double params = W * W * (5 * D + 3);
+    fits(params * (5 * S + 8),
+         "width = " + n(width) + ", depth = " + n(depth) + ": about " + short_number(params) +
+             " parameters (weights, gradients, Adam moments, EMA)");
+    // Every column of a forward pass holds at least one hidden vector per block.
+    const double prior_cols = double(batch) * double(prior_draws);
+    fits(prior_cols * (3 * 8 + W * (D + 1) * S),
+         "batch x prior_draws = " + n(batch) + " x " + n(prior_draws) +
+             " flow-matching draws per step (width " + n(width) + ", depth " + n(depth) + ")");
+    // (b) held-out points (x, log p) and the prior's samples go through the double prior in one
+    // forward pass each; the KDE's reference sample.
+    const double eval_col = W * (D + 1) * 8;
+    fits(double(eval_points) * (24 + eval_col),
+         "eval_points = " + n(eval_points) + " held-out points (width " + n(width) + ", depth " +
+             n(depth) + ")");
+    fits(double(prior_samples) * (32 + eval_col),
+         "prior_samples = " + n(prior_samples) + " samples (width " + n(width) + ", depth " +
+             n(depth) + ")");
+    fits(double(kde_samples) * 32, "kde_samples = " + n(kde_samples) + " target samples");
+    // (c) grid^2 points, their values, and landscape_draws (t, eps) draws per point.
+    const double points = double(grid) * double(grid);
+    fits(points * (6 * 8 + double(landscape_draws) * 3 * 8),
+         "grid x grid x landscape_draws = " + n(grid) + " x " + n(grid) + " x " +
+             n(landscape_draws) + " landscape draws");
+    // (d, e) latents (start, trained, exact) and latents x align_draws draws per step.
+    const double align_cols = double(latents) * double(align_draws);
+    fits(double(latents) * 48 + align_cols * (3 * 8 + W * (D + 1) * S),
+         "latents x align_draws = " + n(latents) + " x " + n(align_draws) +
+             " alignment draws per step (width " + n(width) + ", depth " + n(depth) + ")");
+    const double tracked = double(align_steps) / double(track_every) + 2;
+    fits(tracked * 5 * 8, "align_steps / track_every = " + n(align_steps) + " / " +
+                              n(track_every) + " tracked points of the alignment curves");
   }
 };
+
+/// The prior's network configuration (an unconditioned AdaLN field in dim 2).
+inline nn::AdaLNMlpConfig toy2d_net_config(const Toy2dConfig& cfg) {
+  nn::AdaLNMlpConfig nc;
+  nc.dim = 2;
+  nc.width = cfg.width;
+  nc.depth = cfg.depth;
+  return nc;
+}
+
+/// The prior's trainer configuration (batch, draws, EMA, time groups, warmup + cosine or
+/// constant schedule). load_checkpoint needs a trainer built from it.
+inline train::TrainerConfig toy2d_trainer_config(const Toy2dConfig& cfg) {
+  train::TrainerConfig tc;
+  tc.batch = cfg.batch;
+  tc.K = cfg.prior_draws;
+  tc.ema_decay = cfg.ema_decay;
+  tc.time_group = cfg.prior_time_group;
+  if (tc.time_group > 1) tc.sampler = loss::TimeSampler::stratified();  // adaln.md "Time groups"
+  const Index warmup =
+      cfg.prior_warmup >= 0 ? cfg.prior_warmup : std::min<Index>(200, cfg.prior_steps / 10);
+  tc.schedule = cfg.prior_cosine ? optim::LrSchedule::cosine(cfg.prior_lr, warmup,
+                                                             cfg.prior_steps, cfg.prior_lr * 0.01)
+                                 : optim::LrSchedule::constant(cfg.prior_lr, warmup);
+  return tc;
+}
+
+/// Every option that changes a run's results, by its field name, in exact decimal form: stored
+/// in the checkpoint (as user.<name>) and compared on resume. (progress, checkpoint_every,
+/// divergence_factor, resume and on_prior_step do not change the results of a completed run.)
+inline std::map<std::string, std::string> toy2d_options(const Toy2dConfig& cfg) {
+  auto n = [](Index v) { return std::to_string(v); };
+  auto x = [](double v) { return detail::toy2d_exact(v); };
+  return {{"target", data::to_string(cfg.target)},
+          {"seed", std::to_string(cfg.seed)},
+          {"convention", to_string(cfg.convention)},
+          {"width", n(cfg.width)},
+          {"depth", n(cfg.depth)},
+          {"prior_steps", n(cfg.prior_steps)},
+          {"batch", n(cfg.batch)},
+          {"prior_draws", n(cfg.prior_draws)},
+          {"prior_lr", x(cfg.prior_lr)},
+          {"prior_schedule", cfg.prior_cosine ? "cosine" : "constant"},
+          {"prior_warmup", n(cfg.prior_warmup)},
+          {"ema_decay", x(cfg.ema_decay)},
+          {"precision", cfg.single_precision ? "float32" : "float64"},
+          {"prior_time_group", n(cfg.prior_time_group)},
+          {"eval_points", n(cfg.eval_points)},
+          {"prior_samples", n(cfg.prior_samples)},
+          {"ode_tol", x(cfg.ode_tol)},
+          {"kde_samples", n(cfg.kde_samples)},
+          {"kde_bandwidth", x(cfg.kde_bandwidth)},
+          {"grid", n(cfg.grid)},
+          {"pad", x(cfg.pad)},
+          {"landscape_draws", n(cfg.landscape_draws)},
+          {"latents", n(cfg.latents)},
+          {"align_steps", n(cfg.align_steps)},
+          {"align_draws", n(cfg.align_draws)},
+          {"align_lr", x(cfg.align_lr)},
+          {"align_time_group", n(cfg.align_time_group)},
+          {"track_every", n(cfg.track_every)},
+          {"flowprior_version", FLOWPRIOR_VERSION_STRING}};
+}
+
+/// The run's identity: 16 hex digits (FNV-1a, 64 bits) of toy2d_options. Written into the
+/// checkpoint (user.run_id), the prior (run_id) and metrics.json (config.run_id), so that files
+/// of different runs in one folder can be told apart.
+inline std::string toy2d_run_id(const Toy2dConfig& cfg) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (const auto& kv : toy2d_options(cfg))
+    for (const std::string* part : {&kv.first, &kv.second}) {
+      for (unsigned char c : *part) h = (h ^ c) * 1099511628211ull;
+      h = (h ^ 0xffu) * 1099511628211ull;  // separator
+    }
+  char b[20];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
+  return b;
+}
 
 /// Everything run_toy2d measured (NaN where a quantity does not apply, e.g. the exact field of a
 /// non-mixture target).
@@ -139,6 +346,8 @@ struct Toy2dResult {
   bool exact_density = false;
   Index prior_params = 0;
   std::string checkpoint_path, prior_path;
+  std::string run_id;          ///< toy2d_run_id of the options
+  Index resumed_from = -1;     ///< the checkpoint's step when resumed, -1 for a fresh run
   // (a)
   std::vector<double> train_step, train_loss;  ///< running mean of the batch loss
   double train_seconds = 0;
@@ -196,6 +405,11 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+/// "trained" or "exact" from a progress label ("align  ", "exact  ").
+inline std::string label_name(const std::string& label) {
+  return label.rfind("exact", 0) == 0 ? "exact-field" : "trained-prior";
+}
+
 template <class Field>
 void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cfg,
                const TargetNll& nll, const Eigen::MatrixXd& start, std::uint64_t seed,
@@ -215,6 +429,8 @@ void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cf
   steps.clear();
   losses.clear();
   nlls.clear();
+  // Stops on a non-finite loss (the aligner refuses the step) or an exploding running loss.
+  train::DivergenceGuard guard(label_name(label) + " alignment", cfg.divergence_factor, 0.95);
   double running = 0;
   for (Index s = 0; s <= cfg.align_steps; ++s) {
     const bool track = s % cfg.track_every == 0 || s == cfg.align_steps;
@@ -227,7 +443,8 @@ void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cf
       break;
     }
     const double l = aligner.step(MatrixView<S>(ys.data(), 2, ys.cols()), rng);
-    running = s == 0 ? l : 0.95 * running + 0.05 * l;
+    guard.observe(s + 1, l);  // steps numbered from 1
+    running = guard.running();
     if (track) {
       steps.push_back(double(s));
       losses.push_back(l);
@@ -262,8 +479,58 @@ void chunked_alignment_loss(const Prior<Field>& prior, Convention conv, const Ei
   }
 }
 
-/// Stage (a): trains an AdaLN prior in scalar S by flow matching on `target`, saves the training
-/// checkpoint, and copies the EMA weights into `prior` (double).
+/// The checkpoint's state of the pipeline's own loop (curve, running mean, guard, seconds).
+inline std::string toy2d_join(const std::vector<double>& v) {
+  std::string out;
+  for (std::size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + toy2d_exact(v[i]);
+  return out;
+}
+
+inline std::vector<double> toy2d_split(const std::string& path, const std::string& key,
+                                       const std::string& text) {
+  std::vector<double> out;
+  const char* p = text.c_str();
+  while (*p) {
+    char* end = nullptr;
+    out.push_back(std::strtod(p, &end));
+    if (end == p || (*end != ',' && *end != '\0'))
+      io::fail(path, "checkpoint metadata '" + key + "' is not a list of numbers");
+    p = *end == ',' ? end + 1 : end;
+  }
+  return out;
+}
+
+inline const std::string& toy2d_meta(const std::map<std::string, std::string>& meta,
+                                     const std::string& path, const std::string& key) {
+  const auto it = meta.find(key);
+  if (it == meta.end())
+    io::fail(path, "checkpoint metadata lacks '" + key + "' (not written by the 2-D pipeline?)");
+  return it->second;
+}
+
+/// Resume: the checkpoint's options must equal this run's (config_error listing every option
+/// that differs, with both values).
+inline void toy2d_check_resume_options(const Toy2dConfig& cfg, const std::string& path,
+                                       const std::map<std::string, std::string>& meta) {
+  std::string diff;
+  for (const auto& kv : toy2d_options(cfg)) {
+    const std::string& saved = toy2d_meta(meta, path, "user." + kv.first);
+    if (saved != kv.second)
+      diff += std::string(diff.empty() ? "" : "; ") + kv.first + " = " + saved +
+              " in the checkpoint, " + kv.second + " now";
+  }
+  if (!diff.empty())
+    raise_config("run_toy2d (resume)",
+                 "the checkpoint " + path + " was written with other options: " + diff +
+                     " (resume with the checkpoint's options, or start a new run in another "
+                     "folder)");
+}
+
+/// Stage (a): trains an AdaLN prior in scalar S by flow matching on `target`, saving the
+/// training checkpoint at step 0, every cfg.checkpoint_every steps and at the end (or resuming
+/// from it), and copies the EMA weights into `prior` (double). A checkpoint is written only
+/// after a step that passed the divergence guard and only with finite parameters: on divergence
+/// the file on disk is the last good state.
 template <class S>
 void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
                  const nn::AdaLNMlpConfig& nc, const std::string& out_dir, Toy2dResult& r,
@@ -273,51 +540,135 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
   Rng rng(cfg.seed);
   net.init(rng);
   r.prior_params = net.num_params();
-  train::TrainerConfig tc;
-  tc.batch = cfg.batch;
-  tc.K = cfg.prior_draws;
-  tc.ema_decay = cfg.ema_decay;
-  tc.time_group = cfg.prior_time_group;
-  if (tc.time_group > 1) tc.sampler = loss::TimeSampler::stratified();  // adaln.md "Time groups"
-  const Index warmup =
-      cfg.prior_warmup >= 0 ? cfg.prior_warmup : std::min<Index>(200, cfg.prior_steps / 10);
-  tc.schedule = cfg.prior_cosine ? optim::LrSchedule::cosine(cfg.prior_lr, warmup,
-                                                             cfg.prior_steps, cfg.prior_lr * 0.01)
-                                 : optim::LrSchedule::constant(cfg.prior_lr, warmup);
-  train::FlowMatchingTrainer<Net> trainer(net, cfg.convention, tc);
-  const auto t0 = std::chrono::steady_clock::now();
+  train::FlowMatchingTrainer<Net> trainer(net, cfg.convention, toy2d_trainer_config(cfg));
+  train::DivergenceGuard guard("prior training", cfg.divergence_factor, 0.98);
+  const std::string ckpt = out_dir + "/prior.ckpt.safetensors";
+  r.checkpoint_path = ckpt;
+  std::map<std::string, std::string> identity = toy2d_options(cfg);
+  identity["run_id"] = r.run_id;
+  double seconds_before = 0;  // of the run this one resumes
+  Index last_saved = -1;      // the step of the checkpoint on disk
+  auto t0 = std::chrono::steady_clock::now();
+  auto save = [&] {
+    const auto p = net.parameters();
+    const auto& e = trainer.ema().weights();
+    for (Index i = 0; i < p.size; ++i)
+      if (!std::isfinite(double(p[i])) || !std::isfinite(double(e[std::size_t(i)])))
+        flowprior::detail::raise<numeric_error>(
+            "[flowprior.numeric] prior training diverged at step " +
+            std::to_string(trainer.steps()) + ": parameter " + std::to_string(i) +
+            " is not finite; the checkpoint " + ckpt + " was not overwritten");
+    auto meta = identity;
+    meta["train_guard"] = guard.started() ? toy2d_exact(guard.initial()) + "," +
+                                                toy2d_exact(guard.running())
+                                          : "";
+    meta["train_curve_step"] = toy2d_join(r.train_step);
+    meta["train_curve_loss"] = toy2d_join(r.train_loss);
+    meta["train_seconds"] = toy2d_exact(seconds_before + seconds_since(t0));
+    io::save_checkpoint(ckpt, trainer, net, rng, meta);
+    last_saved = trainer.steps();
+  };
+  if (cfg.resume) {
+    if (!std::filesystem::exists(ckpt))
+      io::fail(ckpt, "cannot resume: no checkpoint in the output folder (run without resume "
+                     "first)");
+    const auto meta = io::Safetensors::read(ckpt).metadata();
+    toy2d_check_resume_options(cfg, ckpt, meta);
+    const auto g =
+        toy2d_split(ckpt, "user.train_guard", toy2d_meta(meta, ckpt, "user.train_guard"));
+    const auto steps =
+        toy2d_split(ckpt, "user.train_curve_step", toy2d_meta(meta, ckpt, "user.train_curve_step"));
+    const auto losses =
+        toy2d_split(ckpt, "user.train_curve_loss", toy2d_meta(meta, ckpt, "user.train_curve_loss"));
+    const auto secs =
+        toy2d_split(ckpt, "user.train_seconds", toy2d_meta(meta, ckpt, "user.train_seconds"));
+    if ((g.size() != 0 && g.size() != 2) || steps.size() != losses.size() || secs.size() != 1)
+      io::fail(ckpt, "checkpoint metadata of the 2-D pipeline is inconsistent");
+    io::load_checkpoint(ckpt, trainer, net, rng);  // checks it all; modifies only on success
+    if (trainer.steps() > cfg.prior_steps || (g.empty() != (trainer.steps() == 0)))
+      io::fail(ckpt, "checkpoint step " + std::to_string(trainer.steps()) +
+                         " does not fit its metadata");
+    if (!g.empty()) guard.set_state(g[0], g[1]);
+    r.train_step = steps;
+    r.train_loss = losses;
+    seconds_before = secs[0];
+    r.resumed_from = last_saved = trainer.steps();
+  } else {
+    save();  // step 0: a loadable checkpoint exists however early the run stops
+  }
   util::Progress bar("prior  ", cfg.prior_steps, cfg.progress);
-  double running = 0;
   const Index every = std::max<Index>(1, cfg.prior_steps / 200);
-  for (Index s = 0; s < cfg.prior_steps; ++s) {
-    const auto st =
-        trainer.step_with([&](MatrixView<S> b, Rng& g) { target.sample<S>(b, g); }, rng);
-    running = s == 0 ? st.loss : 0.98 * running + 0.02 * st.loss;
+  const Index first = trainer.steps();
+  for (Index s = first; s < cfg.prior_steps; ++s) {
+    // Steps are numbered from 1 in messages (step N: the N-th optimiser step).
+    const std::string kept = " (the checkpoint " + ckpt + " keeps the last good state, step " +
+                             std::to_string(last_saved) + "; lower prior_lr)";
+    train::StepStats st;
+    try {  // a non-finite loss or gradient: the trainer refuses the step
+      st = trainer.step_with([&](MatrixView<S> b, Rng& g) { target.sample<S>(b, g); }, rng);
+    } catch (const numeric_error& e) {
+      flowprior::detail::raise<numeric_error>(
+          "[flowprior.numeric] prior training diverged at step " + std::to_string(s + 1) + ": " +
+          e.what() + kept);
+    }
+    try {  // an exploding running loss
+      guard.observe(s + 1, st.loss);
+    } catch (const numeric_error& e) {
+      flowprior::detail::raise<numeric_error>(e.what() + kept);
+    }
     if (s % every == 0 || s + 1 == cfg.prior_steps) {
       r.train_step.push_back(double(s));
-      r.train_loss.push_back(running);
+      r.train_loss.push_back(guard.running());
     }
     char b[64];
-    std::snprintf(b, sizeof b, "loss %.4f", running);
+    std::snprintf(b, sizeof b, "loss %.4f", guard.running());
     bar.update(s + 1, b);
+    const Index done = s + 1;
+    if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.prior_steps)
+      save();
+    if (cfg.on_prior_step) cfg.on_prior_step(done);
   }
+  if (first < cfg.prior_steps) save();
   bar.finish();
-  r.train_seconds = seconds_since(t0);
-  r.checkpoint_path = out_dir + "/prior.ckpt.safetensors";
-  io::save_checkpoint(r.checkpoint_path, trainer, net, rng,
-                      {{"target", r.target}, {"width", std::to_string(cfg.width)},
-                       {"depth", std::to_string(cfg.depth)}});
+  r.train_seconds = seconds_before + seconds_since(t0);
   const auto& ema = trainer.ema().weights();
   auto p = prior.parameters();
   for (Index i = 0; i < p.size; ++i) p[i] = static_cast<double>(ema[std::size_t(i)]);
+}
+
+/// Throws io_error unless `dir` is an existing folder in which a file can be created (probed
+/// by writing and removing a small file), so that an unwritable output is found before any work.
+inline void probe_output_folder(const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec))
+    io::fail(dir, "the output folder does not exist or is not a folder");
+  const std::string probe = dir + "/.flowprior_write_probe";
+  bool ok = false;
+  errno = 0;
+  {
+    std::ofstream f(probe, std::ios::binary | std::ios::trunc);
+    ok = bool(f) && bool(f << "probe") && bool(f.flush());
+  }
+  const int err = errno;
+  std::filesystem::remove(probe, ec);
+  if (!ok)
+    io::fail(dir, std::string("cannot write into the output folder (") +
+                      (err ? std::strerror(err) : "write failed") + ")");
 }
 
 }  // namespace detail
 
 /// Runs the whole pipeline; writes `prior.ckpt.safetensors` (training checkpoint) and
 /// `prior.safetensors` (the EMA prior's state dict) into out_dir (which must exist).
+///
+/// Order: validate() (config_error naming the option), then a write probe of out_dir (io_error),
+/// then the work; nothing is allocated or trained before both pass. With cfg.resume the prior's
+/// training continues from out_dir/prior.ckpt.safetensors (its options must equal cfg's:
+/// config_error naming those that differ; io_error if there is none). A diverging training or
+/// alignment stops with numeric_error naming the step (docs/errors.md "Divergence").
 inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir) {
   cfg.validate();
+  detail::probe_output_folder(out_dir);
   using Net = nn::AdaLNMlp<double>;
   const auto t_total = std::chrono::steady_clock::now();
   const Convention conv = cfg.convention;
@@ -325,6 +676,7 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
   Toy2dResult r;
   r.target = target.name();
   r.exact_density = target.has_exact_density();
+  r.run_id = toy2d_run_id(cfg);
 
   Rng data_rng(cfg.seed * 7919 + 1);
   Eigen::MatrixXd reference(2, cfg.kde_samples);  // KDE, nearest distances, the data range
@@ -332,10 +684,7 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
   const detail::TargetNll nll(target, reference, cfg.kde_bandwidth);
 
   // (a) Train the prior by flow matching (float or double), then evaluate its EMA in double.
-  nn::AdaLNMlpConfig nc;
-  nc.dim = 2;
-  nc.width = cfg.width;
-  nc.depth = cfg.depth;
+  const nn::AdaLNMlpConfig nc = toy2d_net_config(cfg);
   Net prior_net(nc);
   if (cfg.single_precision)
     detail::train_prior<float>(cfg, target, nc, out_dir, r, prior_net);
@@ -343,7 +692,10 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
     detail::train_prior<double>(cfg, target, nc, out_dir, r, prior_net);
   r.prior_path = out_dir + "/prior.safetensors";
   io::save_state_dict(prior_net, r.prior_path, io::Dtype::F32,
-                      {{"convention", to_string(conv)}, {"target", r.target}});
+                      {{"convention", to_string(conv)},
+                       {"target", r.target},
+                       {"seed", std::to_string(cfg.seed)},
+                       {"run_id", r.run_id}});
   const Prior<Net> prior(prior_net, conv);
 
   // (b) Held-out NLL by the ODE, and samples from the prior.
@@ -478,7 +830,9 @@ inline io::json::Out toy2d_metrics(const Toy2dConfig& cfg, const Toy2dResult& r)
   auto vec = [](const std::vector<double>& v) { return Out::array(v.data(), v.size()); };
   Out config = Out::object();
   config.set("target", r.target)
+      .set("run_id", r.run_id)
       .set("seed", Out(static_cast<unsigned long>(cfg.seed)))
+      .set("seed_string", std::to_string(cfg.seed))  // exact (a JSON number is a double)
       .set("convention", to_string(cfg.convention))
       .set("width", cfg.width)
       .set("depth", cfg.depth)
@@ -498,7 +852,17 @@ inline io::json::Out toy2d_metrics(const Toy2dConfig& cfg, const Toy2dResult& r)
       .set("align_lr", cfg.align_lr)
       .set("grid", cfg.grid)
       .set("landscape_draws", cfg.landscape_draws)
-      .set("ode_tol", cfg.ode_tol);
+      .set("pad", cfg.pad)
+      .set("ode_tol", cfg.ode_tol)
+      .set("eval_points", cfg.eval_points)
+      .set("prior_samples", cfg.prior_samples)
+      .set("kde_samples", cfg.kde_samples)
+      .set("kde_bandwidth", cfg.kde_bandwidth)
+      .set("prior_warmup", cfg.prior_warmup)
+      .set("track_every", cfg.track_every)
+      .set("divergence_factor", cfg.divergence_factor)
+      .set("checkpoint_every", cfg.checkpoint_every)
+      .set("resumed_from_step", r.resumed_from);
   Out prior = Out::object();
   prior.set("train_seconds", r.train_seconds)
       .set("final_train_loss", r.train_loss.empty() ? 0.0 : r.train_loss.back())

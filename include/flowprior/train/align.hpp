@@ -8,13 +8,16 @@
 /// than spreading like it (docs/math/alignment.md "Mode seeking").
 #pragma once
 
+#include <cmath>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/loss/draws.hpp>
 #include <flowprior/loss/flow_loss.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/optim/optimizer.hpp>
 #include <flowprior/prior.hpp>
 
@@ -48,24 +51,43 @@ class LatentAligner {
   /// @param n      number of latents the aligner will move
   LatentAligner(const Prior<Field>& prior, Convention conv, Index n, const AlignConfig& cfg)
       : prior_(prior), conv_(conv), cfg_((cfg.validate(), cfg)), n_(n),
-        adam_(prior.dim() * n, cfg.adam),
+        adam_(checked_mul("LatentAligner", "dim x latents", prior.dim(), n), cfg.adam),
         grad_(static_cast<std::size_t>(prior.dim() * n)) {
     check_convention("LatentAligner", "the prior", prior.convention(), conv);
   }
 
   /// One Adam step on y (dim, N) in place; returns the mean alignment loss per latent before
   /// the step (reduction of AlignConfig, weight 1).
+  ///
+  /// A step whose loss or gradient is not finite is refused: numeric_error "... diverged at step
+  /// N ...: the step was not applied", with y and the optimizer unchanged (the generator has
+  /// advanced by the step's draws). Non-finite latents on entry are a numeric_error too.
   double step(MatrixView<S> y, Rng& rng) {
-    check_shape("LatentAligner::step", "y", y, prior_.dim(), n_);
-    if (!y.contiguous()) raise_config("LatentAligner::step", "y must be a contiguous matrix");
+    const char* w = "LatentAligner::step";
+    check_shape(w, "y", y, prior_.dim(), n_);
+    if (!y.contiguous()) raise_config(w, "y must be a contiguous matrix");
+    check_finite(w, "y", ConstMatrixView<S>(y));
     loss::draw(draws_, conv_, n_, prior_.dim(), cfg_.K, cfg_.sampler, rng, false,
                cfg_.time_group);
     std::fill(grad_.begin(), grad_.end(), S(0));
     MatrixView<S> g(grad_.data(), prior_.dim(), n_);
     const loss::AlignmentOptions opt{cfg_.reduction, double(n_), cfg_.detach_pred_v};
-    const double l = loss::alignment_loss(prior_, conv_, y, draws_, opt, ws_, {}, g);
-    adam_.step(VectorView<S>(y.data, prior_.dim() * n_),
-               ConstVectorView<S>(grad_.data(), Index(grad_.size())));
+    double l = 0;
+    try {
+      // Both throw before modifying anything: the loss on a non-finite value, Adam on a
+      // non-finite gradient.
+      l = loss::alignment_loss(prior_, conv_, y, draws_, opt, ws_, {}, g);
+      if (!std::isfinite(l))
+        flowprior::detail::raise<numeric_error>("[flowprior.numeric] the loss is not finite");
+      adam_.step(VectorView<S>(y.data, prior_.dim() * n_),
+                 ConstVectorView<S>(grad_.data(), Index(grad_.size())));
+    } catch (const numeric_error& e) {
+      flowprior::detail::raise<numeric_error>(
+          std::string("[flowprior.numeric] ") + w + ": the alignment diverged at step " +
+          std::to_string(adam_.steps() + 1) +
+          " (the step was not applied; the latents and the optimizer are unchanged): " +
+          e.what());
+    }
     return l / double(n_);
   }
 

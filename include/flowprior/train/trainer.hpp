@@ -7,14 +7,18 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/random.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/loss/draws.hpp>
 #include <flowprior/loss/flow_loss.hpp>
 #include <flowprior/optim/optimizer.hpp>
@@ -49,8 +53,87 @@ struct TrainerConfig {
     sampler.validate();
     adam.validate();
     schedule.validate();
+    if (!(schedule.base_lr <= optim::AdamConfig::max_lr))  // Adam::step would refuse it later
+      raise_config(w, "schedule.base_lr must be <= AdamConfig::max_lr = " +
+                          std::to_string(int(optim::AdamConfig::max_lr)) + ", got " +
+                          short_number(schedule.base_lr));
     if (!(ema_decay >= 0 && ema_decay < 1)) raise_config(w, "ema_decay must lie in [0, 1)");
   }
+};
+
+/// Stops a training loop whose loss diverges (docs/errors.md "Divergence"). Feed it every step's
+/// loss, in order; it keeps a running mean
+///
+///   running = loss_0 at the first step, then
+///   running <- smoothing * running + (1 - smoothing) * loss
+///
+/// and observe() throws numeric_error "<what> diverged at step <s>: ..." naming the step, the loss
+/// and the running mean when
+///
+///   - a loss is NaN or +-Inf, or
+///   - running > factor * loss_0 (the first loss observed; only when loss_0 > 0).
+///
+/// factor = +inf keeps only the first rule. The state (loss_0, running) can be saved and
+/// restored with set_state so that a resumed run applies exactly the same rule.
+class DivergenceGuard {
+ public:
+  /// @param what       names the loop in messages ("prior training", "alignment")
+  /// @param factor     > 1 (+inf: only non-finite losses stop the loop)
+  /// @param smoothing  weight of the past in the running mean, in [0, 1)
+  DivergenceGuard(std::string what, double factor, double smoothing)
+      : what_(std::move(what)), factor_(factor), smoothing_(smoothing) {
+    if (!(factor > 1))
+      raise_config("DivergenceGuard",
+                   "factor must be > 1 (+inf: stop on non-finite losses only), got " +
+                       short_number(factor));
+    if (!(smoothing >= 0 && smoothing < 1))
+      raise_config("DivergenceGuard",
+                   "smoothing must lie in [0, 1), got " + short_number(smoothing));
+  }
+
+  /// Records the loss of step `step` (for the message only); throws numeric_error if the rule
+  /// above says the loop diverged (the state is unchanged then).
+  void observe(Index step, double loss) {
+    if (!std::isfinite(loss))
+      fail(step, "the loss is " + short_number(loss));
+    const double running = started_ ? smoothing_ * running_ + (1 - smoothing_) * loss : loss;
+    const double initial = started_ ? initial_ : loss;
+    if (!std::isfinite(running))
+      fail(step, "the running mean of the loss overflowed (loss " + short_number(loss) + ")");
+    if (initial > 0 && running > factor_ * initial)
+      fail(step, "loss " + short_number(loss) + ", running mean " +
+                     short_number(running) + " > " + short_number(factor_) +
+                     " x the first loss " + short_number(initial) +
+                     " (divergence factor)");
+    running_ = running;
+    initial_ = initial;
+    started_ = true;
+  }
+
+  /// The running mean (the first loss before any other; 0 before any observe).
+  double running() const { return running_; }
+  /// The first loss observed (0 before any observe).
+  double initial() const { return initial_; }
+  bool started() const { return started_; }
+  double factor() const { return factor_; }
+
+  /// Restores a saved state: the first loss and the running mean.
+  void set_state(double initial, double running) {
+    initial_ = initial;
+    running_ = running;
+    started_ = true;
+  }
+
+ private:
+  [[noreturn]] FLOWPRIOR_COLD void fail(Index step, const std::string& why) const {
+    detail::raise<numeric_error>("[flowprior.numeric] " + what_ + " diverged at step " +
+                                 std::to_string(step) + ": " + why);
+  }
+
+  std::string what_;
+  double factor_, smoothing_;
+  double initial_ = 0, running_ = 0;
+  bool started_ = false;
 };
 
 /// What one step did.
@@ -76,7 +159,8 @@ class FlowMatchingTrainer {
         adam_(field.num_params(), cfg.adam),
         ema_(field.parameters(), cfg.ema_decay),
         grads_(static_cast<std::size_t>(field.num_params())),
-        batch_(static_cast<std::size_t>(field.dim() * cfg.batch)) {}
+        batch_(static_cast<std::size_t>(
+            checked_mul("FlowMatchingTrainer", "dim x batch", field.dim(), cfg.batch))) {}
 
   /// One step on a batch drawn uniformly with replacement from the columns of `targets`.
   StepStats step(ConstMatrixView<S> targets, Rng& rng) {
@@ -100,18 +184,36 @@ class FlowMatchingTrainer {
   }
 
   /// One step on the given batch (dim, any number of rows).
+  ///
+  /// A step whose loss or gradient is not finite is refused: numeric_error "... diverged at step
+  /// N ...: the step was not applied", and the parameters, the optimizer and the EMA keep their
+  /// values (the generator has advanced by the step's draws). The state is then still the last
+  /// good one, and a checkpoint saved from it is loadable (docs/errors.md "Divergence").
   StepStats step_on(ConstMatrixView<S> batch, Rng& rng) {
     const char* w = "FlowMatchingTrainer::step";
     check_shape(w, "batch", batch, field_.dim(), batch.cols);
+    check_finite(w, "batch", batch);  // bad data, not a divergence
     loss::draw(draws_, conv_, batch.cols, field_.dim(), cfg_.K, cfg_.sampler, rng,
                cfg_.antithetic, cfg_.time_group);
     std::fill(grads_.begin(), grads_.end(), S(0));
     VectorView<S> g(grads_.data(), Index(grads_.size()));
     const Prior<Field> prior(field_, conv_);
     StepStats st;
-    st.loss = loss::flow_matching_loss(prior, conv_, batch, draws_, cfg_.reduction, ws_, g);
-    st.grad_norm = std::isfinite(cfg_.clip_norm) ? optim::clip_grad_norm(g, cfg_.clip_norm)
-                                                 : optim::grad_norm<S>(g);
+    try {
+      st.loss = loss::flow_matching_loss(prior, conv_, batch, draws_, cfg_.reduction, ws_, g);
+      st.grad_norm = std::isfinite(cfg_.clip_norm) ? optim::clip_grad_norm(g, cfg_.clip_norm)
+                                                   : optim::grad_norm<S>(g);
+      if (!std::isfinite(st.grad_norm))  // +inf clip_norm: grad_norm does not throw
+        detail::raise<numeric_error>("[flowprior.numeric] the gradient norm is not finite (" +
+                                     short_number(st.grad_norm) + ")");
+    } catch (const numeric_error& e) {
+      // Non-finite values in the loss or the gradient: nothing has been modified yet.
+      detail::raise<numeric_error>(std::string("[flowprior.numeric] ") + w +
+                                   ": the training diverged at step " +
+                                   std::to_string(adam_.steps() + 1) +
+                                   " (the step was not applied; parameters, optimizer and EMA "
+                                   "are unchanged): " + e.what());
+    }
     st.lr = cfg_.schedule.at(adam_.steps());
     adam_.step(field_.parameters(), g, st.lr);
     ema_.update(field_.parameters());
