@@ -1,11 +1,19 @@
 // safetensors: round trips, dtype conversions, state dicts by PyTorch names, and every kind of
 // malformed file giving an io_error with the file, the byte offset and what was expected.
 #include <flowprior/flowprior.hpp>
+#include <flowprior/io/npy.hpp>
 #include <flowprior/io/state_dict.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <future>
+#include <limits>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "catch.hpp"
 #include "fixtures.hpp"
@@ -233,4 +241,193 @@ TEST_CASE("atomic writes: a failed write leaves the previous file and no tempora
   for (const auto& e : std::filesystem::directory_iterator(std::filesystem::temp_directory_path()))
     REQUIRE(e.path().string().find(path + ".tmp") == std::string::npos);
   std::remove(path.c_str());
+}
+
+TEST_CASE("safetensors: zero-size tensors anywhere in the offset order are accepted", "[io]") {
+  // As the reference implementation: offsets sorted by (begin, end) must tile the data.
+  const std::string a = R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
+  const std::string b = R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]})";
+  const std::string z4 = R"("z":{"dtype":"F32","shape":[0],"data_offsets":[4,4]})";
+  const std::string z0 = R"("z":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]})";
+  const std::string z8 = R"("z":{"dtype":"F64","shape":[2,0],"data_offsets":[8,8]})";
+  const Bytes eight(8, 0);
+  for (const std::string& h :
+       {"{" + a + "," + b + "," + z4 + "}", "{" + z4 + "," + a + "," + b + "}",
+        "{" + a + "," + z4 + "," + b + "}", "{" + b + "," + a + "," + z0 + "}",
+        "{" + b + "," + z8 + "," + a + "}", "{" + z8 + "," + b + "," + a + "}"}) {
+    CAPTURE(h);
+    REQUIRE_NOTHROW(parse(make_file(h, eight)));
+    const auto st = parse(make_file(h, eight));
+    REQUIRE(st.tensors().size() == 3);
+    REQUIRE(st.get<float>("z").empty());
+  }
+  // Two zero-size tensors at the same offset, and a file of zero-size tensors only.
+  REQUIRE_NOTHROW(parse(make_file("{" + a + "," + b + "," + z4 + "," +
+                                      R"("y":{"dtype":"U8","shape":[0],"data_offsets":[4,4]}})",
+                                  eight)));
+  REQUIRE_NOTHROW(
+      parse(make_file(R"({"z":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}})", {})));
+  // Still refused: a zero-size tensor outside the data, and real overlaps.
+  REQUIRE_THROWS_WITH(
+      parse(make_file(
+          "{" + a + "," + b + R"(,"z":{"dtype":"F32","shape":[0],"data_offsets":[9,9]}})", eight)),
+      Catch::Contains("past the end of the data"));
+  REQUIRE_THROWS_WITH(
+      parse(
+          make_file("{" + a + "," + b + R"(,"c":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})",
+                    Bytes(12, 0))),
+      Catch::Contains("overlaps"));
+}
+
+TEST_CASE("safetensors: duplicate __metadata__ objects or keys are refused", "[io][error]") {
+  const std::string t = R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
+  const Bytes four(4, 0);
+  REQUIRE_NOTHROW(parse(make_file(R"({"__metadata__":{"k":"1","l":"2"},)" + t + "}", four)));
+  REQUIRE_THROWS_AS(parse(make_file(R"({"__metadata__":{"k":"1","k":"2"},)" + t + "}", four)),
+                    flowprior::io_error);
+  REQUIRE_THROWS_WITH(parse(make_file(R"({"__metadata__":{"k":"1","k":"2"},)" + t + "}", four)),
+                      Catch::Contains("test.safetensors at byte") &&
+                          Catch::Contains("duplicate __metadata__ key 'k'"));
+  REQUIRE_THROWS_WITH(
+      parse(make_file(R"({"__metadata__":{"k":"1"},)" + t + R"(,"__metadata__":{"l":"2"}})", four)),
+      Catch::Contains("test.safetensors at byte") && Catch::Contains("duplicate __metadata__"));
+}
+
+TEST_CASE("safetensors: F64 values beyond the float range are refused when read as float",
+          "[io][error]") {
+  const std::vector<double> x = {1.0, -1e300, 3.0};
+  io::SafetensorsWriter w;
+  w.add("w", x.data(), {3}, io::Dtype::F64);
+  const auto st = parse(w.bytes());
+  REQUIRE(st.get<double>("w") == x);
+  REQUIRE_THROWS_AS(st.get<float>("w"), flowprior::io_error);
+  REQUIRE_THROWS_WITH(st.get<float>("w"), Catch::Contains("'w'") && Catch::Contains("element 1") &&
+                                              Catch::Contains("overflows float32") &&
+                                              Catch::Contains("at byte"));
+  // Allowed non-finite values: it becomes -inf, as in the npy reader.
+  REQUIRE(st.get<float>("w", true)[1] == -std::numeric_limits<float>::infinity());
+  // The largest float and values that round to it are fine.
+  const std::vector<double> edge = {double(std::numeric_limits<float>::max()),
+                                    -double(std::numeric_limits<float>::max())};
+  io::SafetensorsWriter we;
+  we.add("e", edge.data(), {2}, io::Dtype::F64);
+  REQUIRE(parse(we.bytes()).get<float>("e")[0] == std::numeric_limits<float>::max());
+  // A state dict of doubles loaded into a float field.
+  Rng rng(8);
+  nn::AdaLNMlp<double> a(small());
+  fpt::fill_uniform(a.parameters().data, a.num_params(), rng, -1, 1);
+  a.parameters()[7] = 1e300;
+  io::SafetensorsWriter ws;
+  io::add_state_dict(ws, a, "", io::Dtype::F64);
+  nn::AdaLNMlp<float> f(small());
+  const std::vector<float> before(f.parameters().data, f.parameters().data + f.num_params());
+  REQUIRE_THROWS_WITH(io::load_state_dict(f, parse(ws.bytes())),
+                      Catch::Contains("overflows float32"));
+  REQUIRE(std::equal(before.begin(), before.end(), f.parameters().data));
+}
+
+TEST_CASE("files: FIFOs, devices and directories are refused without blocking", "[io][error]") {
+  fpt::TempDir dir("fifo");
+  const std::string fifo = dir / "pipe";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Read in another thread; if it blocks, open the writing end to release it and fail.
+  auto fut = std::async(std::launch::async, [&] {
+    try {
+      (void)io::read_file(fifo);
+      return std::string("no error");
+    } catch (const flowprior::io_error& e) {
+      return std::string(e.what());
+    }
+  });
+  const bool blocked = fut.wait_for(std::chrono::seconds(10)) == std::future_status::timeout;
+  if (blocked) {
+    const int fd = ::open(fifo.c_str(), O_WRONLY);
+    if (fd >= 0) ::close(fd);
+  }
+  const std::string what = fut.get();
+  REQUIRE_FALSE(blocked);
+  REQUIRE_THAT(what, Catch::Contains(fifo) && Catch::Contains("not a regular file"));
+  // A device that never ends, a directory, through every reader.
+  REQUIRE_THROWS_WITH(io::read_file("/dev/zero"), Catch::Contains("not a regular file"));
+  REQUIRE_THROWS_WITH(io::Safetensors::read("/dev/zero"), Catch::Contains("not a regular file"));
+  REQUIRE_THROWS_WITH(io::read_npy<float>("/dev/zero"), Catch::Contains("not a regular file"));
+  REQUIRE_THROWS_WITH(io::read_file(dir.dir.string()), Catch::Contains("not a regular file"));
+}
+
+TEST_CASE("files: a file above the size limit is refused before it is read", "[io][error]") {
+  fpt::TempDir dir("cap");
+  const std::string path = dir / "big.bin";
+  {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    REQUIRE(f);
+    const std::vector<std::uint8_t> kb(1000, 7);
+    REQUIRE(std::fwrite(kb.data(), 1, kb.size(), f) == kb.size());
+    std::fclose(f);
+  }
+  REQUIRE(io::read_file(path, 1000).size() == 1000);
+  REQUIRE_THROWS_AS(io::read_file(path, 999), flowprior::io_error);
+  REQUIRE_THROWS_WITH(io::read_file(path, 999), Catch::Contains(path) &&
+                                                    Catch::Contains("1000 bytes") &&
+                                                    Catch::Contains("limit of 999"));
+  REQUIRE(io::kMaxFileBytes >= (std::uint64_t(1) << 32));
+}
+
+TEST_CASE("safetensors: a checksummed file detects any changed byte", "[io][error]") {
+  const std::vector<double> x = {0.25, -1.5, 3.0};
+  io::SafetensorsWriter w;
+  w.set_metadata("note", "hello");
+  w.add("x", x.data(), {3}, io::Dtype::F32);
+  w.set_checksum(true);
+  const Bytes good = w.bytes();
+  const auto st = parse(good);
+  REQUIRE(st.checksum() == io::ChecksumState::Verified);
+  REQUIRE(st.metadata().at("flowprior.checksum").rfind("crc32:", 0) == 0);
+  // Every single changed bit, anywhere in the file, is an io_error (a validation error or the
+  // checksum), never a verified load. The only flips that parse are those in the checksum's key
+  // name, which leave a file without a checksum (checkpoints require one).
+  std::size_t parsed = 0;
+  for (std::size_t i = 0; i < good.size(); ++i)
+    for (int bit = 0; bit < 8; ++bit) {
+      Bytes b = good;
+      b[i] ^= std::uint8_t(1u << bit);
+      CAPTURE(i, bit);
+      try {
+        const auto bad = parse(b);
+        REQUIRE(bad.checksum() == io::ChecksumState::Absent);
+        ++parsed;
+      } catch (const flowprior::io_error&) {
+      }
+    }
+  REQUIRE(parsed <= std::string("flowprior.checksum").size() * 8);
+  // The message names the file and the checksums.
+  Bytes b = good;
+  b[b.size() - 1] ^= 0x01;
+  REQUIRE_THROWS_WITH(parse(b),
+                      Catch::Contains("test.safetensors") && Catch::Contains("checksum mismatch"));
+  // Without the checksum, a file from another writer loads as before.
+  io::SafetensorsWriter plain;
+  plain.add("x", x.data(), {3}, io::Dtype::F32);
+  REQUIRE(parse(plain.bytes()).checksum() == io::ChecksumState::Absent);
+  // State dicts carry one too.
+  Rng rng(9);
+  nn::AdaLNMlp<double> net(small());
+  fpt::fill_uniform(net.parameters().data, net.num_params(), rng, -1, 1);
+  const std::string path = fpt::temp_path("crc_sd.safetensors");
+  io::save_state_dict(net, path);
+  REQUIRE(io::Safetensors::read(path).checksum() == io::ChecksumState::Verified);
+  auto sd = io::read_file(path);
+  sd[sd.size() - 3] ^= 0x10;
+  REQUIRE_THROWS_WITH(parse(sd), Catch::Contains("checksum mismatch"));
+  io::ReadOptions salvage;
+  salvage.verify_checksum = false;
+  REQUIRE(io::Safetensors::parse(sd, "x", salvage).checksum() == io::ChecksumState::NotVerified);
+  std::remove(path.c_str());
+  // The key is reserved for the writer.
+  io::SafetensorsWriter reserved;
+  REQUIRE_THROWS_AS(reserved.set_metadata("flowprior.checksum", "crc32:00000000"),
+                    flowprior::config_error);
+  // CRC-32 of the check string (the zlib / PNG / Python zlib.crc32 polynomial).
+  const std::string check = "123456789";
+  REQUIRE(io::crc32(check.data(), check.size()) == 0xCBF43926u);
+  REQUIRE(io::crc32(nullptr, 0) == 0u);
 }

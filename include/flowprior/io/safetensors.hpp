@@ -9,20 +9,25 @@
 /// well-formed header, known dtypes, shapes whose byte size matches the offsets, offsets inside
 /// the data and covering it without overlap or holes. Every failure is an io_error naming the
 /// file, the byte offset and what was expected. Tensors convert to float or double on access
-/// (F64, F32, F16, BF16 and the integer dtypes); NaN/Inf payloads are an error unless allowed.
-/// Writing is atomic (io::atomic_write).
+/// (F64, F32, F16, BF16 and the integer dtypes); NaN/Inf payloads, and F64 values beyond the
+/// float range read as float, are an error unless allowed. A file may carry a CRC-32 of its
+/// content in `__metadata__` ("flowprior.checksum", written by SafetensorsWriter::set_checksum;
+/// checkpoints always have one), verified on read. Writing is atomic (io::atomic_write).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <flowprior/core/check.hpp>
+#include <flowprior/io/checksum.hpp>
 #include <flowprior/io/file.hpp>
 #include <flowprior/io/json.hpp>
 
@@ -163,6 +168,27 @@ inline std::string shape_string(const std::vector<std::int64_t>& s) {
   return o + (s.size() == 1 ? ",)" : ")");
 }
 
+/// The `__metadata__` key of the checksum: "crc32:" and 8 lowercase hex digits, the CRC-32
+/// (io::crc32) of the whole file -- length prefix, header and data -- with those 8 digits
+/// replaced by ASCII '0' (docs/formats.md "Checksums").
+inline const char* checksum_key() { return "flowprior.checksum"; }
+
+/// Whether a parsed file carried a checksum and whether it was compared.
+enum class ChecksumState {
+  Absent,       ///< no "flowprior.checksum" entry (files from other writers)
+  Verified,     ///< present and equal to the content's
+  NotVerified   ///< present and well-formed, not compared (ReadOptions::verify_checksum false)
+};
+
+/// Options of Safetensors::parse and read.
+struct ReadOptions {
+  /// Compare a present checksum with the content (an io_error if they differ). Turn off only to
+  /// salvage a damaged file or to fuzz what lies behind the checksum.
+  bool verify_checksum = true;
+  /// Largest file read() accepts (io::read_file).
+  std::uint64_t max_file_bytes = kMaxFileBytes;
+};
+
 /// A parsed safetensors file held in memory.
 class Safetensors {
  public:
@@ -170,18 +196,22 @@ class Safetensors {
   static constexpr std::uint64_t kMaxHeader = 100u << 20;
 
   /// Parses `bytes` (takes ownership); `name` identifies the source in error messages.
-  static Safetensors parse(std::vector<std::uint8_t> bytes, std::string name) {
+  static Safetensors parse(std::vector<std::uint8_t> bytes, std::string name,
+                           const ReadOptions& opt = {}) {
     Safetensors st;
     st.name_ = std::move(name);
     st.bytes_ = std::move(bytes);
-    st.validate();
+    st.validate(opt);
     return st;
   }
 
   /// Reads and parses a file.
-  static Safetensors read(const std::string& path) { return parse(read_file(path), path); }
+  static Safetensors read(const std::string& path, const ReadOptions& opt = {}) {
+    return parse(read_file(path, opt.max_file_bytes), path, opt);
+  }
 
   const std::string& source() const { return name_; }
+  ChecksumState checksum() const { return checksum_; }
   const std::vector<TensorEntry>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::uint64_t data_start() const { return data_start_; }
@@ -196,8 +226,9 @@ class Safetensors {
     fail(name_, "no tensor named '" + name + "'");
   }
 
-  /// Converts tensor `name` into out[0..numel) as S. Non-finite values are an io_error naming
-  /// the tensor, the element and its byte offset unless allow_nonfinite.
+  /// Converts tensor `name` into out[0..numel) as S. Non-finite values, and for S = float values
+  /// beyond its range (an F64 1e300, which the cast would make inf), are an io_error naming the
+  /// tensor, the element and its byte offset unless allow_nonfinite (they become +-inf then).
   template <class S>
   void get(const std::string& name, S* out, std::uint64_t n, bool allow_nonfinite = false) const {
     const TensorEntry& t = at(name);
@@ -226,6 +257,19 @@ class Safetensors {
         fail(name_, data_start_ + t.begin + i * es,
              "tensor '" + name + "' holds a non-finite value (" + std::to_string(v) +
                  ") at element " + std::to_string(i) + "; pass allow_nonfinite to accept it");
+      if (sizeof(S) < sizeof(double) && std::isfinite(v) &&
+          std::fabs(v) > static_cast<double>(std::numeric_limits<S>::max())) {
+        if (!allow_nonfinite) {
+          char b[32];
+          std::snprintf(b, sizeof b, "%.17g", v);
+          fail(name_, data_start_ + t.begin + i * es,
+               "tensor '" + name + "' holds a value beyond the float range at element " +
+                   std::to_string(i) + ": the " + to_string(t.dtype) + " value " + b +
+                   " overflows float32 (it would become inf); pass allow_nonfinite to accept it");
+        }
+        out[i] = v > 0 ? std::numeric_limits<S>::infinity() : -std::numeric_limits<S>::infinity();
+        continue;
+      }
       out[i] = static_cast<S>(v);
     }
   }
@@ -238,7 +282,7 @@ class Safetensors {
   }
 
  private:
-  void validate() {
+  void validate(const ReadOptions& opt) {
     const std::uint64_t size = bytes_.size();
     if (size < 8)
       fail(name_, 0, "file too short for the 8-byte header length: expected at least 8 bytes, "
@@ -257,20 +301,31 @@ class Safetensors {
     json::Reader reader(h, h + n, 8, name_);
     const json::Value root = reader.parse_document();
     if (root.kind != json::Value::Kind::Object) fail(name_, 8, "header is not a JSON object");
-    for (const auto& kv : root.object) {
+    const json::Value* meta = nullptr;
+    for (const auto& kv : root.object)
       if (kv.first == "__metadata__") {
-        read_metadata(kv.second);
-        continue;
+        if (meta) fail(name_, kv.second.offset, "duplicate __metadata__ object");
+        meta = &kv.second;
       }
-      if (find(kv.first)) fail(name_, kv.second.offset, "duplicate tensor name '" + kv.first + "'");
+    if (meta) read_metadata(*meta);
+    // The checksum first: a damaged file is reported as such, not by what the damage broke.
+    check_checksum(meta, opt);
+    std::set<std::string> names;
+    for (const auto& kv : root.object) {
+      if (kv.first == "__metadata__") continue;
+      if (!names.insert(kv.first).second)
+        fail(name_, kv.second.offset, "duplicate tensor name '" + kv.first + "'");
       tensors_.push_back(read_entry(kv.first, kv.second));
     }
-    // Offsets: inside the data, no overlap, no holes.
+    // Offsets, as the reference implementation: sorted by (begin, end), the tensors must tile
+    // the data exactly -- each begins where the previous ended (zero-size tensors, begin == end,
+    // included), and the last ends at the end of the data.
     const std::uint64_t data_size = size - data_start_;
     std::vector<const TensorEntry*> order;
     for (const auto& t : tensors_) order.push_back(&t);
-    std::sort(order.begin(), order.end(),
-              [](const TensorEntry* a, const TensorEntry* b) { return a->begin < b->begin; });
+    std::sort(order.begin(), order.end(), [](const TensorEntry* a, const TensorEntry* b) {
+      return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+    });
     std::uint64_t pos = 0;
     for (const auto* t : order) {
       if (t->end > data_size)
@@ -300,8 +355,53 @@ class Safetensors {
     for (const auto& kv : v.object) {
       if (kv.second.kind != json::Value::Kind::String)
         fail(name_, kv.second.offset, "__metadata__ value of '" + kv.first + "' must be a string");
-      metadata_[kv.first] = kv.second.string;
+      if (!metadata_.emplace(kv.first, kv.second.string).second)
+        fail(name_, kv.second.offset, "duplicate __metadata__ key '" + kv.first + "'");
     }
+  }
+
+  // The checksum entry (if any): "crc32:" + 8 lowercase hex digits, written without escapes so
+  // that its bytes in the file are known; verified unless opt.verify_checksum is false.
+  void check_checksum(const json::Value* meta, const ReadOptions& opt) {
+    if (!meta) return;
+    const json::Value* value = nullptr;
+    for (const auto& kv : meta->object)
+      if (kv.first == checksum_key()) value = &kv.second;
+    if (!value) return;
+    const std::string& text = value->string;
+    const std::uint64_t at = value->offset + 1;  // after the opening quote
+    bool ok = text.size() == 14 && text.compare(0, 6, "crc32:") == 0 &&
+              at + 15 <= bytes_.size() &&
+              std::memcmp(bytes_.data() + at, text.data(), text.size()) == 0 &&
+              bytes_[at + 14] == '"';
+    std::uint32_t stored = 0;
+    for (std::size_t i = 6; ok && i < 14; ++i) {
+      const char c = text[i];
+      const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      ok = d >= 0;
+      stored = (stored << 4) | std::uint32_t(d < 0 ? 0 : d);
+    }
+    if (!ok)
+      fail(name_, value->offset, std::string("__metadata__ '") + checksum_key() +
+                                     "' must be \"crc32:\" and 8 lowercase hex digits, found '" +
+                                     text + "'");
+    if (!opt.verify_checksum) {
+      checksum_ = ChecksumState::NotVerified;
+      return;
+    }
+    const std::uint64_t digits = at + 6;
+    std::uint32_t crc = crc32_update(0, bytes_.data(), std::size_t(digits));
+    crc = crc32_update(crc, "00000000", 8);
+    crc = crc32_update(crc, bytes_.data() + digits + 8, std::size_t(bytes_.size() - digits - 8));
+    if (crc != stored) {
+      char b[96];
+      std::snprintf(b, sizeof b, "the file says crc32:%08x, its content gives crc32:%08x",
+                    unsigned(stored), unsigned(crc));
+      fail(name_, digits, std::string("checksum mismatch: ") + b +
+                              " (the file was damaged or changed after it was written: a "
+                              "flipped bit, a truncated copy or an edit)");
+    }
+    checksum_ = ChecksumState::Verified;
   }
 
   TensorEntry read_entry(const std::string& name, const json::Value& v) const {
@@ -366,13 +466,23 @@ class Safetensors {
   std::uint64_t data_start_ = 0;
   std::vector<TensorEntry> tensors_;
   std::map<std::string, std::string> metadata_;
+  ChecksumState checksum_ = ChecksumState::Absent;
 };
 
 /// Builds a safetensors file: tensors in insertion order, data contiguous, header padded with
 /// spaces to a multiple of 8 bytes (as the reference writer does).
 class SafetensorsWriter {
  public:
-  void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+  /// Sets a `__metadata__` entry. The checksum key is reserved (use set_checksum).
+  void set_metadata(const std::string& key, const std::string& value) {
+    if (key == checksum_key())
+      raise_config("SafetensorsWriter", std::string("'") + checksum_key() +
+                                            "' is reserved: call set_checksum(true)");
+    metadata_[key] = value;
+  }
+  /// Adds the "flowprior.checksum" entry (a CRC-32 of the whole file, see checksum_key()), which
+  /// Safetensors::parse verifies. Other safetensors readers ignore it.
+  void set_checksum(bool on) { checksum_ = on; }
 
   /// Adds tensor `name` with `shape`, converting data to `dtype` (F64, F32, F16 or BF16).
   template <class S>
@@ -412,9 +522,10 @@ class SafetensorsWriter {
 
   /// The whole file as bytes.
   std::vector<std::uint8_t> bytes() const {
-    std::string header = header_json();
+    std::uint8_t len[8];
+    const std::string header = final_header(len);
     std::vector<std::uint8_t> out(8 + header.size() + data_.size());
-    store_u64_le(header.size(), out.data());
+    std::memcpy(out.data(), len, 8);
     std::memcpy(out.data() + 8, header.data(), header.size());
     if (!data_.empty()) std::memcpy(out.data() + 8 + header.size(), data_.data(), data_.size());
     return out;
@@ -422,10 +533,9 @@ class SafetensorsWriter {
 
   /// Writes the file atomically.
   void write(const std::string& path, WriteFaults faults = {}) const {
-    const std::string header = header_json();
+    std::uint8_t len[8];
+    const std::string header = final_header(len);
     atomic_write(path, [&](Writer& w) {
-      std::uint8_t len[8];
-      store_u64_le(header.size(), len);
       w.write(len, 8);
       w.write(header);
       w.write(data_.data(), data_.size());
@@ -433,13 +543,35 @@ class SafetensorsWriter {
   }
 
  private:
-  std::string header_json() const {
+  // The header, its checksum digits filled in, and the 8-byte length prefix.
+  std::string final_header(std::uint8_t len[8]) const {
+    std::size_t digits = std::string::npos;
+    std::string header = header_json(&digits);
+    store_u64_le(header.size(), len);
+    if (digits != std::string::npos) {  // CRC over the file with the digits as '0'
+      std::uint32_t crc = crc32_update(0, len, 8);
+      crc = crc32_update(crc, header.data(), header.size());
+      crc = crc32_update(crc, data_.data(), data_.size());
+      char b[9];
+      std::snprintf(b, sizeof b, "%08x", unsigned(crc));
+      header.replace(digits, 8, b);
+    }
+    return header;
+  }
+
+  std::string header_json(std::size_t* checksum_digits = nullptr) const {
     std::string h = "{";
     bool first = true;
-    if (!metadata_.empty()) {
+    if (!metadata_.empty() || checksum_) {
+      std::map<std::string, std::string> meta = metadata_;
+      if (checksum_) meta[checksum_key()] = "crc32:00000000";
       h += "\"__metadata__\":{";
-      for (auto it = metadata_.begin(); it != metadata_.end(); ++it)
-        h += (it == metadata_.begin() ? "" : ",") + json::quote(it->first) + ":" + json::quote(it->second);
+      for (auto it = meta.begin(); it != meta.end(); ++it) {
+        h += (it == meta.begin() ? "" : ",") + json::quote(it->first) + ":";
+        if (checksum_ && it->first == checksum_key() && checksum_digits)
+          *checksum_digits = h.size() + 7;  // after the quote and "crc32:"
+        h += json::quote(it->second);
+      }
       h += "}";
       first = false;
     }
@@ -458,6 +590,7 @@ class SafetensorsWriter {
   std::map<std::string, std::string> metadata_;
   std::vector<TensorEntry> entries_;
   std::vector<std::uint8_t> data_;
+  bool checksum_ = false;
 };
 
 }  // namespace io

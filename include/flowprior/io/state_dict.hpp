@@ -45,12 +45,12 @@ inline std::vector<std::string> candidate_prefixes() {
   return out;
 }
 
-/// Loads every parameter tensor of `field` from `st`, converting to the field's scalar type.
-/// Throws io_error naming the tensor for a missing tensor, a wrong shape, an unexpected tensor
-/// (strict) or a non-finite value. Returns the prefix used. The field is modified only when
-/// every tensor was found and checked.
+/// Reads and checks every parameter tensor of `field` from `st` into `staged` (the field's flat
+/// parameter layout, num_params() values), converting to the field's scalar type, without
+/// touching the field. Throws io_error as load_state_dict. Returns the prefix used.
 template <class Field>
-std::string load_state_dict(Field& field, const Safetensors& st, const LoadOptions& opt = {}) {
+std::string stage_state_dict(const Field& field, const Safetensors& st, const LoadOptions& opt,
+                             std::vector<typename Field::Scalar>& staged) {
   using S = typename Field::Scalar;
   const auto& tensors = field.layout().tensors();
   std::string prefix = opt.prefix;
@@ -106,10 +106,21 @@ std::string load_state_dict(Field& field, const Safetensors& st, const LoadOptio
                "' (a different architecture or configuration?)");
     }
   }
-  std::vector<S> staged(static_cast<std::size_t>(field.num_params()));
+  staged.assign(static_cast<std::size_t>(field.num_params()), S(0));
   for (const auto& t : tensors)
     st.get<S>(prefix + t.name, staged.data() + t.offset, std::uint64_t(t.size()),
               opt.allow_nonfinite);
+  return prefix;
+}
+
+/// Loads every parameter tensor of `field` from `st`, converting to the field's scalar type.
+/// Throws io_error naming the tensor for a missing tensor, a wrong shape, an unexpected tensor
+/// (strict), a non-finite value, or (float fields) an F64 value beyond the float range. Returns
+/// the prefix used. The field is modified only when every tensor was found and checked.
+template <class Field>
+std::string load_state_dict(Field& field, const Safetensors& st, const LoadOptions& opt = {}) {
+  std::vector<typename Field::Scalar> staged;
+  const std::string prefix = stage_state_dict(field, st, opt, staged);
   auto p = field.parameters();
   for (Index i = 0; i < p.size; ++i) p[i] = staged[std::size_t(i)];
   return prefix;
@@ -126,7 +137,8 @@ void add_state_dict(SafetensorsWriter& w, const Field& field, const std::string&
 }
 
 /// Saves `field` as a safetensors state dict that PyTorch's load_state_dict of the released
-/// module accepts (same names and shapes), atomically.
+/// module accepts (same names and shapes), atomically, with a CRC-32 of the file in its metadata
+/// ("flowprior.checksum", verified by Safetensors::read; other readers ignore it).
 template <class Field>
 void save_state_dict(const Field& field, const std::string& path,
                      Dtype dtype = dtype_of<typename Field::Scalar>(),
@@ -135,6 +147,7 @@ void save_state_dict(const Field& field, const std::string& path,
   SafetensorsWriter w;
   for (const auto& kv : metadata) w.set_metadata(kv.first, kv.second);
   add_state_dict(w, field, "", dtype);
+  w.set_checksum(true);
   w.write(path, faults);
 }
 

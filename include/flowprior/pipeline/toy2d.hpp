@@ -572,7 +572,8 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
     if (!std::filesystem::exists(ckpt))
       io::fail(ckpt, "cannot resume: no checkpoint in the output folder (run without resume "
                      "first)");
-    const auto meta = io::Safetensors::read(ckpt).metadata();
+    const io::Safetensors st = io::Safetensors::read(ckpt);  // read once: metadata and state
+    const auto& meta = st.metadata();
     toy2d_check_resume_options(cfg, ckpt, meta);
     const auto g =
         toy2d_split(ckpt, "user.train_guard", toy2d_meta(meta, ckpt, "user.train_guard"));
@@ -584,7 +585,7 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
         toy2d_split(ckpt, "user.train_seconds", toy2d_meta(meta, ckpt, "user.train_seconds"));
     if ((g.size() != 0 && g.size() != 2) || steps.size() != losses.size() || secs.size() != 1)
       io::fail(ckpt, "checkpoint metadata of the 2-D pipeline is inconsistent");
-    io::load_checkpoint(ckpt, trainer, net, rng);  // checks it all; modifies only on success
+    io::load_checkpoint(st, trainer, net, rng);  // checks it all; modifies only on success
     if (trainer.steps() > cfg.prior_steps || (g.empty() != (trainer.steps() == 0)))
       io::fail(ckpt, "checkpoint step " + std::to_string(trainer.steps()) +
                          " does not fit its metadata");
