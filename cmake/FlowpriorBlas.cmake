@@ -114,3 +114,56 @@ function(flowprior_select_cblas choice out_target out_engine)
                         "was not found; on Debian: apt-get install lib${choice}-openmp-dev")
   endif()
 endfunction()
+
+# flowprior_fastest_engine(<out-engine> <compile-options> <openmp-target>)
+#   Times CpuBackend::gemm (a 512 x 2048 x 512 sgemm, best of seven, cmake/
+#   flowprior_engine_probe.cpp) on Eigen's engine and on every BLAS found, compiled with
+#   <compile-options> and linked with <openmp-target>, and sets <out-engine> to the fastest
+#   (eigen, openblas or blis). Used by FLOWPRIOR_BLAS=AUTO for flowprior's own examples and
+#   benchmarks: a BLAS is not always faster (OpenBLAS 0.3.21 runs a generic SSE3 kernel on CPUs it
+#   does not recognise). The result is cached per compiler and options (FLOWPRIOR_ENGINE_RATES).
+function(flowprior_fastest_engine out options openmp_target)
+  set(_key "${CMAKE_CXX_COMPILER};${options};${CMAKE_BUILD_TYPE}")
+  if(DEFINED FLOWPRIOR_ENGINE_RATES_KEY AND FLOWPRIOR_ENGINE_RATES_KEY STREQUAL _key
+     AND DEFINED FLOWPRIOR_ENGINE_FASTEST)
+    set(${out} ${FLOWPRIOR_ENGINE_FASTEST} PARENT_SCOPE)
+    return()
+  endif()
+  set(_best eigen)
+  set(_best_rate 0)
+  set(_rates "")
+  foreach(_engine IN ITEMS eigen openblas blis)
+    set(_libs Eigen3::Eigen ${openmp_target})
+    if(NOT _engine STREQUAL "eigen")
+      flowprior_find_cblas(${_engine} _t)
+      if(NOT _t)
+        continue()
+      endif()
+      list(APPEND _libs ${_t})
+    endif()
+    try_run(_run _compiled
+      "${CMAKE_BINARY_DIR}/flowprior_engine_probe/${_engine}"
+      "${CMAKE_CURRENT_FUNCTION_LIST_DIR}/flowprior_engine_probe.cpp"
+      CMAKE_FLAGS "-DINCLUDE_DIRECTORIES=${PROJECT_SOURCE_DIR}/include"
+      COMPILE_DEFINITIONS ${options}
+      LINK_LIBRARIES ${_libs}
+      CXX_STANDARD 17
+      RUN_OUTPUT_VARIABLE _out)
+    if(NOT _compiled OR NOT _run EQUAL 0)
+      message(STATUS "flowprior: GEMM engine probe of ${_engine} did not run; skipped")
+      continue()
+    endif()
+    string(STRIP "${_out}" _rate)
+    list(APPEND _rates "${_engine} ${_rate}")
+    if(_rate GREATER _best_rate)
+      set(_best ${_engine})
+      set(_best_rate ${_rate})
+    endif()
+  endforeach()
+  list(JOIN _rates ", " _rates_text)
+  message(STATUS "flowprior: sgemm 512 x 2048 x 512 GFLOP/s: ${_rates_text}; fastest ${_best}")
+  set(FLOWPRIOR_ENGINE_RATES_KEY "${_key}" CACHE INTERNAL "")
+  set(FLOWPRIOR_ENGINE_RATES "${_rates_text}" CACHE INTERNAL "")
+  set(FLOWPRIOR_ENGINE_FASTEST ${_best} CACHE INTERNAL "")
+  set(${out} ${_best} PARENT_SCOPE)
+endfunction()
