@@ -34,6 +34,10 @@ using flowprior::Rng;
                                            std::to_string(Eigen::nbThreads()) + ", SIMD " +
                                            Eigen::SimdInstructionSetsInUse());
   benchmark::AddCustomContext("gemm_engine", flowprior::CpuBackend::gemm_engine());
+#if defined(FLOWPRIOR_CBLAS_OPENBLAS)
+  // OpenBLAS picks its kernel at load time; an unrecognised CPU gets a generic one ("Prescott").
+  benchmark::AddCustomContext("openblas_core", openblas_get_corename());
+#endif
   return true;
 }();
 

@@ -2,25 +2,15 @@
 // the ODE-free alignment loss alone, against the exact velocity field of the paper's 5-Gaussian
 // ring (normalised units). Their mean NLL under the ring falls as the loss falls; at the end the
 // latents sit on the modes (the loss is mode-seeking: see docs/math/alignment.md).
+#include <flowprior/flowprior.hpp>
+
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
-#include <flowprior/flowprior.hpp>
 #include <limits>
 #include <string>
 
-namespace {
-
-/// CLI11 reads "-1" into an unsigned seed as 2^64 - 1: refuse any sign instead.
-const CLI::Validator kNonNegativeInteger(
-    [](std::string& s) {
-      return s.find('-') == std::string::npos
-                 ? std::string()
-                 : "must be a non-negative integer (0 to 18446744073709551615), got " + s;
-    },
-    "NON-NEGATIVE");
-
-}  // namespace
+#include "example_cli.hpp"
 
 int main(int argc, char** argv) {
   using namespace flowprior;
@@ -34,7 +24,7 @@ int main(int argc, char** argv) {
   app.add_option("--draws", K, "(t, eps) draws per latent and step (> 0)");
   app.add_option("--lr", lr, "Adam learning rate, in (0, 1e3]");
   app.add_option("--seed", seed, "random seed (a non-negative integer)")
-      ->check(kNonNegativeInteger);
+      ->check(example::kNonNegativeInteger);
   app.add_option("--convention", conv_name, "time convention: paper or code")
       ->check(CLI::IsMember({"paper", "code"}));
   app.add_option("--divergence-factor", divergence_factor,

@@ -4,29 +4,18 @@
 // checkpoint and the prior into --out, and prints a one-screen summary.
 //
 // Every option is checked, and the output folder created and probed for writing, before any
-// work (docs/errors.md "Examples"). A diverging training stops with a non-zero exit and keeps
+// work (docs/errors.md "Guarantees"). A diverging training stops with a non-zero exit and keeps
 // its last good checkpoint; --resume continues a stopped run from its checkpoint.
 #include <flowprior/flowprior.hpp>
 #include <flowprior/pipeline/toy2d_figures.hpp>
+
+#include "example_cli.hpp"
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
 #include <string>
 #include <system_error>
-
-namespace {
-
-/// CLI11 reads "-1" into an unsigned seed as 2^64 - 1: refuse any sign instead.
-const CLI::Validator kNonNegativeInteger(
-    [](std::string& s) {
-      return s.find('-') == std::string::npos
-                 ? std::string()
-                 : "must be a non-negative integer (0 to 18446744073709551615), got " + s;
-    },
-    "NON-NEGATIVE");
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using namespace flowprior;
@@ -38,7 +27,7 @@ int main(int argc, char** argv) {
                  "ring5, grid16, moons, rings, spiral, swissroll or checkerboard");
   app.add_option("--out", out, "output folder (created)");
   app.add_option("--seed", cfg.seed, "random seed (a non-negative integer)")
-      ->check(kNonNegativeInteger);
+      ->check(example::kNonNegativeInteger);
   app.add_option("--convention", conv, "time convention of the prior: code or paper")
       ->check(CLI::IsMember({"code", "paper"}));
   app.add_flag("--paper", paper,

@@ -78,7 +78,11 @@ def run_bench(binary, names, threads, min_time):
         name = b["run_name"] if "run_name" in b else b["name"]
         name = name.replace("/real_time", "")
         res[name] = dict(rows_per_s=b.get("items_per_second"), gflops=b.get("FLOP", 0) / 1e9)
-    return data.get("context", {}).get("gemm_engine", "?"), res
+    ctx = data.get("context", {})
+    engine = ctx.get("gemm_engine", "?")
+    if "openblas_core" in ctx:
+        engine += " (" + ctx["openblas_core"] + ")"
+    return engine, res
 
 
 def run_torch(threads, min_time):
@@ -103,7 +107,12 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--min-time", type=float, default=0.5)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--openblas-coretype", default=None,
+                    help="set OPENBLAS_CORETYPE for every run (flowprior's OpenBLAS engine and "
+                         "PyTorch alike), e.g. SkylakeX where OpenBLAS does not recognise the CPU")
     args = ap.parse_args()
+    if args.openblas_coretype:
+        os.environ["OPENBLAS_CORETYPE"] = args.openblas_coretype
 
     binaries = sorted(glob.glob(os.path.join(args.build, "benchmarks", "bench_model*")))
     binaries = [b for b in binaries if os.access(b, os.X_OK) and not b.endswith(".json")]
@@ -142,6 +151,7 @@ def main():
     print("CPU: %s; %d threads; SIMD: %s" % (model, args.threads, " ".join(flags)))
     if not args.no_torch:
         print("PyTorch BLAS: %s" % ", ".join(blas))
+    print("OPENBLAS_CORETYPE: %s" % os.environ.get("OPENBLAS_CORETYPE", "(unset: OpenBLAS detects)"))
     print("Medians of %d interleaved rounds; %% sgemm = GFLOP/s / the fastest sgemm of the run "
           "(%.1f GFLOP/s).\n" % (args.rounds, best_sgemm))
     head = "| case | " + " | ".join(columns) + " |"
