@@ -2,6 +2,8 @@
 // step has sized every workspace, buffer and per-thread GEMM packing area, further steps of the
 // same shapes perform no heap allocation on any thread. And the thread team changes nothing but
 // rounding: one thread and two give the same losses and gradients.
+#include <string>
+
 #include <Eigen/Core>
 #include <flowprior/flowprior.hpp>
 
@@ -54,11 +56,30 @@ bool can_count() {
   return false;
 }
 
-/// Allocations during `reps` calls of f after two warm-up calls.
+/// Allocations of one call of f.
+template <class F>
+long allocations_of(F& f) {
+  fpt::start_counting_allocations();
+  f();
+  return fpt::stop_counting_allocations();
+}
+
+/// Allocations during `reps` calls of f once warmed up. Eigen's kernel and OpenBLAS are warmed up
+/// by two calls. BLIS is not, deterministically: it hands each concurrent caller one of its
+/// per-caller small-block pools (control trees, thread info) in arrival order, and a pool grows by
+/// a block the first time it serves a product that needs more than it has served, so with a
+/// thread team the warm-up length depends on scheduling (docs/backends.md). For it, f is called
+/// until 5 calls in a row allocate nothing (at most 200 calls; a pool that never settles fails).
 template <class F>
 long allocations_after_warmup(F&& f, int reps = 3) {
   f();
   f();
+  if (std::string(flowprior::detail::gemm_engine_name()) == "blis") {
+    int quiet = 0, calls = 2;
+    for (; quiet < 5 && calls < 200; ++calls) quiet = allocations_of(f) == 0 ? quiet + 1 : 0;
+    INFO("BLIS warm-up calls: " << calls);
+    REQUIRE(quiet == 5);
+  }
   fpt::start_counting_allocations();
   for (int i = 0; i < reps; ++i) f();
   return fpt::stop_counting_allocations();

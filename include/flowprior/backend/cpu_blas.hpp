@@ -63,7 +63,8 @@ inline const char* gemm_engine_name() {
 /// C into one block per thread and each thread calls the BLAS on its block. One team then serves
 /// the products and the element-wise passes, results do not depend on the BLAS's own threading,
 /// and no engine allocates per call (OpenBLAS's threaded driver allocates its job table, 512 KB,
-/// on every call; its serial path and BLIS's allocate nothing once warmed up).
+/// on every call; its serial path and BLIS's allocate nothing once warmed up, BLIS after each of
+/// its per-caller small-block pools has served every kind of product: docs/backends.md).
 ///
 /// BLIS: its thread count is set to 1 once. OpenBLAS: a pthread build is set to 1 thread once;
 /// an OpenMP build runs serially inside a parallel region by itself (it checks
