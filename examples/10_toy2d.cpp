@@ -7,7 +7,7 @@
 // work (docs/errors.md "Guarantees"). A diverging training stops with a non-zero exit and keeps
 // its last good checkpoint; --resume continues a stopped run from its checkpoint.
 #include <flowprior/flowprior.hpp>
-#include <flowprior/pipeline/toy2d_figures.hpp>
+#include <flowprior/toy2d/figures.hpp>
 
 #include "example_cli.hpp"
 

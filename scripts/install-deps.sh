@@ -10,6 +10,8 @@ packages=(
   # GEMM engines of the CPU backend (flowprior::blas), in the builds that flowprior can call from
   # its own thread team (docs/backends.md "GEMM engines"); the tests run on each.
   libopenblas-openmp-dev libblis-serial-dev
+  # The format gate of the test command (tests/gates; the header gate's nvcc is /usr/local/cuda).
+  clang-format
 )
 
 missing=()

@@ -1,5 +1,7 @@
 /// @file
-/// Umbrella header of the CPU API of flowprior. Includes no CUDA header.
+/// Umbrella header of the numerics library (target flowprior::flowprior, Eigen only): fields,
+/// layers, losses, optimizers, ODE, I/O, trainer and aligner. Includes no CUDA header, and none of
+/// the optional components (flowprior::plot, flowprior::toy2d: docs/architecture.md).
 #pragma once
 
 #include <flowprior/version.hpp>
@@ -30,9 +32,6 @@
 #include <flowprior/ode/flow_ode.hpp>
 #include <flowprior/io/safetensors.hpp>
 #include <flowprior/io/state_dict.hpp>
-#include <flowprior/io/checkpoint.hpp>
+#include <flowprior/train/checkpoint.hpp>
 #include <flowprior/train/align.hpp>
-#include <flowprior/util/progress.hpp>
 #include <flowprior/io/npy.hpp>
-#include <flowprior/data/toy2d.hpp>
-#include <flowprior/eval/stats.hpp>

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include <flowprior/flowprior.hpp>
-#include <flowprior/io/checkpoint.hpp>
+#include <flowprior/train/checkpoint.hpp>
 #include <flowprior/io/npy.hpp>
 #include <flowprior/io/state_dict.hpp>
 
@@ -42,7 +42,7 @@ inline void checkpoint_one(const flowprior::io::Safetensors& st) {
   flowprior::train::FlowMatchingTrainer<Field> trainer(field, flowprior::Convention::Code,
                                                        tiny_trainer());
   flowprior::Rng rng(1);
-  flowprior::io::load_checkpoint(st, trainer, field, rng);
+  flowprior::train::load_checkpoint(st, trainer, field, rng);
 }
 
 /// A valid checkpoint of the tiny field after two steps (a corpus seed).
@@ -56,7 +56,7 @@ inline std::vector<std::uint8_t> make_checkpoint_seed(const std::string& path) {
   Eigen::MatrixXf data = Eigen::MatrixXf::Random(2, 8);
   trainer.step(data, rng);
   trainer.step(data, rng);
-  flowprior::io::save_checkpoint(path, trainer, field, rng, {{"seed", "fuzz"}});
+  flowprior::train::save_checkpoint(path, trainer, field, rng, {{"seed", "fuzz"}});
   return flowprior::io::read_file(path);
 }
 

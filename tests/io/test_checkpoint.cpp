@@ -1,6 +1,6 @@
 // Training checkpoints: bit-exact resumption, atomic saves, validation of what is loaded.
 #include <flowprior/flowprior.hpp>
-#include <flowprior/io/checkpoint.hpp>
+#include <flowprior/train/checkpoint.hpp>
 
 #include <cstdio>
 #include <filesystem>
@@ -75,10 +75,10 @@ TEMPLATE_TEST_CASE("checkpoint: N steps == N/2 + save + load + N/2, bit for bit"
   {
     Run<S> first;
     first.steps(data, N / 2);
-    io::save_checkpoint(path, first.trainer, first.net, first.rng, {{"note", "half way"}});
+    train::save_checkpoint(path, first.trainer, first.net, first.rng, {{"note", "half way"}});
   }
   Run<S> resumed;  // fresh process: different weights and generator until loaded
-  io::load_checkpoint(path, resumed.trainer, resumed.net, resumed.rng);
+  train::load_checkpoint(path, resumed.trainer, resumed.net, resumed.rng);
   REQUIRE(resumed.trainer.steps() == N / 2);
   resumed.steps(data, N / 2);
 
@@ -105,14 +105,14 @@ TEST_CASE("checkpoint: a failed save keeps the previous checkpoint loadable", "[
   const std::string path = fpt::temp_path("atomic.safetensors");
   Run<double> run;
   run.steps(data, 2);
-  io::save_checkpoint(path, run.trainer, run.net, run.rng);
+  train::save_checkpoint(path, run.trainer, run.net, run.rng);
   run.steps(data, 2);
   // Fail half way through the second save (as a crash or a full disk would).
-  REQUIRE_THROWS_AS(io::save_checkpoint(path, run.trainer, run.net, run.rng, {},
+  REQUIRE_THROWS_AS(train::save_checkpoint(path, run.trainer, run.net, run.rng, {},
                                         io::WriteFaults{2000}),
                     flowprior::io_error);
   Run<double> back;
-  REQUIRE_NOTHROW(io::load_checkpoint(path, back.trainer, back.net, back.rng));
+  REQUIRE_NOTHROW(train::load_checkpoint(path, back.trainer, back.net, back.rng));
   REQUIRE(back.trainer.steps() == 2);
   for (const auto& e : std::filesystem::directory_iterator(std::filesystem::temp_directory_path()))
     REQUIRE(e.path().string().find(path + ".tmp") == std::string::npos);
@@ -126,17 +126,17 @@ TEST_CASE("checkpoint: mismatched trainers and damaged files are refused", "[io]
   const std::string path = fpt::temp_path("bad.safetensors");
   Run<double> run;
   run.steps(data, 1);
-  io::save_checkpoint(path, run.trainer, run.net, run.rng);
+  train::save_checkpoint(path, run.trainer, run.net, run.rng);
   // Another convention.
   nn::AdaLNMlp<double> net(cfg());
   train::FlowMatchingTrainer<nn::AdaLNMlp<double>> paper(net, Convention::Paper, tcfg());
   Rng rng(1);
-  REQUIRE_THROWS_WITH(io::load_checkpoint(path, paper, net, rng), Catch::Contains("convention"));
+  REQUIRE_THROWS_WITH(train::load_checkpoint(path, paper, net, rng), Catch::Contains("convention"));
   // Another schedule.
   auto other = tcfg();
   other.schedule.total_steps = 99;
   train::FlowMatchingTrainer<nn::AdaLNMlp<double>> t2(net, Convention::Code, other);
-  REQUIRE_THROWS_WITH(io::load_checkpoint(path, t2, net, rng), Catch::Contains("schedule"));
+  REQUIRE_THROWS_WITH(train::load_checkpoint(path, t2, net, rng), Catch::Contains("schedule"));
   // A truncated file: nothing is modified.
   auto bytes = io::read_file(path);
   bytes.resize(bytes.size() / 2);
@@ -148,13 +148,13 @@ TEST_CASE("checkpoint: mismatched trainers and damaged files are refused", "[io]
   Run<double> fresh;
   const std::vector<double> before(fresh.net.parameters().data,
                                    fresh.net.parameters().data + fresh.net.num_params());
-  REQUIRE_THROWS_AS(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+  REQUIRE_THROWS_AS(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                     flowprior::io_error);
   REQUIRE(std::equal(before.begin(), before.end(), fresh.net.parameters().data));
   REQUIRE(fresh.trainer.steps() == 0);
   // A plain state dict is not a checkpoint.
   io::save_state_dict(run.net, path);
-  REQUIRE_THROWS_WITH(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+  REQUIRE_THROWS_WITH(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                       Catch::Contains("flowprior.format"));
   std::remove(path.c_str());
 }
@@ -236,17 +236,17 @@ TEST_CASE("checkpoint: an invalid optimizer state is refused before anything cha
   const std::string path = fpt::temp_path("neg_v.safetensors");
   Run<double> run;
   run.steps(some_data(), 3);
-  io::save_checkpoint(path, run.trainer, run.net, run.rng);
+  train::save_checkpoint(path, run.trainer, run.net, run.rng);
   Contents c = read_contents(path);
   c.at("optim.v").values[3] = -1.0;  // a second moment is never negative
   write_contents(path, c);
 
   Run<double> fresh;
   const Snapshot<double> before(fresh);
-  REQUIRE_THROWS_AS(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+  REQUIRE_THROWS_AS(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                     flowprior::io_error);
   REQUIRE_THROWS_WITH(
-      io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+      train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
       Catch::Contains(path) && Catch::Contains("optim.v") && Catch::Contains("element 3"));
   REQUIRE(Snapshot<double>(fresh) == before);
   std::remove(path.c_str());
@@ -257,7 +257,7 @@ TEST_CASE("checkpoint: a flipped payload bit or edited metadata is detected by t
   const std::string path = fpt::temp_path("flip.safetensors");
   Run<double> run;
   run.steps(some_data(), 2);
-  io::save_checkpoint(path, run.trainer, run.net, run.rng);
+  train::save_checkpoint(path, run.trainer, run.net, run.rng);
   const auto good = io::read_file(path);
   const auto st = io::Safetensors::read(path);
   auto write_bytes = [&](const std::vector<std::uint8_t>& b) {
@@ -275,9 +275,9 @@ TEST_CASE("checkpoint: a flipped payload bit or edited metadata is detected by t
     auto b = good;
     b[std::size_t(st.data_start() + e.begin + 7)] ^= 0x40;
     write_bytes(b);
-    REQUIRE_THROWS_AS(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+    REQUIRE_THROWS_AS(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                       flowprior::io_error);
-    REQUIRE_THROWS_WITH(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+    REQUIRE_THROWS_WITH(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                         Catch::Contains(path) && Catch::Contains("checksum"));
     REQUIRE(Snapshot<double>(fresh) == before);
   }
@@ -290,13 +290,13 @@ TEST_CASE("checkpoint: a flipped payload bit or edited metadata is detected by t
     std::size_t d = at + 7;
     b[d] = b[d] == '1' ? '2' : '1';
     write_bytes(b);
-    REQUIRE_THROWS_WITH(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+    REQUIRE_THROWS_WITH(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                         Catch::Contains("checksum"));
     REQUIRE(Snapshot<double>(fresh) == before);
   }
   // The intact file still loads.
   write_bytes(good);
-  REQUIRE_NOTHROW(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng));
+  REQUIRE_NOTHROW(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng));
   REQUIRE(fresh.trainer.steps() == 2);
   std::remove(path.c_str());
 }
@@ -307,12 +307,12 @@ TEST_CASE("checkpoint: doubles beyond the float range are refused, not loaded as
   Run<double> run;
   run.steps(some_data(), 1);
   run.net.parameters()[0] = 1e300;  // a double checkpoint read into a float trainer
-  io::save_checkpoint(path, run.trainer, run.net, run.rng);
+  train::save_checkpoint(path, run.trainer, run.net, run.rng);
   Run<float> fresh;
   const Snapshot<float> before(fresh);
-  REQUIRE_THROWS_AS(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+  REQUIRE_THROWS_AS(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                     flowprior::io_error);
-  REQUIRE_THROWS_WITH(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+  REQUIRE_THROWS_WITH(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                       Catch::Contains("model.") && Catch::Contains("overflows float32"));
   REQUIRE(Snapshot<float>(fresh) == before);
   std::remove(path.c_str());
@@ -323,7 +323,7 @@ TEST_CASE("checkpoint: metadata and the trainer configuration are checked strict
   const std::string path = fpt::temp_path("strict.safetensors");
   Run<double> run;
   run.steps(some_data(), 2);
-  io::save_checkpoint(path, run.trainer, run.net, run.rng);
+  train::save_checkpoint(path, run.trainer, run.net, run.rng);
   const Contents good = read_contents(path);
 
   Run<double> fresh;
@@ -333,9 +333,9 @@ TEST_CASE("checkpoint: metadata and the trainer configuration are checked strict
     Contents c = good;
     c.meta[key] = value;
     write_contents(path, c);
-    REQUIRE_THROWS_AS(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+    REQUIRE_THROWS_AS(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                       flowprior::io_error);
-    REQUIRE_THROWS_WITH(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+    REQUIRE_THROWS_WITH(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                         Catch::Contains(needle));
     REQUIRE(Snapshot<double>(fresh) == before);
   };
@@ -357,8 +357,8 @@ TEST_CASE("checkpoint: metadata and the trainer configuration are checked strict
     train::FlowMatchingTrainer<nn::AdaLNMlp<double>> t(net, Convention::Code, tc);
     Rng rng(1);
     const std::vector<double> p(net.parameters().data, net.parameters().data + net.num_params());
-    REQUIRE_THROWS_AS(io::load_checkpoint(path, t, net, rng), flowprior::io_error);
-    REQUIRE_THROWS_WITH(io::load_checkpoint(path, t, net, rng), Catch::Contains(needle));
+    REQUIRE_THROWS_AS(train::load_checkpoint(path, t, net, rng), flowprior::io_error);
+    REQUIRE_THROWS_WITH(train::load_checkpoint(path, t, net, rng), Catch::Contains(needle));
     REQUIRE(t.steps() == 0);
     REQUIRE(std::equal(p.begin(), p.end(), net.parameters().data));
   };
@@ -387,7 +387,7 @@ TEST_CASE("checkpoint: metadata and the trainer configuration are checked strict
   tc.sampler = flowprior::loss::TimeSampler::logit_normal(0.0, 1.0);
   mismatch(tc, "trainer.sampler");
   // The same configuration loads.
-  REQUIRE_NOTHROW(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng));
+  REQUIRE_NOTHROW(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng));
   REQUIRE(fresh.trainer.steps() == 2);
   std::remove(path.c_str());
 }
@@ -397,16 +397,16 @@ TEST_CASE("checkpoint: a checkpoint without a checksum (format checkpoint-1) is 
   const std::string path = fpt::temp_path("v1.safetensors");
   Run<double> run;
   run.steps(some_data(), 1);
-  io::save_checkpoint(path, run.trainer, run.net, run.rng);
+  train::save_checkpoint(path, run.trainer, run.net, run.rng);
   Contents c = read_contents(path);
   c.meta.erase("flowprior.checksum");
   c.meta["flowprior.format"] = "checkpoint-1";
   write_contents(path, c);
   Run<double> fresh;
   const Snapshot<double> before(fresh);
-  REQUIRE_THROWS_AS(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+  REQUIRE_THROWS_AS(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                     flowprior::io_error);
-  REQUIRE_THROWS_WITH(io::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
+  REQUIRE_THROWS_WITH(train::load_checkpoint(path, fresh.trainer, fresh.net, fresh.rng),
                       Catch::Contains("checkpoint-1") && Catch::Contains("checksum"));
   REQUIRE(Snapshot<double>(fresh) == before);
   // Its weights are still a state dict.

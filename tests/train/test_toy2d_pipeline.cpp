@@ -1,9 +1,9 @@
 // The 2-D proof-of-concept pipeline in a tiny configuration (seconds): every target runs, the
 // files exist, figures are PNGs, and every number of metrics.json is finite where it applies.
 #include <flowprior/flowprior.hpp>
-#include <flowprior/pipeline/toy2d.hpp>
+#include <flowprior/toy2d/pipeline.hpp>
 #if defined(FLOWPRIOR_HAS_PLOT)  // figures need flowprior::plot (zlib)
-#include <flowprior/pipeline/toy2d_figures.hpp>
+#include <flowprior/toy2d/figures.hpp>
 #endif
 
 #include <filesystem>
@@ -288,7 +288,7 @@ TEST_CASE("toy2d pipeline: a diverging prior stops with numeric_error and keeps 
   flowprior::train::FlowMatchingTrainer<flowprior::nn::AdaLNMlp<double>> trainer(
       net, c.convention, pipeline::toy2d_trainer_config(c));
   flowprior::Rng rng;
-  REQUIRE_NOTHROW(io::load_checkpoint(ckpt, trainer, net, rng));
+  REQUIRE_NOTHROW(flowprior::train::load_checkpoint(ckpt, trainer, net, rng));
   REQUIRE(trainer.steps() < c.prior_steps);
   REQUIRE(trainer.steps() % c.checkpoint_every == 0);
   if (lr < 10) REQUIRE(trainer.steps() > 0);

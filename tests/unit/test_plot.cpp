@@ -1,4 +1,4 @@
-// Plotting (include/flowprior/plot/): the PNG encoder against an independent decoder written
+// Plotting (examples/extras/plot/include/flowprior/plot/, target flowprior::plot): the PNG encoder against an independent decoder written
 // here (chunk parsing, CRCs, inflate, all five filters), canvas primitives, colormaps, ticks,
 // the Axes data -> pixel mapping, and a 2x2 Figure. Built only with zlib (flowprior::plot).
 #ifdef FLOWPRIOR_HAS_PLOT
@@ -11,7 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <flowprior/pipeline/toy2d_figures.hpp>
+#include <flowprior/toy2d/figures.hpp>
 #include <flowprior/plot/figure.hpp>
 #include <future>
 #include <limits>

@@ -61,7 +61,7 @@ struct MatrixView {
   Index cols = 0;
   Index ld = 0;
 
-  FLOWPRIOR_HD MatrixView() = default;
+  MatrixView() = default;  // host and device: defaulted
   FLOWPRIOR_HD MatrixView(S* d, Index r, Index c, Index l) : data(d), rows(r), cols(c), ld(l) {}
   FLOWPRIOR_HD MatrixView(S* d, Index r, Index c) : data(d), rows(r), cols(c), ld(r) {}
 
@@ -100,7 +100,7 @@ struct ConstMatrixView {
   Index cols = 0;
   Index ld = 0;
 
-  FLOWPRIOR_HD ConstMatrixView() = default;
+  ConstMatrixView() = default;  // host and device: defaulted
   FLOWPRIOR_HD ConstMatrixView(const S* d, Index r, Index c, Index l)
       : data(d), rows(r), cols(c), ld(l) {}
   FLOWPRIOR_HD ConstMatrixView(const S* d, Index r, Index c) : data(d), rows(r), cols(c), ld(r) {}
@@ -140,7 +140,7 @@ struct VectorView {
   S* data = nullptr;
   Index size = 0;
 
-  FLOWPRIOR_HD VectorView() = default;
+  VectorView() = default;  // host and device: defaulted
   FLOWPRIOR_HD VectorView(S* d, Index n) : data(d), size(n) {}
   template <class M, std::enable_if_t<detail::is_matrix_like<std::remove_reference_t<M>>::value &&
                                           !std::is_same_v<std::decay_t<M>, VectorView>,
@@ -162,7 +162,7 @@ struct ConstVectorView {
   const S* data = nullptr;
   Index size = 0;
 
-  FLOWPRIOR_HD ConstVectorView() = default;
+  ConstVectorView() = default;  // host and device: defaulted
   FLOWPRIOR_HD ConstVectorView(const S* d, Index n) : data(d), size(n) {}
   FLOWPRIOR_HD ConstVectorView(VectorView<S> v) : data(v.data), size(v.size) {}  // NOLINT
   template <class M,

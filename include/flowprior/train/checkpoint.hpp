@@ -33,7 +33,13 @@
 #include <flowprior/version.hpp>
 
 namespace flowprior {
-namespace io {
+namespace train {
+
+/// The implementation reads and writes safetensors (io/); its two entry points are exported into
+/// flowprior::train below.
+namespace checkpoint_impl {
+
+using namespace flowprior::io;
 
 namespace detail {
 
@@ -254,5 +260,10 @@ void load_checkpoint(const std::string& path, train::FlowMatchingTrainer<Field>&
   load_checkpoint(Safetensors::read(path), trainer, field, rng);
 }
 
-}  // namespace io
+}  // namespace checkpoint_impl
+
+using checkpoint_impl::load_checkpoint;
+using checkpoint_impl::save_checkpoint;
+
+}  // namespace train
 }  // namespace flowprior

@@ -15,7 +15,7 @@
 #include <tuple>
 #include <vector>
 
-#include <flowprior/pipeline/toy2d.hpp>
+#include <flowprior/toy2d/pipeline.hpp>
 #include <flowprior/plot/figure.hpp>
 
 namespace flowprior {

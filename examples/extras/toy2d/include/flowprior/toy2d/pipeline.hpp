@@ -12,7 +12,7 @@
 ///   (e) the same alignment against the exact analytic field (mixtures), as the ceiling.
 ///
 /// The example examples/10_toy2d.cpp wires command-line options to run_toy2d and writes the
-/// metrics (toy2d_metrics) and figures (pipeline/toy2d_figures.hpp).
+/// metrics (toy2d_metrics) and figures (toy2d/figures.hpp).
 #pragma once
 
 #include <chrono>
@@ -39,11 +39,12 @@
 #include <Eigen/Core>
 
 #include <flowprior/analytic/gaussian_mixture.hpp>
+#include <flowprior/backend/cpu.hpp>  // the pipeline runs on the CPU backend
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/size.hpp>
-#include <flowprior/data/toy2d.hpp>
-#include <flowprior/eval/stats.hpp>
-#include <flowprior/io/checkpoint.hpp>
+#include <flowprior/toy2d/targets.hpp>
+#include <flowprior/toy2d/stats.hpp>
+#include <flowprior/train/checkpoint.hpp>
 #include <flowprior/io/file.hpp>
 #include <flowprior/io/json.hpp>
 #include <flowprior/io/state_dict.hpp>
@@ -52,7 +53,7 @@
 #include <flowprior/ode/flow_ode.hpp>
 #include <flowprior/train/align.hpp>
 #include <flowprior/train/trainer.hpp>
-#include <flowprior/util/progress.hpp>
+#include <flowprior/toy2d/progress.hpp>
 #include <flowprior/version.hpp>
 
 namespace flowprior {
@@ -565,7 +566,7 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
     meta["train_curve_step"] = toy2d_join(r.train_step);
     meta["train_curve_loss"] = toy2d_join(r.train_loss);
     meta["train_seconds"] = toy2d_exact(seconds_before + seconds_since(t0));
-    io::save_checkpoint(ckpt, trainer, net, rng, meta);
+    train::save_checkpoint(ckpt, trainer, net, rng, meta);
     last_saved = trainer.steps();
   };
   if (cfg.resume) {
@@ -585,7 +586,7 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
         toy2d_split(ckpt, "user.train_seconds", toy2d_meta(meta, ckpt, "user.train_seconds"));
     if ((g.size() != 0 && g.size() != 2) || steps.size() != losses.size() || secs.size() != 1)
       io::fail(ckpt, "checkpoint metadata of the 2-D pipeline is inconsistent");
-    io::load_checkpoint(st, trainer, net, rng);  // checks it all; modifies only on success
+    train::load_checkpoint(st, trainer, net, rng);  // checks it all; modifies only on success
     if (trainer.steps() > cfg.prior_steps || (g.empty() != (trainer.steps() == 0)))
       io::fail(ckpt, "checkpoint step " + std::to_string(trainer.steps()) +
                          " does not fit its metadata");

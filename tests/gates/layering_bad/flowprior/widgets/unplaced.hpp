@@ -1,0 +1,3 @@
+// Fixture of the layering gate's self-test: a folder that no layer lists must be refused.
+#pragma once
+#include <flowprior/core/types.hpp>
