@@ -7,7 +7,10 @@
 /// prior.as(Convention::Paper) is a view of the same network evaluated as
 ///     v'(x, t) = -v(x, 1 - t)                                   flow_matching.md (3)
 /// (the path of one convention at t is the path of the other at 1 - t, with the opposite target
-/// velocity). Its Jacobians are negated likewise, and its divergence too.
+/// velocity). Its Jacobians are negated likewise, and its divergence too. A reversed view copies
+/// no batch: signs are applied in place (or folded into d_x, vjp_x), and callers that form their
+/// own d_v fold sign() into it with the *_field calls (the losses), flow_matching.md "What
+/// Prior::as does".
 ///
 /// The field is held by reference (it must outlive the Prior) and is never modified: a Prior
 /// is frozen as far as the alignment loss is concerned, and parameter gradients of a reversed
@@ -28,11 +31,12 @@ class Prior {
   using Scalar = typename Field::Scalar;
   using S = Scalar;
 
-  /// Per-thread memory: the field's workspace plus reversal buffers.
+  /// Per-thread memory: the field's workspace plus reversal buffers (sized on first use and
+  /// reused: a warmed-up call allocates nothing).
   struct Workspace {
     typename Field::Workspace field;
-    std::vector<S> t_rev;  ///< 1 - t for a reversed prior
-    std::vector<S> neg;    ///< -d_v for a reversed prior
+    std::vector<S> t_rev;  ///< 1 - t for a reversed prior (the field takes its times as a vector)
+    std::vector<S> neg;    ///< -d_v for backward() of a reversed prior (see there)
   };
 
   /// @param field       the velocity field (kept by reference)
@@ -56,40 +60,88 @@ class Prior {
   Index dim() const { return f_->dim(); }
   Index num_params() const { return f_->num_params(); }
 
-  /// v_out = v(x, t) in this prior's convention. Shapes as Field::forward.
+  /// The sign that relates this prior's velocity to the field's output: v(x, t) = sign() *
+  /// field(x, field_time(t)), with t in convention(); -1 for a reversed view, else +1.
+  S sign() const { return reversed() ? S(-1) : S(1); }
+  /// The field's time (trained_convention()) for a time t of convention(): 1 - t when reversed.
+  S field_time(S t) const { return reversed() ? S(1) - t : t; }
+
+  /// v_out = v(x, t) in this prior's convention (t in [0, 1] of convention()). Shapes as
+  /// Field::forward. Reversed, the field's times 1 - t go through ws.t_rev (the field takes its
+  /// times as a vector; t is one value per sample, not the batch) and v_out is negated in place.
   void forward(ConstMatrixView<S> x, ConstVectorView<S> t, MatrixView<S> v_out,
                Workspace& ws) const {
-    if (!reversed()) return f_->forward(x, t, v_out, ws.field);
-    f_->forward(x, reverse_time(t, ws), v_out, ws.field);
-    negate(v_out);
+    forward_field(x, t, v_out, ws);
+    if (reversed()) negate(v_out);
   }
 
-  /// d_x += J_x(v)^T d_v for the last forward on ws.
+  /// d_x += J_x(v)^T d_v for the last forward on ws (d_v, d_x in convention()). Reversed, the
+  /// sign is folded into the accumulation, d_x + J'^T d_v = -((-d_x) + J^T d_v): d_x is
+  /// negated in place before and after the field's VJP, so d_v is neither copied nor modified
+  /// (exact: negation commutes with rounding). d_x must not alias d_v.
   void vjp_x(Workspace& ws, ConstMatrixView<S> d_v, MatrixView<S> d_x) const {
     if (!reversed()) return f_->vjp_x(ws.field, d_v, d_x);
-    f_->vjp_x(ws.field, negated(d_v, ws), d_x);
+    negate(d_x);
+    try {
+      f_->vjp_x(ws.field, d_v, d_x);
+    } catch (...) {
+      negate(d_x);  // the field throws before accumulating: d_x is the caller's again
+      throw;
+    }
+    negate(d_x);
   }
 
-  /// d_params += dL/dparams (and d_x += dL/dx where d_x is non-empty) for the last forward.
+  /// d_params += dL/dparams (and d_x += dL/dx where d_x is non-empty) for the last forward, d_v
+  /// = dL/dv in convention(). Reversed, d_v is negated into ws.neg (a reused buffer): the sign
+  /// cannot be folded into the accumulations as in vjp_x, because d_params holds the caller's
+  /// running sum over all parameters (negating it twice would cost two passes over every
+  /// parameter, far more than one over d_v). Callers that form d_v themselves avoid the copy
+  /// with backward_field (the losses do).
   void backward(Workspace& ws, ConstMatrixView<S> d_v, MatrixView<S> d_x,
                 VectorView<S> d_params) const {
     if (!reversed()) return f_->backward(ws.field, d_v, d_x, d_params);
     f_->backward(ws.field, negated(d_v, ws), d_x, d_params);
   }
 
-  /// dv_out = J_x(v) dx for K tangents per sample of the last forward.
+  /// dv_out = J_x(v) dx for K tangents per sample of the last forward (convention()); reversed,
+  /// dv_out is negated in place.
   void jvp_x(Workspace& ws, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K = 1) const {
     f_->jvp_x(ws.field, dx, dv_out, K);
     if (reversed()) negate(dv_out);
   }
 
-  /// v and its exact divergence tr(dv/dx) per sample, in this prior's convention.
+  /// v and its exact divergence tr(dv/dx) per sample, in this prior's convention (t in [0, 1]
+  /// of convention()); reversed, the field's times go through ws.t_rev and v_out and div_out
+  /// are negated in place.
   void divergence(ConstMatrixView<S> x, ConstVectorView<S> t, MatrixView<S> v_out,
                   VectorView<S> div_out, Workspace& ws) const {
     if (!reversed()) return f_->divergence(x, t, v_out, div_out, ws.field);
     f_->divergence(x, reverse_time(t, ws), v_out, div_out, ws.field);
     negate(v_out);
     for (Index i = 0; i < div_out.size; ++i) div_out[i] = -div_out[i];
+  }
+
+  /// For callers that fold sign() into their own coefficients (the losses): v_field = sign() *
+  /// v(x, t), the field's output in trained_convention() at field_time(t), with t given in
+  /// convention(). No negation pass; reversed, the times go through ws.t_rev as in forward.
+  /// vjp_x_field and backward_field then take d_v_field = sign() * (dL/dv in convention()).
+  void forward_field(ConstMatrixView<S> x, ConstVectorView<S> t, MatrixView<S> v_field,
+                     Workspace& ws) const {
+    if (!reversed()) return f_->forward(x, t, v_field, ws.field);
+    f_->forward(x, reverse_time(t, ws), v_field, ws.field);
+  }
+
+  /// d_x += J_field^T d_v_field for the last forward on ws, where d_v_field = sign() * d_v with
+  /// d_v in convention() (so that the result is d_x += J_x(v)^T d_v). No copy.
+  void vjp_x_field(Workspace& ws, ConstMatrixView<S> d_v_field, MatrixView<S> d_x) const {
+    f_->vjp_x(ws.field, d_v_field, d_x);
+  }
+
+  /// backward() with d_v_field = sign() * d_v, d_v in convention(): the field's own backward,
+  /// no copy.
+  void backward_field(Workspace& ws, ConstMatrixView<S> d_v_field, MatrixView<S> d_x,
+                      VectorView<S> d_params) const {
+    f_->backward(ws.field, d_v_field, d_x, d_params);
   }
 
  private:

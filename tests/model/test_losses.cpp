@@ -289,3 +289,266 @@ TEST_CASE("losses: bad input throws typed errors", "[loss][error]") {
                                loss::TimeSampler::logit_normal(0, 0), rng),
                     flowprior::config_error);
 }
+
+namespace {
+
+using Net = nn::AdaLNMlp<double>;
+
+/// Explicit draws holding the values of `d` (through Eigen, as a caller would pass them).
+loss::FlowDraws<double> explicit_copy(const loss::FlowDraws<double>& d, Index time_group) {
+  const Eigen::Map<const Vec> t(d.t.data(), d.cols());
+  const Eigen::Map<const Mat> eps(d.eps.data(), d.dim, d.cols());
+  return loss::FlowDraws<double>(d.convention, d.rows, d.dim, d.K, t, eps, time_group);
+}
+
+}  // namespace
+
+TEST_CASE("explicit draws: the values of loss::draw give bit-identical losses and gradients",
+          "[loss][draws]") {
+  const Convention conv = GENERATE(Convention::Paper, Convention::Code);
+  const bool reversed = GENERATE(false, true);
+  const Index group = GENERATE(1, 4);
+  CAPTURE(flowprior::to_string(conv), reversed, group);
+  Rng rng(120);
+  Net net(small_adaln(3));
+  fpt::randomize_field(net, rng);
+  const Prior<Net> prior = Prior<Net>(net, reversed ? flowprior::flipped(conv) : conv).as(conv);
+  const Index N = 5, K = 4, d = 3;
+  Mat y = fpt::random_mat(d, N, rng);
+  loss::FlowDraws<double> drawn;
+  loss::draw(drawn, conv, N, d, K, loss::TimeSampler::stratified(), rng, false, group);
+  const loss::FlowDraws<double> mine = explicit_copy(drawn, group);
+  loss::LossWorkspace<Net> ws;
+  const loss::AlignmentOptions opt{loss::Reduction::Mean, 0.3, false};
+  Vec per1(N), per2(N);
+  Mat g1 = Mat::Zero(d, N), g2 = Mat::Zero(d, N);
+  const double l1 = loss::alignment_loss(prior, conv, y, drawn, opt, ws, per1, g1);
+  const double l2 = loss::alignment_loss(prior, conv, y, mine, opt, ws, per2, g2);
+  REQUIRE(l1 == l2);
+  REQUIRE(per1 == per2);
+  REQUIRE(g1 == g2);
+  Vec p1 = Vec::Zero(net.num_params()), p2 = Vec::Zero(net.num_params());
+  const double f1 =
+      loss::flow_matching_loss(prior, conv, y, drawn, loss::Reduction::SumChannels, ws, p1);
+  const double f2 =
+      loss::flow_matching_loss(prior, conv, y, mine, loss::Reduction::SumChannels, ws, p2);
+  REQUIRE(f1 == f2);
+  REQUIRE(p1 == p2);
+}
+
+TEST_CASE("losses: draws that do not fit the batch or hold bad values are typed errors",
+          "[loss][draws][error]") {
+  const bool reversed = GENERATE(false, true);
+  const Index group = GENERATE(1, 4);
+  CAPTURE(reversed, group);
+  const Convention conv = Convention::Code;
+  Rng rng(121);
+  Net net(small_adaln(2));
+  fpt::randomize_field(net, rng);
+  const Prior<Net> prior = Prior<Net>(net, reversed ? Convention::Paper : conv).as(conv);
+  const Index N = 4, K = 4, d = 2;
+  Mat y = fpt::random_mat(d, N, rng);
+  loss::FlowDraws<double> good;
+  loss::draw(good, conv, N, d, K, loss::TimeSampler::stratified(), rng, false, group);
+  loss::LossWorkspace<Net> ws;
+  const loss::AlignmentOptions opt;
+  Mat d_y = Mat::Zero(d, N);
+  Vec d_p = Vec::Zero(net.num_params());
+  auto align = [&](const loss::FlowDraws<double>& dr) {
+    return loss::alignment_loss(prior, conv, y, dr, opt, ws, {}, d_y);
+  };
+  auto fm = [&](const loss::FlowDraws<double>& dr) {
+    return loss::flow_matching_loss(prior, conv, y, dr, loss::Reduction::Mean, ws, d_p);
+  };
+  REQUIRE_NOTHROW(align(good));
+  REQUIRE_NOTHROW(fm(good));
+  const Mat d_y_before = d_y;
+  const Vec d_p_before = d_p;
+  Rng r2(122);
+  loss::FlowDraws<double> other;
+  // Draws for another number of rows, another dimension, another convention.
+  loss::draw(other, conv, N + 1, d, K, loss::TimeSampler::uniform(), r2, false, group);
+  REQUIRE_THROWS_AS(align(other), flowprior::shape_error);
+  REQUIRE_THROWS_AS(fm(other), flowprior::shape_error);
+  loss::draw(other, conv, N - 1, d, K, loss::TimeSampler::uniform(), r2, false, group);
+  REQUIRE_THROWS_AS(align(other), flowprior::shape_error);
+  REQUIRE_THROWS_AS(fm(other), flowprior::shape_error);
+  loss::draw(other, conv, N, d + 1, K, loss::TimeSampler::uniform(), r2, false, group);
+  REQUIRE_THROWS_AS(align(other), flowprior::shape_error);
+  REQUIRE_THROWS_AS(fm(other), flowprior::shape_error);
+  loss::draw(other, Convention::Paper, N, d, K, loss::TimeSampler::uniform(), r2, false, group);
+  REQUIRE_THROWS_AS(align(other), flowprior::convention_error);
+  REQUIRE_THROWS_AS(fm(other), flowprior::convention_error);
+  // Sizes edited out of step with the buffers: never read past their end.
+  other = good;
+  other.K = 2 * K;
+  REQUIRE_THROWS_AS(align(other), flowprior::shape_error);
+  REQUIRE_THROWS_AS(fm(other), flowprior::shape_error);
+  other = good;
+  other.t.pop_back();
+  REQUIRE_THROWS_AS(align(other), flowprior::shape_error);
+  REQUIRE_THROWS_AS(fm(other), flowprior::shape_error);
+  other = good;
+  other.eps.resize(other.eps.size() / 2);
+  REQUIRE_THROWS_AS(align(other), flowprior::shape_error);
+  REQUIRE_THROWS_AS(fm(other), flowprior::shape_error);
+  // Values edited by hand: times outside [0, 1] and non-finite times are the loss's own errors
+  // (named 'draws.t'), non-finite noise makes the loss non-finite.
+  for (const double bad : {-0.25, 1.5}) {
+    other = good;
+    other.t[5] = bad;
+    REQUIRE_THROWS_AS(align(other), flowprior::value_error);
+    REQUIRE_THROWS_WITH(fm(other), Catch::Contains("flow_matching_loss") &&
+                                       Catch::Contains("'draws.t'") && Catch::Contains("index 5"));
+  }
+  for (const double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+    other = good;
+    other.t[6] = bad;
+    REQUIRE_THROWS_AS(align(other), flowprior::numeric_error);
+    REQUIRE_THROWS_WITH(align(other), Catch::Contains("alignment_loss") &&
+                                          Catch::Contains("'draws.t'") &&
+                                          Catch::Contains("(6, 0)"));
+    REQUIRE_THROWS_AS(fm(other), flowprior::numeric_error);
+    other = good;
+    other.eps[7] = bad;
+    REQUIRE_THROWS_AS(align(other), flowprior::numeric_error);
+    REQUIRE_THROWS_AS(fm(other), flowprior::numeric_error);
+  }
+  // Nothing was accumulated by the refused calls.
+  REQUIRE(d_y == d_y_before);
+  REQUIRE(d_p == d_p_before);
+}
+
+TEST_CASE("reversed view: the losses fold the sign and agree with the negated field",
+          "[loss][convention]") {
+  // The losses evaluate a reversed prior without negating v or copying d_v (prior.hpp,
+  // forward_field): compare with the loss written out through the public Prior calls, which
+  // negate explicitly.
+  const Convention conv = GENERATE(Convention::Paper, Convention::Code);
+  const bool detach = GENERATE(false, true);
+  CAPTURE(flowprior::to_string(conv), detach);
+  Rng rng(123);
+  Net net(small_adaln(3));
+  fpt::randomize_field(net, rng);
+  const Prior<Net> prior = Prior<Net>(net, flowprior::flipped(conv)).as(conv);
+  REQUIRE(prior.reversed());
+  REQUIRE(prior.sign() == -1.0);
+  const Index N = 4, K = 3, d = 3, M = N * K;
+  Mat y = fpt::random_mat(d, N, rng);
+  loss::FlowDraws<double> draws;
+  loss::draw(draws, conv, N, d, K, loss::TimeSampler::uniform(), rng);
+  const double weight = 0.7;
+  Mat xt(d, M), v(d, M), dv(d, M), jt = Mat::Zero(d, M), g_ref = Mat::Zero(d, N);
+  for (Index col = 0; col < M; ++col) {
+    const auto pc = flowprior::path_coefficients(conv, draws.t[std::size_t(col)]);
+    for (Index i = 0; i < d; ++i) xt(i, col) = pc.a * y(i, col / K) + pc.b * draws.noise()(i, col);
+  }
+  Prior<Net>::Workspace pws;
+  prior.forward(xt, draws.times(), v, pws);  // negates in place
+  double l_ref = 0;
+  const double scale = 2.0 * weight / double(N * K * d);
+  for (Index col = 0; col < M; ++col) {
+    const auto pc = flowprior::path_coefficients(conv, draws.t[std::size_t(col)]);
+    for (Index i = 0; i < d; ++i) {
+      const double r = v(i, col) - (pc.c * y(i, col / K) + pc.e * draws.noise()(i, col));
+      l_ref += r * r;
+      dv(i, col) = scale * r;
+    }
+  }
+  l_ref *= weight / (double(K) * double(d) * double(N));
+  if (!detach) prior.vjp_x(pws, dv, jt);  // folds the sign into the accumulation
+  for (Index col = 0; col < M; ++col) {
+    const auto pc = flowprior::path_coefficients(conv, draws.t[std::size_t(col)]);
+    g_ref.col(col / K) += -pc.c * dv.col(col) + pc.a * jt.col(col);
+  }
+  loss::LossWorkspace<Net> ws;
+  Mat g = Mat::Zero(d, N);
+  const double l = loss::alignment_loss(prior, conv, y, draws,
+                                        {loss::Reduction::Mean, weight, detach}, ws, {}, g);
+  REQUIRE(std::abs(l - l_ref) <= 1e-15 * l_ref);
+  REQUIRE((g - g_ref).cwiseAbs().maxCoeff() <= 1e-15 * g_ref.cwiseAbs().maxCoeff());
+  // Flow matching: the reversed backward (copy of -d_v) against the folded one in the loss.
+  Vec p_ref = Vec::Zero(net.num_params()), p = Vec::Zero(net.num_params());
+  prior.forward(xt, draws.times(), v, pws);
+  const double fscale = 2.0 / double(N * K * d);
+  for (Index col = 0; col < M; ++col) {
+    const auto pc = flowprior::path_coefficients(conv, draws.t[std::size_t(col)]);
+    for (Index i = 0; i < d; ++i)
+      dv(i, col) = fscale * (v(i, col) - (pc.c * y(i, col / K) + pc.e * draws.noise()(i, col)));
+  }
+  prior.backward(pws, dv, Mat(), p_ref);
+  loss::flow_matching_loss(prior, conv, y, draws, loss::Reduction::Mean, ws, p);
+  REQUIRE((p - p_ref).cwiseAbs().maxCoeff() <= 1e-15 * p_ref.cwiseAbs().maxCoeff());
+}
+
+TEST_CASE("reversed view: every call equals the field at 1 - t with the sign flipped",
+          "[loss][convention][grad]") {
+  const Convention trained = GENERATE(Convention::Paper, Convention::Code);
+  CAPTURE(flowprior::to_string(trained));
+  Rng rng(124);
+  Net net(small_adaln(3));
+  fpt::randomize_field(net, rng);
+  const Prior<Net> plain(net, trained);
+  const Prior<Net> rev = plain.as(flowprior::flipped(trained));
+  const Index B = 6, d = 3;
+  auto in = fpt::make_inputs(d, B, 0, rng);
+  const Vec t_field = Vec::Ones(B) - in.t;
+  Prior<Net>::Workspace ws, wf;
+  Mat v(d, B), vf(d, B);
+  rev.forward(in.x, in.t, v, ws);
+  plain.forward(in.x, t_field, vf, wf);
+  REQUIRE(v == -vf);
+  rev.forward_field(in.x, in.t, v, ws);
+  REQUIRE(v == vf);
+  REQUIRE(rev.field_time(0.25) == 0.75);
+  REQUIRE(plain.field_time(0.25) == 0.25);
+  // vjp_x accumulates -J^T u into a non-zero d_x, exactly as the field with -u does.
+  const Mat u = fpt::random_mat(d, B, rng), start = fpt::random_mat(d, B, rng), neg_u = -u;
+  Mat dx = start, dxf = start;
+  rev.vjp_x(ws, u, dx);
+  plain.vjp_x(wf, neg_u, dxf);
+  REQUIRE(dx == dxf);
+  // backward: parameters and inputs, accumulated.
+  Vec dp = Vec::Ones(net.num_params()), dpf = Vec::Ones(net.num_params());
+  dx = start;
+  dxf = start;
+  rev.backward(ws, u, dx, dp);
+  plain.backward(wf, neg_u, dxf, dpf);
+  REQUIRE(dx == dxf);
+  REQUIRE(dp == dpf);
+  // jvp_x and divergence.
+  const Mat w = fpt::random_mat(d, 2 * B, rng);
+  Mat jw(d, 2 * B), jwf(d, 2 * B);
+  rev.jvp_x(ws, w, jw, 2);
+  plain.jvp_x(wf, w, jwf, 2);
+  REQUIRE(jw == -jwf);
+  Vec div(B), divf(B);
+  rev.divergence(in.x, in.t, v, div, ws);
+  plain.divergence(in.x, t_field, vf, divf, wf);
+  REQUIRE(v == -vf);
+  REQUIRE(div == -divf);
+  // Finite differences of L = <u, v'(x, t)> for the reversed vjp_x and backward.
+  auto L = [&] {
+    Prior<Net>::Workspace w2;
+    Mat vv(d, B);
+    rev.forward(in.x, in.t, vv, w2);
+    return fpt::dot(u, vv);
+  };
+  rev.forward(in.x, in.t, v, ws);
+  Mat gx = Mat::Zero(d, B), gx2 = Mat::Zero(d, B);
+  Vec gp = Vec::Zero(net.num_params());
+  rev.vjp_x(ws, u, gx);
+  rev.backward(ws, u, gx2, gp);
+  const auto fd_x = fpt::fd_gradient(L, in.x.data(), in.x.size());
+  fpt::require_close("d_x (reversed vjp_x)", gx.data(), fd_x, 1e-6);
+  fpt::require_close("d_x (reversed backward)", gx2.data(), fd_x, 1e-6);
+  auto p = net.parameters();
+  const auto fd_p = fpt::fd_gradient(L, p.data, p.size);
+  for (const auto& t : net.layout().tensors())
+    fpt::require_close(t.name, gp.data() + t.offset, fd_p.data() + t.offset, t.size(), 1e-6);
+  // A refused VJP (no forward on this workspace) leaves the caller's d_x as it was.
+  Prior<Net>::Workspace fresh;
+  dx = start;
+  REQUIRE_THROWS_AS(rev.vjp_x(fresh, u, dx), flowprior::error);
+  REQUIRE(dx == start);
+}

@@ -145,6 +145,63 @@ TEST_CASE("a warmed-up forward, VJP, JVP and divergence allocate nothing", "[per
           }) == 0);
 }
 
+TEMPLATE_TEST_CASE("a warmed-up alignment step in the reversed convention allocates nothing",
+                   "[perf][alloc]", float, double) {
+  // The prior was trained in the code convention and aligns in the paper one: the losses fold
+  // the sign of the reversed view into their coefficients, no batch is copied (prior.hpp).
+  if (!can_count()) return;
+  using S = TestType;
+  const Index group = GENERATE(1, 16);
+  CAPTURE(group);
+  nn::AdaLNMlp<S> net(config());
+  Rng rng(15);
+  randomize(net, rng);
+  const Prior<nn::AdaLNMlp<S>> prior =
+      Prior<nn::AdaLNMlp<S>>(net, Convention::Code).as(Convention::Paper);
+  REQUIRE(prior.reversed());
+  train::AlignConfig cfg;
+  cfg.time_group = group;
+  cfg.sampler = loss::TimeSampler::stratified();
+  const Index n = 256;
+  auto y = normal_mat<S>(4, n, rng);
+  train::LatentAligner<nn::AdaLNMlp<S>> aligner(prior, Convention::Paper, n, cfg);
+  REQUIRE(allocations_after_warmup([&] { aligner.step(y, rng); }) == 0);
+}
+
+TEST_CASE("warmed-up reversed-view calls and explicit draws allocate nothing", "[perf][alloc]") {
+  if (!can_count()) return;
+  using Net = nn::AdaLNMlp<float>;
+  Net net(config());
+  Rng rng(16);
+  randomize(net, rng);
+  const Prior<Net> rev = Prior<Net>(net, Convention::Paper).as(Convention::Code);
+  const Index B = 1024, N = 256, K = 4;
+  const auto x = normal_mat<float>(4, B, rng), u = normal_mat<float>(4, B, rng);
+  Eigen::VectorXf t(B), div(B), d_p = Eigen::VectorXf::Zero(net.num_params());
+  for (Index i = 0; i < B; ++i) t[i] = static_cast<float>(flowprior::uniform01(rng));
+  Eigen::MatrixXf v(4, B), dx = Eigen::MatrixXf::Zero(4, B), dv(4, B);
+  Prior<Net>::Workspace ws;
+  REQUIRE(allocations_after_warmup([&] {
+            rev.forward(x, t, v, ws);
+            rev.vjp_x(ws, u, dx);
+            rev.jvp_x(ws, u, dv);
+            rev.backward(ws, u, dx, d_p);
+            rev.divergence(x, t, v, div, ws);
+          }) == 0);
+  // Explicit draws: assign reuses the buffers; the losses with them, reversed.
+  loss::FlowDraws<float> draws;
+  loss::LossWorkspace<Net> lws;
+  const auto y = normal_mat<float>(4, N, rng);
+  Eigen::MatrixXf d_y = Eigen::MatrixXf::Zero(4, N);
+  const loss::AlignmentOptions opt{loss::Reduction::Mean, 0.01, false};
+  REQUIRE(allocations_after_warmup([&] {
+            draws.assign(Convention::Code, N, 4, K, t, u);
+            loss::alignment_loss(rev, Convention::Code, y, draws, opt, lws, {}, d_y);
+            loss::flow_matching_loss(rev, Convention::Code, y, draws, loss::Reduction::Mean, lws,
+                                     d_p);
+          }) == 0);
+}
+
 TEST_CASE("one thread and two give the same losses and gradients", "[perf][threads]") {
   using Net = nn::AdaLNMlp<double>;
   const Index group = GENERATE(1, 16);

@@ -97,3 +97,142 @@ TEST_CASE("projection: seeded N(0, 1/d2) entries, scale, validation", "[data]") 
   REQUIRE_THROWS_AS(p.apply(f, out), flowprior::numeric_error);
   REQUIRE_THROWS_AS(flowprior::data::RandomProjection<double>(0, 3, 1), flowprior::config_error);
 }
+
+TEST_CASE("explicit draws: the constructor keeps the values loss::draw made", "[loss][draws]") {
+  const Convention conv = GENERATE(Convention::Paper, Convention::Code);
+  const Index group = GENERATE(1, 3);
+  Rng rng(21);
+  loss::FlowDraws<double> drawn;
+  loss::draw(drawn, conv, 5, 3, 4, loss::TimeSampler::stratified(), rng, false, group);
+  const Eigen::VectorXd t = Eigen::Map<const Eigen::VectorXd>(drawn.t.data(), 20);
+  const Eigen::MatrixXd eps = Eigen::Map<const Eigen::MatrixXd>(drawn.eps.data(), 3, 20);
+  const loss::FlowDraws<double> mine(conv, 5, 3, 4, t, eps, group);
+  REQUIRE(mine.convention == conv);
+  REQUIRE(mine.rows == 5);
+  REQUIRE(mine.dim == 3);
+  REQUIRE(mine.K == 4);
+  REQUIRE(mine.t == drawn.t);
+  REQUIRE(mine.eps == drawn.eps);
+  REQUIRE_NOTHROW(mine.validate("test"));
+}
+
+TEST_CASE("explicit draws: noise from a block of a larger matrix; no rows", "[loss][draws]") {
+  Rng rng(22);
+  const Eigen::MatrixXd big = fpt::random_mat(5, 7, rng);
+  const Eigen::VectorXd t = Eigen::VectorXd::Constant(6, 0.25);
+  const loss::FlowDraws<double> d(Convention::Code, 3, 2, 2, t, big.block(1, 1, 2, 6));
+  for (Index col = 0; col < 6; ++col)
+    for (Index i = 0; i < 2; ++i) REQUIRE(d.noise()(i, col) == big(1 + i, 1 + col));
+  const loss::FlowDraws<double> none(Convention::Paper, 0, 2, 4, Eigen::VectorXd(0),
+                                     Eigen::MatrixXd(2, 0));
+  REQUIRE(none.cols() == 0);
+  REQUIRE_NOTHROW(none.validate("test"));
+}
+
+TEST_CASE("explicit draws: every bad argument is a typed error naming it", "[loss][draws][error]") {
+  using flowprior::config_error;
+  using flowprior::numeric_error;
+  using flowprior::shape_error;
+  using flowprior::value_error;
+  const Index N = 3, d = 2, K = 2;
+  Rng rng(23);
+  Eigen::VectorXd t(N * K);
+  for (Index i = 0; i < t.size(); ++i) t[i] = flowprior::uniform01(rng);
+  Eigen::MatrixXd eps = fpt::random_mat(d, N * K, rng);
+  const Convention P = Convention::Paper;
+  using D = loss::FlowDraws<double>;
+  REQUIRE_NOTHROW(D(P, N, d, K, t, eps));
+  // The convention must be one of the two.
+  REQUIRE_THROWS_AS(D(static_cast<Convention>(7), N, d, K, t, eps), config_error);
+  REQUIRE_THROWS_WITH(D(static_cast<Convention>(7), N, d, K, t, eps), Catch::Contains("'conv'"));
+  // Sizes.
+  REQUIRE_THROWS_WITH(D(P, -1, d, K, t, eps), Catch::Contains("'rows'"));
+  REQUIRE_THROWS_AS(D(P, -1, d, K, t, eps), config_error);
+  REQUIRE_THROWS_WITH(D(P, N, 0, K, t, eps), Catch::Contains("'dim'"));
+  REQUIRE_THROWS_AS(D(P, N, 0, K, t, eps), config_error);
+  REQUIRE_THROWS_WITH(D(P, N, d, 0, t, eps), Catch::Contains("'K'"));
+  REQUIRE_THROWS_AS(D(P, N, d, 0, t, eps), config_error);
+  REQUIRE_THROWS_WITH(D(P, N, d, K, t, eps, 0), Catch::Contains("'time_group'"));
+  REQUIRE_THROWS_AS(D(P, N, d, K, t, eps, 0), config_error);
+  const Index huge = std::numeric_limits<Index>::max() / 2;
+  REQUIRE_THROWS_AS(D(P, huge, d, K, t, eps), config_error);  // rows x K overflows
+  REQUIRE_THROWS_AS(D(P, 2, huge, K, t, eps), config_error);  // dim x rows x K overflows
+  // Too few / too many times, noise of the wrong shape (the bug: too few were read past).
+  REQUIRE_THROWS_WITH(D(P, N, d, K, t.head(N * K - 1), eps),
+                      Catch::Contains("'t'") && Catch::Contains("size 5, expected 6"));
+  REQUIRE_THROWS_AS(D(P, N, d, K, t.head(N * K - 1), eps), shape_error);
+  Eigen::VectorXd t_long(N * K + 1);
+  t_long.setConstant(0.5);
+  REQUIRE_THROWS_AS(D(P, N, d, K, t_long, eps), shape_error);
+  REQUIRE_THROWS_WITH(D(P, N, d, K, t, eps.leftCols(N * K - 1)),
+                      Catch::Contains("'eps'") && Catch::Contains("(2, 5)"));
+  REQUIRE_THROWS_AS(D(P, N, d, K, t, eps.leftCols(N * K - 1)), shape_error);
+  REQUIRE_THROWS_AS(D(P, N, d, K, t, eps.topRows(1)), shape_error);
+  REQUIRE_THROWS_AS(D(P, N, d + 1, K, t, eps), shape_error);
+  REQUIRE_THROWS_AS(D(P, N + 1, d, K, t, eps), shape_error);
+  // Non-finite values.
+  for (const double bad : {std::nan(""), std::numeric_limits<double>::infinity(),
+                           -std::numeric_limits<double>::infinity()}) {
+    CAPTURE(bad);
+    Eigen::VectorXd tb = t;
+    tb[4] = bad;
+    REQUIRE_THROWS_AS(D(P, N, d, K, tb, eps), numeric_error);
+    REQUIRE_THROWS_WITH(D(P, N, d, K, tb, eps),
+                        Catch::Contains("'t'") && Catch::Contains("(4, 0)"));
+    Eigen::MatrixXd eb = eps;
+    eb(1, 3) = bad;
+    REQUIRE_THROWS_AS(D(P, N, d, K, t, eb), numeric_error);
+    REQUIRE_THROWS_WITH(D(P, N, d, K, t, eb),
+                        Catch::Contains("'eps'") && Catch::Contains("(1, 3)"));
+  }
+  // Times outside [0, 1] of the convention.
+  for (const double bad : {-1e-12, 1.0 + 1e-12, 2.0}) {
+    CAPTURE(bad);
+    Eigen::VectorXd tb = t;
+    tb[2] = bad;
+    REQUIRE_THROWS_AS(D(P, N, d, K, tb, eps), value_error);
+    REQUIRE_THROWS_WITH(D(Convention::Code, N, d, K, tb, eps),
+                        Catch::Contains("'t'") && Catch::Contains("[0, 1]"));
+  }
+  Eigen::VectorXd ends(N * K);
+  ends << 0, 1, 0, 1, 0, 1;
+  REQUIRE_NOTHROW(D(P, N, d, K, ends, eps));
+  // Time groups must share their t; the last group may be shorter.
+  Eigen::VectorXd tg(N * K);
+  tg << 0.1, 0.1, 0.1, 0.1, 0.7, 0.7;
+  REQUIRE_NOTHROW(D(P, N, d, K, tg, eps, 4));
+  REQUIRE_NOTHROW(D(P, N, d, K, tg, eps, 2));
+  REQUIRE_NOTHROW(D(P, N, d, K, tg, eps, 1));
+  REQUIRE_THROWS_AS(D(P, N, d, K, tg, eps, 3), value_error);
+  REQUIRE_THROWS_WITH(D(P, N, d, K, tg, eps, 6),
+                      Catch::Contains("'t'") && Catch::Contains("time group 0"));
+}
+
+TEST_CASE("explicit draws: a failed assign leaves the draws as they were; memory is reused",
+          "[loss][draws][error]") {
+  Rng rng(24);
+  loss::FlowDraws<double> d;
+  loss::draw(d, Convention::Code, 4, 2, 3, loss::TimeSampler::uniform(), rng);
+  const loss::FlowDraws<double> before = d;
+  Eigen::VectorXd t = Eigen::VectorXd::Constant(12, 0.5);
+  Eigen::MatrixXd eps = fpt::random_mat(2, 12, rng);
+  t[11] = 1.5;
+  REQUIRE_THROWS_AS(d.assign(Convention::Paper, 4, 2, 3, t, eps), flowprior::value_error);
+  REQUIRE_THROWS_AS(d.assign(Convention::Paper, 6, 2, 2, t, eps, 0), flowprior::config_error);
+  REQUIRE_THROWS_AS(d.assign(Convention::Paper, 5, 2, 3, t, eps), flowprior::shape_error);
+  REQUIRE(d.convention == Convention::Code);
+  REQUIRE(d.rows == 4);
+  REQUIRE(d.K == 3);
+  REQUIRE(d.t == before.t);
+  REQUIRE(d.eps == before.eps);
+  t[11] = 0.5;
+  const double* t_mem = d.t.data();
+  const double* eps_mem = d.eps.data();
+  d.assign(Convention::Paper, 6, 2, 2, t, eps);  // same totals: no reallocation
+  REQUIRE(d.t.data() == t_mem);
+  REQUIRE(d.eps.data() == eps_mem);
+  REQUIRE(d.convention == Convention::Paper);
+  REQUIRE(d.rows == 6);
+  REQUIRE(d.K == 2);
+  REQUIRE(d.noise()(1, 11) == eps(1, 11));
+}

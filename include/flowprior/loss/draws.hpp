@@ -6,7 +6,9 @@
 /// and thread count.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -44,12 +46,25 @@ struct TimeSampler {
   }
 };
 
-/// N rows x K draws of (t, eps) in a stated convention. The fields are public so that a caller
-/// can supply its own draws (resize, then fill t and eps); every loss checks them with
-/// validate() before reading, so sizes edited out of step with the buffers are a shape_error,
-/// never an out-of-bounds read (docs/errors.md "Draws").
+/// N rows x K draws of (t, eps) in a stated convention. Fill them with loss::draw, or pass your
+/// own with the explicit-draws constructor / assign(), which check every size and value. The
+/// fields stay public (the samplers write them); every loss checks them with validate() before
+/// reading, so sizes edited out of step with the buffers are a shape_error, never an
+/// out-of-bounds read (docs/errors.md "Draws").
 template <class S>
 struct FlowDraws {
+  FlowDraws() = default;
+
+  /// Explicit draws: N = `n_rows` rows x K = `draws_per_row` draws of dimension d = `d`, the
+  /// times `times` (N K) and noises `noise` (d, N K), column b K + k for draw k of row b, all in
+  /// convention `conv` (t in [0, 1] of that convention: Paper t = 0 is noise, Code t = 0 is
+  /// data). With `time_group` G > 1, each run of G consecutive columns must share its t (as
+  /// loss::draw makes them; the last run may be shorter). Checks as assign().
+  FlowDraws(Convention conv, Index n_rows, Index d, Index draws_per_row, ConstVectorView<S> times,
+            ConstMatrixView<S> noise, Index time_group = 1) {
+    assign(conv, n_rows, d, draws_per_row, times, noise, time_group);
+  }
+
   Convention convention = Convention::Paper;
   Index rows = 0;  ///< N
   Index K = 0;     ///< draws per row
@@ -86,6 +101,51 @@ struct FlowDraws {
     rows = n_rows;
     K = draws_per_row;
     dim = d;
+  }
+
+  /// Replaces the draws by explicit ones (arguments as the explicit-draws constructor; the
+  /// convention is `conv`'s, the times lie in [0, 1] of it), reusing the buffers' memory: once
+  /// they are large enough it allocates nothing. Everything is checked before anything is
+  /// changed; the error names the offending argument:
+  ///   config_error   `conv` is not Convention::Paper or Convention::Code; `n_rows` < 0,
+  ///                  `d` < 1, `draws_per_row` (K) < 1, `time_group` < 1; N K or d N K
+  ///                  overflows or cannot fit in memory
+  ///   shape_error    `times` does not hold N K values, `noise` is not (d, N K)
+  ///   numeric_error  a time or noise value is NaN or infinite
+  ///   value_error    a time outside [0, 1], or a time group whose times differ
+  void assign(Convention conv, Index n_rows, Index d, Index draws_per_row, ConstVectorView<S> times,
+              ConstMatrixView<S> noise, Index time_group = 1) {
+    const char* w = "FlowDraws";
+    if (conv != Convention::Paper && conv != Convention::Code)
+      raise_config(w, "argument 'conv' is not Convention::Paper or Convention::Code (got " +
+                          std::to_string(static_cast<int>(conv)) + ")");
+    if (n_rows < 0) raise_config(w, "argument 'rows' must be >= 0, got " + std::to_string(n_rows));
+    if (d <= 0) raise_config(w, "argument 'dim' must be >= 1, got " + std::to_string(d));
+    if (draws_per_row <= 0)
+      raise_config(
+          w, "argument 'K' (draws per row) must be >= 1, got " + std::to_string(draws_per_row));
+    if (time_group <= 0)
+      raise_config(w, "argument 'time_group' must be >= 1, got " + std::to_string(time_group));
+    const Index M = checked_mul(w, "rows x K", n_rows, draws_per_row);
+    checked_mul(w, "dim x rows x K", d, M);
+    check_size(w, "t", times, M);
+    check_shape(w, "eps", noise, d, M);
+    check_finite(w, "t", ConstMatrixView<S>(times.data, M, 1));
+    check_unit_interval(w, "t", times);
+    check_finite(w, "eps", noise);
+    for (Index col = 1; col < M; ++col) {
+      if (col % time_group == 0 || times[col] == times[col - 1]) continue;
+      std::ostringstream os;
+      os.precision(17);
+      os << "[flowprior.value] " << w << ": argument 't' differs inside time group "
+         << col / time_group << " (time_group " << time_group << "): t[" << col - 1
+         << "] = " << times[col - 1] << ", t[" << col << "] = " << times[col];
+      flowprior::detail::raise<value_error>(os.str());
+    }
+    resize(conv, n_rows, d, draws_per_row);
+    std::copy(times.data, times.data + M, t.begin());
+    for (Index col = 0; col < M; ++col)
+      std::copy(noise.col(col), noise.col(col) + d, eps.begin() + std::ptrdiff_t(col * d));
   }
 
   /// Throws shape_error unless the sizes agree with the buffers (t holds rows K times, eps

@@ -62,8 +62,12 @@ MatrixView<S> sized(std::vector<S>& buf, Index rows, Index cols) {
   return {buf.data(), rows, cols};
 }
 
-/// Shared core: builds x_t, evaluates v, forms r = v - u in ws.v, fills the per-row loss and
-/// returns the total (weight and reduction applied).
+/// Shared core of both losses (draws and times in convention `conv`): checks the draws against
+/// the batch (FlowDraws::validate, rows, dim, every t in [0, 1] while x_t is built), builds
+/// x_t, evaluates v, forms r = v - u in ws.v, fills the per-row loss and returns the total
+/// (weight and reduction applied). A reversed prior is not negated: the field's output is
+/// v_field = prior.sign() v and r = sign v_field - u (exact, sign is +-1); the gradients below
+/// fold the sign into their coefficients likewise (prior.hpp, forward_field).
 template <class Field>
 double residuals(const char* where, const char* xname, const Prior<Field>& prior,
                  Convention conv, ConstMatrixView<typename Field::Scalar> x,
@@ -90,11 +94,17 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
   MatrixView<S> xt = sized(ws.xt, d, M), v = sized(ws.v, d, M);
   const ConstMatrixView<S> eps = draws.noise();
   for (Index col = 0; col < M; ++col) {  // x_t = a x + b eps            flow_matching.md (4)
-    const auto pc = path_coefficients(conv, double(draws.t[std::size_t(col)]));
+    const S tc = draws.t[std::size_t(col)];
+    if (!(tc >= S(0) && tc <= S(1))) {  // checked here rather than in a pass of its own
+      check_finite(where, "draws.t", ConstMatrixView<S>(draws.t.data(), M, 1));
+      check_unit_interval(where, "draws.t", draws.times());
+    }
+    const auto pc = path_coefficients(conv, double(tc));
     const S* xb = x.col(col / K);
     for (Index i = 0; i < d; ++i) xt(i, col) = S(pc.a) * xb[i] + S(pc.b) * eps(i, col);
   }
-  prior.forward(xt, draws.times(), v, ws.prior);
+  prior.forward_field(xt, draws.times(), v, ws.prior);  // v = sign * (v in convention conv)
+  const S sgn = prior.sign();
   const double nc = reduction == Reduction::Mean ? double(d) : 1.0;
   double total = 0;
   for (Index b = 0; b < N; ++b) {
@@ -103,7 +113,7 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
       const Index col = b * K + k;
       const auto pc = path_coefficients(conv, double(draws.t[std::size_t(col)]));
       for (Index i = 0; i < d; ++i) {  // r = v - (c x + e eps)
-        const S r = v(i, col) - (S(pc.c) * x(i, b) + S(pc.e) * eps(i, col));
+        const S r = sgn * v(i, col) - (S(pc.c) * x(i, b) + S(pc.e) * eps(i, col));
         v(i, col) = r;
         row += double(r) * double(r);
       }
@@ -128,7 +138,10 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
 /// @param conv          the convention this call works in (checked against prior and draws)
 /// @param y             latents (dim, N), one per column (tokens of (batch, tokens, dim) latents
 ///                      are simply N = batch * tokens columns: alignment is per token)
-/// @param draws         K draws per row in convention `conv` (loss::draw)
+/// @param draws         K draws per row in convention `conv` (loss::draw, or explicit draws:
+///                      FlowDraws(conv, N, dim, K, t, eps)); checked against the batch: their
+///                      convention (convention_error), sizes (shape_error: FlowDraws::validate,
+///                      then N rows of dim), times in [0, 1] (value_error naming 'draws.t')
 /// @param loss_per_row  optional (N): each row's loss (weight and reduction applied)
 /// @param d_y           optional (dim, N): accumulates (+=) dloss/dy, alignment.md (1)
 /// @return the loss: mean over rows of loss_per_row
@@ -148,20 +161,24 @@ double alignment_loss(const Prior<Field>& prior, Convention conv,
   check_shape(w, "d_y", d_y, d, N);
   const double nc = opt.reduction == Reduction::Mean ? double(d) : 1.0;
   const S scale = static_cast<S>(2.0 * opt.weight / (double(N) * double(K) * nc));
+  // The prior's sign is folded into the coefficients: dv_field = sign scale r is what the
+  // field's VJP takes (prior.hpp, vjp_x_field), and c dv = (sign c) dv_field (sign, c = +-1).
+  const S sgn = prior.sign(), scale_f = sgn * scale;
   MatrixView<S> r = detail::sized(ws.v, d, M);  // residuals from detail::residuals
   MatrixView<S> dv = detail::sized(ws.dv, d, M), dxt = detail::sized(ws.dxt, d, M);
   for (Index col = 0; col < M; ++col)
-    for (Index i = 0; i < d; ++i) dv(i, col) = scale * r(i, col);
+    for (Index i = 0; i < d; ++i) dv(i, col) = scale_f * r(i, col);
   if (!opt.detach_pred_v) {  // dxt = J^T dv (input VJP, no parameter gradients)
     for (Index col = 0; col < M; ++col)
       for (Index i = 0; i < d; ++i) dxt(i, col) = S(0);
-    prior.vjp_x(ws.prior, dv, dxt);
+    prior.vjp_x_field(ws.prior, dv, dxt);
   }
   for (Index col = 0; col < M; ++col) {  // d_y += a dxt - c dv      alignment.md (1)
     const auto pc = path_coefficients(conv, double(draws.t[std::size_t(col)]));
     const Index b = col / K;
+    const S c_f = sgn * S(pc.c);
     for (Index i = 0; i < d; ++i) {
-      S g = -S(pc.c) * dv(i, col);
+      S g = -c_f * dv(i, col);
       if (!opt.detach_pred_v) g += S(pc.a) * dxt(i, col);
       d_y(i, b) += g;
     }
@@ -172,6 +189,8 @@ double alignment_loss(const Prior<Field>& prior, Convention conv,
 /// The flow-matching loss of target samples x (dim, N) under a trainable field, with parameter
 /// gradients accumulated (+=) into d_params (size num_params(); pass an empty view to skip).
 /// d_v = (2 / (N K n_c)) r, then the field's backward.                  flow_matching.md (6)
+/// The prior, the draws and x are in convention `conv`; the draws are checked against the
+/// batch as by alignment_loss.
 template <class Field>
 double flow_matching_loss(const Prior<Field>& prior, Convention conv,
                           ConstMatrixView<typename Field::Scalar> x,
@@ -188,10 +207,11 @@ double flow_matching_loss(const Prior<Field>& prior, Convention conv,
   const Index d = prior.dim(), N = x.cols, K = draws.K, M = N * K;
   const double nc = reduction == Reduction::Mean ? double(d) : 1.0;
   const S scale = static_cast<S>(2.0 / (double(N) * double(K) * nc));
+  const S scale_f = prior.sign() * scale;  // the prior's sign folded in: no copy of dv
   MatrixView<S> r = detail::sized(ws.v, d, M), dv = detail::sized(ws.dv, d, M);
   for (Index col = 0; col < M; ++col)
-    for (Index i = 0; i < d; ++i) dv(i, col) = scale * r(i, col);
-  prior.backward(ws.prior, dv, MatrixView<S>(), d_params);
+    for (Index i = 0; i < d; ++i) dv(i, col) = scale_f * r(i, col);
+  prior.backward_field(ws.prior, dv, MatrixView<S>(), d_params);
   return total;
 }
 

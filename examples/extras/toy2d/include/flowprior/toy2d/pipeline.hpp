@@ -466,15 +466,17 @@ void chunked_alignment_loss(const Prior<Field>& prior, Convention conv, const Ei
                             const loss::FlowDraws<double>& draws,
                             const loss::AlignmentOptions& ao, loss::LossWorkspace<Field>& ws,
                             Eigen::VectorXd& per) {
+  const char* w = "chunked_alignment_loss";
+  draws.validate(w);  // the slices below are read from the draws' buffers directly
+  check_shape(w, "pts", ConstMatrixView<double>(pts), draws.dim, draws.rows);
+  check_size(w, "per", VectorView<double>(per), draws.rows);
   const Index P = pts.cols(), K = draws.K, d = draws.dim;
   const Index chunk = std::max<Index>(1, 8192 / K);
   loss::FlowDraws<double> part;
   for (Index b0 = 0; b0 < P; b0 += chunk) {
     const Index n = std::min(chunk, P - b0);
-    part.resize(draws.convention, n, d, K);
-    std::copy(draws.t.begin() + b0 * K, draws.t.begin() + (b0 + n) * K, part.t.begin());
-    std::copy(draws.eps.begin() + b0 * K * d, draws.eps.begin() + (b0 + n) * K * d,
-              part.eps.begin());
+    part.assign(draws.convention, n, d, K, ConstVectorView<double>(draws.t.data() + b0 * K, n * K),
+                ConstMatrixView<double>(draws.eps.data() + b0 * K * d, d, n * K));
     loss::alignment_loss(prior, conv, ConstMatrixView<double>(pts.data() + b0 * d, d, n, d),
                          part, ao, ws, VectorView<double>(per.data() + b0, n));
   }
