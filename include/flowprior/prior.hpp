@@ -22,11 +22,15 @@
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/types.hpp>
+#include <flowprior/nn/field_traits.hpp>
 
 namespace flowprior {
 
 template <class Field>
 class Prior {
+  static_assert(nn::check_velocity_field<Field>(),
+                "Prior<Field>: Field is not a velocity field (docs/fields.md)");
+
  public:
   using Scalar = typename Field::Scalar;
   using S = Scalar;

@@ -89,6 +89,48 @@ TEST_CASE("time groups: same forward, VJP, backward, JVP and divergence as per s
   REQUIRE(rel(divg, divp) < 1e-12);
 }
 
+TEST_CASE("time groups: one workspace follows the runs of t from call to call", "[model][groups]") {
+  // The map sample -> run is kept in the workspace and rebuilt only when the runs change: each
+  // call must give what a fresh workspace gives (to rounding: the two workspaces' memory may be
+  // aligned differently), whatever the previous call was. A stale map would be off by O(1).
+  Rng rng(75);
+  Net net(config(true));
+  fpt::randomize_field(net, rng);
+  const Index d = 3;
+  Net::Workspace ws;
+  auto check = [&](const Mat& x, const Vec& t, Index runs) {
+    const Index B = x.cols();
+    Net::Workspace fresh;
+    Mat v(d, B), v_ref(d, B);
+    net.forward(x, t, v, ws);
+    net.forward(x, t, v_ref, fresh);
+    REQUIRE(net.time_groups(ws) == runs);
+    REQUIRE(rel(v, v_ref) < 1e-14);
+    const Mat u = fpt::random_mat(d, B, rng);
+    Mat dx = Mat::Zero(d, B), dx_ref = Mat::Zero(d, B);
+    Vec dp = Vec::Zero(net.num_params()), dp_ref = Vec::Zero(net.num_params());
+    net.backward(ws, u, dx, dp);
+    net.backward(fresh, u, dx_ref, dp_ref);
+    REQUIRE(rel(dx, dx_ref) < 1e-14);
+    REQUIRE(rel(dp, dp_ref) < 1e-14);
+  };
+  const Mat x = fpt::random_mat(d, 12, rng);
+  Vec t = runs_of_t(rng);  // runs of 4, 5 and 3
+  check(x, t, 3);
+  t = runs_of_t(rng);  // the same runs, other times: only the times change
+  check(x, t, 3);
+  Vec t2(12);  // three runs again, of 3, 5 and 4: the map must be rebuilt
+  t2 << 0.1, 0.1, 0.1, 0.7, 0.7, 0.7, 0.7, 0.7, 0.4, 0.4, 0.4, 0.4;
+  check(x, t2, 3);
+  const Vec distinct = fpt::random_vec(12, rng, 0.0, 1.0);  // ungrouped
+  check(x, distinct, 12);
+  check(x, t, 3);
+  check(x.leftCols(8), t.head(8), 2);  // a smaller batch: runs of 4 and 4
+  Vec t3(12);                          // two runs of 6: fewer runs than the map holds
+  t3 << 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9;
+  check(x, t3, 2);
+}
+
 TEST_CASE("time groups: gradients match finite differences in grouped mode", "[model][grad][groups]") {
   Rng rng(72);
   Net net(config(true));

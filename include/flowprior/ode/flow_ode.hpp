@@ -52,6 +52,8 @@ struct LikelihoodOptions {
 /// Reused memory of the ODE routines (one per thread).
 template <class Field>
 struct OdeWorkspace {
+  static_assert(nn::check_velocity_field<Field>(),
+                "ode::OdeWorkspace<Field>: Field is not a velocity field (docs/fields.md)");
   using S = typename Field::Scalar;
   typename Prior<Field>::Workspace prior;
   std::vector<S> t, div, state, work, probes, jv;

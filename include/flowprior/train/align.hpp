@@ -44,6 +44,9 @@ struct AlignConfig {
 
 template <class Field>
 class LatentAligner {
+  static_assert(nn::check_velocity_field<Field>(),
+                "LatentAligner<Field>: Field is not a velocity field (docs/fields.md)");
+
  public:
   using S = typename Field::Scalar;
 

@@ -147,6 +147,10 @@ struct StepStats {
 /// Trains `field` in place (its parameters() are updated) in convention `conv`.
 template <class Field>
 class FlowMatchingTrainer {
+  static_assert(nn::check_trainable_field<Field>(),
+                "FlowMatchingTrainer<Field>: Field is not a trainable velocity field "
+                "(docs/fields.md)");
+
  public:
   using S = typename Field::Scalar;
   /// Fills a (dim, batch) matrix with target samples.
