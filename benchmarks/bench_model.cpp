@@ -285,8 +285,10 @@ void BM_BackendSgemm(benchmark::State& state) {
   const Eigen::MatrixXf A = ta ? Eigen::MatrixXf::Random(k, m) : Eigen::MatrixXf::Random(m, k);
   const Eigen::MatrixXf B = tb ? Eigen::MatrixXf::Random(n, k) : Eigen::MatrixXf::Random(k, n);
   Eigen::MatrixXf C(m, n);
+  flowprior::CpuBackend::Context ctx;
   auto run = [&] {
-    flowprior::CpuBackend::gemm<float>(ta, tb, 1.0f, A, B, 0.0f, flowprior::MatrixView<float>(C));
+    flowprior::CpuBackend::gemm<float>(ctx, ta, tb, 1.0f, A, B, 0.0f,
+                                       flowprior::MatrixView<float>(C));
   };
   run();
   for (auto _ : state) {

@@ -12,8 +12,9 @@ int main() {
   const Index m = 512, n = 2048, k = 512;
   const Eigen::MatrixXf A = Eigen::MatrixXf::Random(m, k), B = Eigen::MatrixXf::Random(k, n);
   Eigen::MatrixXf C(m, n);
+  flowprior::CpuBackend::Context ctx;
   auto run = [&] {
-    flowprior::CpuBackend::gemm<float>(false, false, 1.0f, A, B, 0.0f,
+    flowprior::CpuBackend::gemm<float>(ctx, false, false, 1.0f, A, B, 0.0f,
                                        flowprior::MatrixView<float>(C));
   };
   run();

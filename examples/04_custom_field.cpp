@@ -34,6 +34,7 @@ class TimeLinearField
   using Base = nn::FieldBase<TimeLinearField<S>, S, CpuBackend, TimeLinearCaches<S>>;
   using Caches = TimeLinearCaches<S>;
   using Arena = nn::Arena<S, CpuBackend>;
+  using Context = CpuBackend::Context;
   friend Base;
 
  public:
@@ -65,40 +66,41 @@ class TimeLinearField
   void layout_jvp(Arena& a, Caches& c, Index cols) const { c.bdx = a.take(d_, cols); }
 
   // t has one entry per sample (group_times() is false, so group is always null).
-  void forward_layers(ConstMatrixView<S> x, ConstVectorView<S> t, const Index*, MatrixView<S> v_out,
-                      ConstMatrixView<S>, Caches& c) const {
+  void forward_layers(Context& ctx, ConstMatrixView<S> x, ConstVectorView<S> t, const Index*,
+                      MatrixView<S> v_out, ConstMatrixView<S>, Caches& c) const {
     const Index n = x.cols;
-    CpuBackend::copy(x, c.x);
-    CpuBackend::copy(ConstMatrixView<S>(t.data, 1, n, 1), c.t);
-    CpuBackend::gemm(false, false, S(1), B(), x, S(0), c.h);  // h = B x
-    CpuBackend::gemm(false, false, S(1), A(), x, S(0), v_out);
+    CpuBackend::copy(ctx, x, c.x);
+    CpuBackend::copy(ctx, ConstMatrixView<S>(t.data, 1, n, 1), c.t);
+    CpuBackend::gemm(ctx, false, false, S(1), B(), x, S(0), c.h);  // h = B x
+    CpuBackend::gemm(ctx, false, false, S(1), A(), x, S(0), v_out);
     for (Index j = 0; j < n; ++j)
       for (Index i = 0; i < d_; ++i) v_out(i, j) += t[j] * c.h(i, j);
-    CpuBackend::add_cols(this->params_.data() + c_, v_out);
+    CpuBackend::add_cols(ctx, this->params_.data() + c_, v_out);
   }
 
   // dA += d_v x^T, dB += (t d_v) x^T, dc += sum_b d_v, d_x += A^T d_v + B^T (t d_v).
-  void backward_layers(Caches& c, Index, ConstMatrixView<S> d_v, MatrixView<S> d_x, S* d_p,
-                       MatrixView<S>) const {
+  void backward_layers(Context& ctx, Caches& c, Index, ConstMatrixView<S> d_v, MatrixView<S> d_x,
+                       S* d_p, MatrixView<S>) const {
     const Index n = d_v.cols;
     for (Index j = 0; j < n; ++j)
       for (Index i = 0; i < d_; ++i) c.s(i, j) = c.t(0, j) * d_v(i, j);
     if (d_p) {
-      CpuBackend::gemm(false, true, S(1), d_v, c.x, S(1), MatrixView<S>(d_p + a_, d_, d_));
-      CpuBackend::gemm(false, true, S(1), c.s, c.x, S(1), MatrixView<S>(d_p + b_, d_, d_));
-      CpuBackend::sum_cols(d_v, d_p + c_);
+      CpuBackend::gemm(ctx, false, true, S(1), d_v, c.x, S(1), MatrixView<S>(d_p + a_, d_, d_));
+      CpuBackend::gemm(ctx, false, true, S(1), c.s, c.x, S(1), MatrixView<S>(d_p + b_, d_, d_));
+      CpuBackend::sum_cols(ctx, d_v, d_p + c_);
     }
     if (!d_x.empty()) {
-      CpuBackend::gemm(true, false, S(1), A(), d_v, S(1), d_x);
-      CpuBackend::gemm(true, false, S(1), B(), c.s, S(1), d_x);
+      CpuBackend::gemm(ctx, true, false, S(1), A(), d_v, S(1), d_x);
+      CpuBackend::gemm(ctx, true, false, S(1), B(), c.s, S(1), d_x);
     }
   }
 
   // dv = (A + t_b B) dx for tangent column j of sample b = j / K.
-  void jvp_layers(Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K) const {
+  void jvp_layers(Context& ctx, Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out,
+                  Index K) const {
     MatrixView<S> bdx = c.bdx.col_block(0, dx.cols);
-    CpuBackend::gemm(false, false, S(1), B(), dx, S(0), bdx);
-    CpuBackend::gemm(false, false, S(1), A(), dx, S(0), dv_out);
+    CpuBackend::gemm(ctx, false, false, S(1), B(), dx, S(0), bdx);
+    CpuBackend::gemm(ctx, false, false, S(1), A(), dx, S(0), dv_out);
     for (Index j = 0; j < dx.cols; ++j)
       for (Index i = 0; i < d_; ++i) dv_out(i, j) += c.t(0, j / K) * bdx(i, j);
   }

@@ -18,6 +18,7 @@ using B = CpuBackend;
 constexpr double kTol = 1e-6;
 
 TEST_CASE("linear: backward matches finite differences, with and without bias", "[op][grad]") {
+  B::Context ctx;
   const bool bias = GENERATE(true, false);
   CAPTURE(bias);
   Rng rng(11);
@@ -26,26 +27,27 @@ TEST_CASE("linear: backward matches finite differences, with and without bias", 
   Vec p = fpt::random_vec(layout.total(), rng);
   Mat x = fpt::random_mat(5, 3, rng), u = fpt::random_mat(4, 3, rng), y(4, 3);
   auto loss = [&] {
-    lin.forward(p.data(), x, y);
+    lin.forward(ctx, p.data(), x, y);
     return fpt::dot(u, y);
   };
   Mat d_x = Mat::Zero(5, 3);
   Vec d_p = Vec::Zero(p.size());
-  lin.backward_input(p.data(), u, d_x, true);
-  lin.backward_params(x, u, d_p.data());
+  lin.backward_input(ctx, p.data(), u, d_x, true);
+  lin.backward_params(ctx, x, u, d_p.data());
   fpt::require_close("d_x", d_x.data(), fpt::fd_gradient(loss, x.data(), x.size()), kTol);
   fpt::require_close("d_params", d_p.data(), fpt::fd_gradient(loss, p.data(), p.size()), kTol);
   // jvp: W dx equals the directional derivative.
   Mat dx = fpt::random_mat(5, 3, rng), dy(4, 3);
-  lin.jvp(p.data(), dx, dy);
+  lin.jvp(ctx, p.data(), dx, dy);
   Mat y0(4, 3), y1(4, 3);
-  lin.forward(p.data(), x, y0);
+  lin.forward(ctx, p.data(), x, y0);
   Mat x1 = x + dx;
-  lin.forward(p.data(), x1, y1);
+  lin.forward(ctx, p.data(), x1, y1);
   REQUIRE((y1 - y0 - dy).norm() < 1e-12 * (1 + dy.norm()));
 }
 
 TEST_CASE("linear: backward accumulates; twice gives twice the gradients", "[op][grad]") {
+  B::Context ctx;
   Rng rng(12);
   nn::ParamLayout layout;
   auto lin = nn::Linear<double, B>::make(layout, "l", 3, 2);
@@ -53,28 +55,29 @@ TEST_CASE("linear: backward accumulates; twice gives twice the gradients", "[op]
   Mat x = fpt::random_mat(3, 4, rng), u = fpt::random_mat(2, 4, rng);
   Mat d_x1 = Mat::Zero(3, 4), d_x2 = Mat::Zero(3, 4);
   Vec d_p1 = Vec::Zero(p.size()), d_p2 = Vec::Zero(p.size());
-  lin.backward_input(p.data(), u, d_x1, true);
-  lin.backward_params(x, u, d_p1.data());
+  lin.backward_input(ctx, p.data(), u, d_x1, true);
+  lin.backward_params(ctx, x, u, d_p1.data());
   for (int i = 0; i < 2; ++i) {
-    lin.backward_input(p.data(), u, d_x2, true);
-    lin.backward_params(x, u, d_p2.data());
+    lin.backward_input(ctx, p.data(), u, d_x2, true);
+    lin.backward_params(ctx, x, u, d_p2.data());
   }
   REQUIRE((d_x2 - 2 * d_x1).norm() <= 1e-14 * d_x1.norm());
   REQUIRE((d_p2 - 2 * d_p1).norm() <= 1e-14 * d_p1.norm());
 }
 
 TEST_CASE("activations: backward matches finite differences", "[op][grad]") {
+  B::Context ctx;
   const Activation act = GENERATE(Activation::SiLU, Activation::GELU);
   CAPTURE(flowprior::to_string(act));
   Rng rng(13);
   Mat z = fpt::random_mat(6, 3, rng, -4, 4), u = fpt::random_mat(6, 3, rng), a(6, 3);
   z(0, 0) = 0.0;  // the special point of both functions
   auto loss = [&] {
-    B::activation_forward<double>(act, z, a);
+    B::activation_forward<double>(ctx, act, z, a);
     return fpt::dot(u, a);
   };
   Mat d_z(6, 3);
-  B::activation_backward<double>(act, z, u, d_z);
+  B::activation_backward<double>(ctx, act, z, u, d_z);
   fpt::require_close("d_z", d_z.data(), fpt::fd_gradient(loss, z.data(), z.size()), kTol);
 }
 
@@ -95,6 +98,7 @@ TEST_CASE("activations: values and overflow-safe tails", "[op]") {
 }
 
 TEST_CASE("layer norm: backward matches finite differences, affine or not", "[op][grad]") {
+  B::Context ctx;
   const bool affine = GENERATE(true, false);
   const double eps = GENERATE(1e-6, 1e-2);
   CAPTURE(affine, eps);
@@ -107,7 +111,7 @@ TEST_CASE("layer norm: backward matches finite differences, affine or not", "[op
   const double* g = affine ? gamma.data() : nullptr;
   const double* b = affine ? beta.data() : nullptr;
   auto loss = [&] {
-    B::norm_modulate_forward<double>(h, g, b, eps, {}, {}, nhat, rstd.data(), out);
+    B::norm_modulate_forward<double>(ctx, h, g, b, eps, {}, {}, nhat, rstd.data(), out);
     return fpt::dot(u, out);
   };
   loss();
@@ -115,7 +119,7 @@ TEST_CASE("layer norm: backward matches finite differences, affine or not", "[op
   for (Index j = 0; j < N; ++j) REQUIRE(std::abs(nhat.col(j).mean()) < 1e-12);
   Mat d_h = Mat::Zero(C, N);
   Vec d_gamma = Vec::Zero(C), d_beta = Vec::Zero(C);
-  B::norm_modulate_backward<double>(nhat, rstd.data(), g, b, {}, u, d_h, {}, {},
+  B::norm_modulate_backward<double>(ctx, nhat, rstd.data(), g, b, {}, u, d_h, {}, {},
                                     affine ? d_gamma.data() : nullptr,
                                     affine ? d_beta.data() : nullptr);
   fpt::require_close("d_h", d_h.data(), fpt::fd_gradient(loss, h.data(), h.size()), kTol);
@@ -127,6 +131,7 @@ TEST_CASE("layer norm: backward matches finite differences, affine or not", "[op
 
 TEST_CASE("adaLN modulation: backward w.r.t. h, shift, scale and the affine parameters",
           "[op][grad]") {
+  B::Context ctx;
   const bool affine = GENERATE(true, false);
   CAPTURE(affine);
   Rng rng(15);
@@ -139,7 +144,7 @@ TEST_CASE("adaLN modulation: backward w.r.t. h, shift, scale and the affine para
   Mat nhat(C, N), m(C, N);
   Vec rstd(N);
   auto loss = [&] {
-    B::norm_modulate_forward<double>(h, g, b, 1e-6, shift, scale, nhat, rstd.data(), m);
+    B::norm_modulate_forward<double>(ctx, h, g, b, 1e-6, shift, scale, nhat, rstd.data(), m);
     return fpt::dot(u, m);
   };
   loss();
@@ -150,7 +155,7 @@ TEST_CASE("adaLN modulation: backward w.r.t. h, shift, scale and the affine para
           1e-14);
   Mat d_h = Mat::Zero(C, N), d_shift(C, N), d_scale(C, N);
   Vec d_gamma = Vec::Zero(C), d_beta = Vec::Zero(C);
-  B::norm_modulate_backward<double>(nhat, rstd.data(), g, b, scale, u, d_h, d_shift, d_scale,
+  B::norm_modulate_backward<double>(ctx, nhat, rstd.data(), g, b, scale, u, d_h, d_shift, d_scale,
                                     affine ? d_gamma.data() : nullptr,
                                     affine ? d_beta.data() : nullptr);
   fpt::require_close("d_h", d_h.data(), fpt::fd_gradient(loss, h.data(), h.size()), kTol);
@@ -165,7 +170,7 @@ TEST_CASE("adaLN modulation: backward w.r.t. h, shift, scale and the affine para
   // K-broadcast JVP w.r.t. h (K = 2 tangents per sample) against finite differences.
   const Index K = 2;
   Mat dh = fpt::random_mat(C, N * K, rng), out(C, N * K);
-  B::norm_modulate_jvp<double>(nhat, rstd.data(), g, scale, dh, out, K);
+  B::norm_modulate_jvp<double>(ctx, nhat, rstd.data(), g, scale, dh, out, K);
   for (Index col = 0; col < N * K; ++col) {
     const Index j = col / K;
     Mat hp = h, hm = h;
@@ -173,8 +178,8 @@ TEST_CASE("adaLN modulation: backward w.r.t. h, shift, scale and the affine para
     hp.col(j) += step * dh.col(col);
     hm.col(j) -= step * dh.col(col);
     Mat mp(C, N), mm(C, N);
-    B::norm_modulate_forward<double>(hp, g, b, 1e-6, shift, scale, nhat, rstd.data(), mp);
-    B::norm_modulate_forward<double>(hm, g, b, 1e-6, shift, scale, nhat, rstd.data(), mm);
+    B::norm_modulate_forward<double>(ctx, hp, g, b, 1e-6, shift, scale, nhat, rstd.data(), mp);
+    B::norm_modulate_forward<double>(ctx, hm, g, b, 1e-6, shift, scale, nhat, rstd.data(), mm);
     Vec fd = (mp.col(j) - mm.col(j)) / (2 * step);
     Vec an = out.col(col);
     fpt::require_close("jvp column " + std::to_string(col), an.data(), fd.data(), C, kTol);
@@ -182,17 +187,18 @@ TEST_CASE("adaLN modulation: backward w.r.t. h, shift, scale and the affine para
 }
 
 TEST_CASE("gated residual: backward w.r.t. h, gate and branch", "[op][grad]") {
+  B::Context ctx;
   Rng rng(16);
   const Index C = 5, N = 3;
   Mat h = fpt::random_mat(C, N, rng), gate = fpt::random_mat(C, N, rng);
   Mat z = fpt::random_mat(C, N, rng), u = fpt::random_mat(C, N, rng);
   auto loss = [&] {
     Mat hh = h;
-    B::gated_residual_forward<double>(gate, z, hh);
+    B::gated_residual_forward<double>(ctx, gate, z, hh);
     return fpt::dot(u, hh);
   };
   Mat d_z(C, N), d_gate(C, N);
-  B::gated_residual_backward<double>(gate, z, u, d_z, d_gate);
+  B::gated_residual_backward<double>(ctx, gate, z, u, d_z, d_gate);
   // d_h is the identity (residual path): u itself.
   fpt::require_close("d_h", u.data(), fpt::fd_gradient(loss, h.data(), h.size()), kTol);
   fpt::require_close("d_gate", d_gate.data(), fpt::fd_gradient(loss, gate.data(), gate.size()),
@@ -201,6 +207,7 @@ TEST_CASE("gated residual: backward w.r.t. h, gate and branch", "[op][grad]") {
 }
 
 TEST_CASE("time embedding: features and parameter gradients", "[op][grad]") {
+  B::Context ctx;
   Rng rng(17);
   nn::ParamLayout layout;
   auto te = nn::TimeEmbedding<double, B>::make(layout, "time_embed", 8, 5, 10000.0);
@@ -216,20 +223,20 @@ TEST_CASE("time embedding: features and parameter gradients", "[op][grad]") {
   arena.begin(false);
   auto cache = te.carve(arena, 3);
   Mat c(5, 3), u = fpt::random_mat(5, 3, rng);
-  te.forward(p.data(), t, cache, c);
+  te.forward(ctx, p.data(), t, cache, c);
   // e = [cos(t f), sin(t f)], f_i = 10000^(-i/4): the feature at t = 0 is [1 1 1 1 0 0 0 0].
   REQUIRE(cache.e(0, 0) == 1.0);
   REQUIRE(cache.e(4, 0) == 0.0);
   REQUIRE(cache.e(1, 1) == Approx(std::cos(0.37 * std::exp(-std::log(10000.0) / 4))));
   REQUIRE(cache.e(7, 2) == Approx(std::sin(std::exp(-std::log(10000.0) * 3 / 4))));
   auto loss = [&] {
-    te.forward(p.data(), t, cache, c);
+    te.forward(ctx, p.data(), t, cache, c);
     return fpt::dot(u, c);
   };
   Vec d_p = Vec::Zero(p.size());
   Mat scratch(5, 3);
   loss();
-  te.backward(p.data(), cache, u, d_p.data(), scratch);
+  te.backward(ctx, p.data(), cache, u, d_p.data(), scratch);
   fpt::require_close("d_params", d_p.data(), fpt::fd_gradient(loss, p.data(), p.size()), kTol);
 }
 
@@ -261,6 +268,7 @@ void check_params(const nn::ParamLayout& layout, const Vec& d_p, const std::vect
 }  // namespace
 
 TEST_CASE("residual block: backward w.r.t. h, conditioning and every parameter", "[op][grad]") {
+  B::Context ctx;
   const Activation act = GENERATE(Activation::SiLU, Activation::GELU);
   CAPTURE(flowprior::to_string(act));
   Rng rng(18);
@@ -275,7 +283,7 @@ TEST_CASE("residual block: backward w.r.t. h, conditioning and every parameter",
   Mat u = fpt::random_mat(W, N, rng), h(W, N);
   auto loss = [&] {
     h = h0;
-    blk.forward(p.data(), sc, h, cache);
+    blk.forward(ctx, p.data(), sc, h, cache);
     return fpt::dot(u, h);
   };
   loss();
@@ -283,18 +291,19 @@ TEST_CASE("residual block: backward w.r.t. h, conditioning and every parameter",
   nn::BlockScratch<double> s{t1, t2, d_mod};
   Mat d_h = u, d_sc = Mat::Zero(W, N);
   Vec d_p = Vec::Zero(p.size());
-  blk.backward(p.data(), sc, cache, d_h, d_sc, d_p.data(), s);
+  blk.backward(ctx, p.data(), sc, cache, d_h, d_sc, d_p.data(), s);
   fpt::require_close("d_h", d_h.data(), fpt::fd_gradient(loss, h0.data(), h0.size()), kTol);
   fpt::require_close("d_sc", d_sc.data(), fpt::fd_gradient(loss, sc.data(), sc.size()), kTol);
   check_params(layout, d_p, fpt::fd_gradient(loss, p.data(), p.size()));
   // Input-only backward gives the same d_h.
   loss();
   Mat d_h2 = u;
-  blk.backward(p.data(), sc, cache, d_h2, Mat(), nullptr, s);
+  blk.backward(ctx, p.data(), sc, cache, d_h2, Mat(), nullptr, s);
   REQUIRE((d_h2 - d_h).norm() < 1e-13 * d_h.norm());
 }
 
 TEST_CASE("final layer: backward w.r.t. h, conditioning and every parameter", "[op][grad]") {
+  B::Context ctx;
   Rng rng(19);
   const Index W = 6, D = 3, N = 3;
   nn::ParamLayout layout;
@@ -306,7 +315,7 @@ TEST_CASE("final layer: backward w.r.t. h, conditioning and every parameter", "[
   Mat h = fpt::random_mat(W, N, rng, -2, 2), sc = fpt::random_mat(W, N, rng);
   Mat u = fpt::random_mat(D, N, rng), v(D, N);
   auto loss = [&] {
-    fin.forward(p.data(), sc, h, cache, v);
+    fin.forward(ctx, p.data(), sc, h, cache, v);
     return fpt::dot(u, v);
   };
   loss();
@@ -314,7 +323,7 @@ TEST_CASE("final layer: backward w.r.t. h, conditioning and every parameter", "[
   nn::BlockScratch<double> s{t1, t2, d_mod};
   Mat d_h(W, N), d_sc = Mat::Zero(W, N);
   Vec d_p = Vec::Zero(p.size());
-  fin.backward(p.data(), sc, cache, u, d_h, d_sc, d_p.data(), s);
+  fin.backward(ctx, p.data(), sc, cache, u, d_h, d_sc, d_p.data(), s);
   fpt::require_close("d_h", d_h.data(), fpt::fd_gradient(loss, h.data(), h.size()), kTol);
   fpt::require_close("d_sc", d_sc.data(), fpt::fd_gradient(loss, sc.data(), sc.size()), kTol);
   check_params(layout, d_p, fpt::fd_gradient(loss, p.data(), p.size()));

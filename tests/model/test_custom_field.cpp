@@ -164,6 +164,7 @@ class ShellTanhField : public nn::FieldBase<ShellTanhField<S>, S, CpuBackend, Sh
   using Base = nn::FieldBase<ShellTanhField<S>, S, CpuBackend, ShellTanhCaches<S>>;
   using Caches = ShellTanhCaches<S>;
   using Arena = nn::Arena<S, CpuBackend>;
+  using Context = CpuBackend::Context;
   friend Base;
 
  public:
@@ -185,18 +186,18 @@ class ShellTanhField : public nn::FieldBase<ShellTanhField<S>, S, CpuBackend, Sh
   }
   void layout_backward(Arena& a, Caches& c, Index B) const { c.g = a.take(net_.H, B); }
   void layout_jvp(Arena& a, Caches& c, Index cols) const { c.dz = a.take(net_.H, cols); }
-  void forward_layers(ConstMatrixView<S> x, ConstVectorView<S> t, const Index*, MatrixView<S> v_out,
-                      ConstMatrixView<S>, Caches& c) const {
-    CpuBackend::copy(x, c.x);
-    CpuBackend::copy(ConstMatrixView<S>(t.data, 1, x.cols, 1), c.t);
+  void forward_layers(Context& ctx, ConstMatrixView<S> x, ConstVectorView<S> t, const Index*,
+                      MatrixView<S> v_out, ConstMatrixView<S>, Caches& c) const {
+    CpuBackend::copy(ctx, x, c.x);
+    CpuBackend::copy(ctx, ConstMatrixView<S>(t.data, 1, x.cols, 1), c.t);
     net_.forward(this->params_.data(), x, t, c.h, v_out);
   }
-  void backward_layers(Caches& c, Index, ConstMatrixView<S> d_v, MatrixView<S> d_x, S* d_p,
-                       MatrixView<S>) const {
+  void backward_layers(Context&, Caches& c, Index, ConstMatrixView<S> d_v, MatrixView<S> d_x,
+                       S* d_p, MatrixView<S>) const {
     net_.backward(this->params_.data(), c.x, ConstVectorView<S>(c.t.data, c.t.cols), c.h, d_v, c.g,
                   d_x, d_p);
   }
-  void jvp_layers(Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K) const {
+  void jvp_layers(Context&, Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K) const {
     net_.jvp(this->params_.data(), c.h, dx, c.dz.col_block(0, dx.cols), dv_out, K);
   }
 

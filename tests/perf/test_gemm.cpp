@@ -48,9 +48,10 @@ void check_product(Index m, Index n, Index k, bool ta, bool tb, S alpha, S beta,
   const Mat<S> want = reference<S>(ta, tb, alpha, A, B, beta, c0);
   const Mat<S> below = big.bottomRows(3);
   const S tol = std::numeric_limits<S>::epsilon() * S(4) * S(k + 2);
+  CpuBackend::Context ctx;
   for (int r = 0; r < repeats; ++r) {
     big.topRows(m) = c0;
-    CpuBackend::gemm<S>(ta, tb, alpha, A, B, beta,
+    CpuBackend::gemm<S>(ctx, ta, tb, alpha, A, B, beta,
                         flowprior::MatrixView<S>(big.data(), m, n, big.rows()));
     const S scale = std::max<S>(S(1), want.cwiseAbs().maxCoeff());
     REQUIRE(big.topRows(m).allFinite());

@@ -20,14 +20,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <vector>
-
 #include <flowprior/backend/cpu_blas.hpp>
 #include <flowprior/backend/cpu_gemm.hpp>
 #include <flowprior/backend/parallel.hpp>
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/math.hpp>
 #include <flowprior/core/types.hpp>
+#include <vector>
 
 namespace flowprior {
 
@@ -46,6 +45,15 @@ template <class S>
 using CVec = typename detail::type_identity<ConstVectorView<S>>::type;
 
 struct CpuBackend {
+  /// The execution context that every primitive takes as its first argument (docs/backends.md
+  /// "Context"). It is empty on the CPU: the thread team of parallel.hpp and the per-thread GEMM
+  /// packing buffers of cpu_gemm.hpp need no per-caller state. A CUDA backend's context will hold
+  /// what its primitives run on: the stream, a cuBLAS handle bound to that stream, and device
+  /// scratch (reduction partials), all owned by the context. It is owned by the caller or by a
+  /// workspace (nn::FieldWorkspace), never by the library globally, and is used from one thread
+  /// at a time; one context per stream.
+  struct Context {};
+
   /// Owning storage of the backend (16-byte aligned for Eigen's vectorised kernels).
   template <class S>
   using Buffer = std::vector<S, Eigen::aligned_allocator<S>>;
@@ -76,8 +84,8 @@ struct CpuBackend {
   /// per-thread packing buffers reused from call to call (cpu_gemm.hpp). No engine allocates
   /// once warmed up (tests/perf).
   template <class S>
-  static void gemm(bool trans_a, bool trans_b, S alpha, CView<S> A,
-                   CView<S> B, S beta, MatrixView<S> C) {
+  static void gemm(Context& ctx, bool trans_a, bool trans_b, S alpha, CView<S> A, CView<S> B,
+                   S beta, MatrixView<S> C) {
     if (C.empty()) return;
     const Index k = trans_a ? A.rows : A.cols;
 #if defined(FLOWPRIOR_CBLAS)
@@ -86,9 +94,9 @@ struct CpuBackend {
       return;
 #endif
     if (beta == S(0))
-      fill(C, S(0));
+      fill(ctx, C, S(0));
     else if (beta != S(1))
-      scale(C, beta);
+      scale(ctx, C, beta);
     detail::gemm_accumulate(trans_a, trans_b, C.rows, C.cols, k, alpha, A.data, A.ld, B.data,
                             B.ld, C.data, C.ld);
   }
@@ -99,7 +107,7 @@ struct CpuBackend {
 
   /// C(:, j) = b for every column.
   template <class S>
-  static void broadcast_cols(const S* b, MatrixView<S> C_out) {
+  static void broadcast_cols(Context&, const S* b, MatrixView<S> C_out) {
     detail::for_cols(C_out.rows, C_out.cols, [&](Index j0, Index j1) {
       for (Index j = j0; j < j1; ++j) std::memcpy(C_out.col(j), b, sizeof(S) * C_out.rows);
     });
@@ -107,7 +115,7 @@ struct CpuBackend {
 
   /// C(:, j) += b for every column.
   template <class S>
-  static void add_cols(const S* b, MatrixView<S> C) {
+  static void add_cols(Context&, const S* b, MatrixView<S> C) {
     detail::for_cols(C.rows, C.cols, [&](Index j0, Index j1) {
       for (Index j = j0; j < j1; ++j) {
         S* c = C.col(j);
@@ -118,7 +126,7 @@ struct CpuBackend {
 
   /// d_b += sum_j C(:, j).
   template <class S>
-  static void sum_cols(CView<S> C, S* d_b) {
+  static void sum_cols(Context&, CView<S> C, S* d_b) {
     detail::for_rows(C.rows, C.cols, [&](Index i0, Index i1) {
       for (Index j = 0; j < C.cols; ++j) {
         const S* c = C.col(j);
@@ -128,7 +136,7 @@ struct CpuBackend {
   }
 
   template <class S>
-  static void fill(MatrixView<S> C_out, S value) {
+  static void fill(Context&, MatrixView<S> C_out, S value) {
     detail::for_cols(C_out.rows, C_out.cols, [&](Index j0, Index j1) {
       for (Index j = j0; j < j1; ++j) std::fill(C_out.col(j), C_out.col(j) + C_out.rows, value);
     });
@@ -136,7 +144,7 @@ struct CpuBackend {
 
   /// C *= alpha.
   template <class S>
-  static void scale(MatrixView<S> C, S alpha) {
+  static void scale(Context&, MatrixView<S> C, S alpha) {
     detail::for_cols(C.rows, C.cols, [&](Index j0, Index j1) {
       for (Index j = j0; j < j1; ++j) {
         S* c = C.col(j);
@@ -146,7 +154,7 @@ struct CpuBackend {
   }
 
   template <class S>
-  static void copy(CView<S> A, MatrixView<S> B_out) {
+  static void copy(Context&, CView<S> A, MatrixView<S> B_out) {
     detail::for_cols(A.rows, A.cols, [&](Index j0, Index j1) {
       for (Index j = j0; j < j1; ++j) std::memcpy(B_out.col(j), A.col(j), sizeof(S) * A.rows);
     });
@@ -154,7 +162,7 @@ struct CpuBackend {
 
   /// B += alpha A.
   template <class S>
-  static void axpy(S alpha, CView<S> A, MatrixView<S> B) {
+  static void axpy(Context&, S alpha, CView<S> A, MatrixView<S> B) {
     detail::for_cols(A.rows, A.cols, [&](Index j0, Index j1) {
       for (Index j = j0; j < j1; ++j) {
         const S* a = A.col(j);
@@ -167,7 +175,7 @@ struct CpuBackend {
   /// Tangents of the identity for K = dim directions per sample: out (dim, B*dim) holds B copies
   /// of the dim x dim identity (used for the exact divergence).
   template <class S>
-  static void identity_tiles(MatrixView<S> out) {
+  static void identity_tiles(Context&, MatrixView<S> out) {
     const Index d = out.rows;
     for (Index j = 0; j < out.cols; ++j) {
       S* c = out.col(j);
@@ -178,7 +186,7 @@ struct CpuBackend {
 
   /// div[b] = sum_k J(k, b*dim + k): the traces of B stacked dim x dim blocks.
   template <class S>
-  static void block_traces(CView<S> J, S* div_out) {
+  static void block_traces(Context&, CView<S> J, S* div_out) {
     const Index d = J.rows;
     const Index batch = J.cols / d;
     for (Index b = 0; b < batch; ++b) {
@@ -193,7 +201,7 @@ struct CpuBackend {
 
   /// a = act(z).
   template <class S>
-  static void activation_forward(Activation act, CView<S> z, MatrixView<S> a_out) {
+  static void activation_forward(Context&, Activation act, CView<S> z, MatrixView<S> a_out) {
     if (act == Activation::SiLU) {  // vectorised: Eigen's packet exp
       detail::for_cols(z.rows, z.cols, [&](Index j0, Index j1) {
         for (Index j = j0; j < j1; ++j) silu_col(z.col(j), a_out.col(j), z.rows);
@@ -205,15 +213,15 @@ struct CpuBackend {
 
   /// d_z_out = act'(z) * d_a (overwrite; d_z_out may alias d_a).  activations.md (7)
   template <class S>
-  static void activation_backward(Activation act, CView<S> z, CView<S> d_a,
+  static void activation_backward(Context& ctx, Activation act, CView<S> z, CView<S> d_a,
                                   MatrixView<S> d_z_out) {
-    return activation_jvp(act, z, d_a, d_z_out, 1);
+    return activation_jvp(ctx, act, z, d_a, d_z_out, 1);
   }
 
   /// K-broadcast JVP: out(:, bK+k) = act'(z(:, b)) * dz(:, bK+k).  activations.md (7)
   template <class S>
-  static void activation_jvp(Activation act, CView<S> z, CView<S> dz,
-                             MatrixView<S> out, Index K) {
+  static void activation_jvp(Context&, Activation act, CView<S> z, CView<S> dz, MatrixView<S> out,
+                             Index K) {
     if (act == Activation::SiLU) {  // vectorised: Eigen's packet exp
       detail::for_cols(dz.rows, dz.cols, [&](Index j0, Index j1) {
         for (Index c = j0; c < j1; ++c) silu_grad_mul_col(z.col(c / K), dz.col(c), out.col(c), dz.rows);
@@ -229,7 +237,7 @@ struct CpuBackend {
   /// e(i, b) = cos(t_b f_i), e(half + i, b) = sin(t_b f_i), f_i = exp(-ln(max_period) i / half).
   /// Evaluated in double whatever S is.
   template <class S>
-  static void time_features(CVec<S> t, S max_period, MatrixView<S> e_out) {
+  static void time_features(Context&, CVec<S> t, S max_period, MatrixView<S> e_out) {
     const Index half = e_out.rows / 2;
     const double lp = std::log(static_cast<double>(max_period));
     // Cost ~ 30 ns per element (exp, cos, sin), so parallel from a few hundred elements.
@@ -256,9 +264,9 @@ struct CpuBackend {
   /// Caches n (nhat_out) and rstd (rstd_out, one per column).  layer_norm.md (1)-(2), adaln.md (1)
   /// One pass over h for the moments, one for the outputs.
   template <class S>
-  static void norm_modulate_forward(CView<S> h, const S* gamma, const S* beta, S eps,
-                                    CView<S> shift, CView<S> scale,
-                                    MatrixView<S> nhat_out, S* rstd_out, MatrixView<S> m_out,
+  static void norm_modulate_forward(Context&, CView<S> h, const S* gamma, const S* beta, S eps,
+                                    CView<S> shift, CView<S> scale, MatrixView<S> nhat_out,
+                                    S* rstd_out, MatrixView<S> m_out,
                                     const Index* group = nullptr) {
     const Index C = h.rows;
     const bool mod = !scale.empty();
@@ -313,9 +321,8 @@ struct CpuBackend {
   /// d_h and the per-sample modulation gradients: one column pass; the sums over samples (the
   /// affine gradients, grouped modulation gradients): one row pass, race-free.
   template <class S>
-  static void norm_modulate_backward(CView<S> nhat, const S* rstd, const S* gamma,
-                                     const S* beta, CView<S> scale,
-                                     CView<S> d_m, MatrixView<S> d_h,
+  static void norm_modulate_backward(Context&, CView<S> nhat, const S* rstd, const S* gamma,
+                                     const S* beta, CView<S> scale, CView<S> d_m, MatrixView<S> d_h,
                                      MatrixView<S> d_shift_out, MatrixView<S> d_scale_out,
                                      S* d_gamma, S* d_beta, const Index* group = nullptr) {
     const Index C = nhat.rows;
@@ -384,9 +391,9 @@ struct CpuBackend {
   /// K-broadcast JVP of norm_modulate_forward w.r.t. h:       layer_norm.md (6), adaln.md (4)
   ///   out = (1 + scale) * gamma * rstd (dh - mean(dh) - n mean(n dh)).
   template <class S>
-  static void norm_modulate_jvp(CView<S> nhat, const S* rstd, const S* gamma,
-                                CView<S> scale, CView<S> dh,
-                                MatrixView<S> out, Index K, const Index* group = nullptr) {
+  static void norm_modulate_jvp(Context&, CView<S> nhat, const S* rstd, const S* gamma,
+                                CView<S> scale, CView<S> dh, MatrixView<S> out, Index K,
+                                const Index* group = nullptr) {
     const Index C = nhat.rows;
     const bool mod = !scale.empty();
     detail::for_cols(C, dh.cols, [&](Index j0, Index j1) {
@@ -418,8 +425,8 @@ struct CpuBackend {
   // Gated residual h <- h + gate * z: docs/math/adaln.md (5)-(7).
 
   template <class S>
-  static void gated_residual_forward(CView<S> gate, CView<S> z,
-                                     MatrixView<S> h, const Index* group = nullptr) {
+  static void gated_residual_forward(Context&, CView<S> gate, CView<S> z, MatrixView<S> h,
+                                     const Index* group = nullptr) {
     detail::for_cols(h.rows, h.cols, [&](Index j0, Index j1) {
       for (Index b = j0; b < j1; ++b) {
         const S* g = gate.col(group ? group[b] : b);
@@ -433,9 +440,9 @@ struct CpuBackend {
   /// d_z_out = gate * d_h; d_gate_out = d_h * z (written if non-empty; with `group`,
   /// accumulated into the group's column: a row pass, race-free).
   template <class S>
-  static void gated_residual_backward(CView<S> gate, CView<S> z,
-                                      CView<S> d_h, MatrixView<S> d_z_out,
-                                      MatrixView<S> d_gate_out, const Index* group = nullptr) {
+  static void gated_residual_backward(Context&, CView<S> gate, CView<S> z, CView<S> d_h,
+                                      MatrixView<S> d_z_out, MatrixView<S> d_gate_out,
+                                      const Index* group = nullptr) {
     const Index C = d_h.rows;
     const bool want_gate = !d_gate_out.empty();
     detail::for_cols(C, d_h.cols, [&](Index j0, Index j1) {
@@ -464,8 +471,8 @@ struct CpuBackend {
 
   /// K-broadcast JVP: dh(:, bK+k) += gate(:, b) * dz(:, bK+k).
   template <class S>
-  static void gated_residual_jvp(CView<S> gate, CView<S> dz, MatrixView<S> dh,
-                                 Index K, const Index* group = nullptr) {
+  static void gated_residual_jvp(Context&, CView<S> gate, CView<S> dz, MatrixView<S> dh, Index K,
+                                 const Index* group = nullptr) {
     detail::for_cols(dh.rows, dh.cols, [&](Index j0, Index j1) {
       for (Index col = j0; col < j1; ++col) {
         const S* g = gate.col(group ? group[col / K] : col / K);

@@ -41,6 +41,9 @@ struct JvpScratch {
 
 template <class S, class Backend>
 struct ResBlock {
+  /// The backend context every method that runs primitives takes first.
+  using Context = typename Backend::Context;
+
   Index width = 0;
   S ln_eps = S(1e-6);
   Activation act = Activation::SiLU;
@@ -89,49 +92,51 @@ struct ResBlock {
   }
 
   /// h <- h + gate * branch(h); sc = SiLU(c) is (width, B).          adaln.md (1), (5)
-  void forward(const S* p, ConstMatrixView<S> sc, MatrixView<S> h, const Cache& k) const {
-    ada.forward(p, sc, k.mod);
-    Backend::norm_modulate_forward(ConstMatrixView<S>(h), p + ln_w, p + ln_b, ln_eps, k.shift(),
-                                   k.scale(), k.nhat, k.rstd.data, k.m, k.group);
-    mlp0.forward(p, k.m, k.z1);
-    Backend::activation_forward(act, k.z1, k.a1);
-    mlp2.forward(p, k.a1, k.z3);
-    Backend::gated_residual_forward(k.gate(), k.z3, h, k.group);
+  void forward(Context& ctx, const S* p, ConstMatrixView<S> sc, MatrixView<S> h,
+               const Cache& k) const {
+    ada.forward(ctx, p, sc, k.mod);
+    Backend::norm_modulate_forward(ctx, ConstMatrixView<S>(h), p + ln_w, p + ln_b, ln_eps,
+                                   k.shift(), k.scale(), k.nhat, k.rstd.data, k.m, k.group);
+    mlp0.forward(ctx, p, k.m, k.z1);
+    Backend::activation_forward(ctx, act, k.z1, k.a1);
+    mlp2.forward(ctx, p, k.a1, k.z3);
+    Backend::gated_residual_forward(ctx, k.gate(), k.z3, h, k.group);
   }
 
   /// On entry d_h holds dL/dh_out; on exit dL/dh_in (in place: the residual passes d_h through
   /// and the branch adds to it). With d_p non-null, also accumulates the parameter gradients and
   /// d_sc += dL/dsc.                                               adaln.md (2)-(3), (6)-(7)
-  void backward(const S* p, ConstMatrixView<S> sc, const Cache& k, MatrixView<S> d_h,
+  void backward(Context& ctx, const S* p, ConstMatrixView<S> sc, const Cache& k, MatrixView<S> d_h,
                 MatrixView<S> d_sc, S* d_p, const BlockScratch<S>& s) const {
     const bool params = d_p != nullptr;
     const MatrixView<S> d_mod = s.d_mod.col_block(0, k.mod.cols);
-    if (params && k.group) Backend::fill(d_mod, S(0));  // grouped: summed over each group
+    if (params && k.group) Backend::fill(ctx, d_mod, S(0));  // grouped: summed over each group
     const MatrixView<S> d_gate = params ? d_mod.row_block(2 * width, width) : MatrixView<S>();
-    Backend::gated_residual_backward(k.gate(), k.z3, d_h, s.t1, d_gate, k.group);  // t1 = d_z3
-    if (params) mlp2.backward_params(k.a1, s.t1, d_p);
-    mlp2.backward_input(p, s.t1, s.t2, false);                 // t2 = d_a1
-    Backend::activation_backward(act, k.z1, s.t2, s.t2);       // t2 = d_z1
-    if (params) mlp0.backward_params(k.m, s.t2, d_p);
-    mlp0.backward_input(p, s.t2, s.t1, false);                 // t1 = d_m
-    Backend::norm_modulate_backward(k.nhat, k.rstd.data, p + ln_w, p + ln_b, k.scale(), s.t1,
+    Backend::gated_residual_backward(ctx, k.gate(), k.z3, d_h, s.t1, d_gate, k.group);  // t1 = d_z3
+    if (params) mlp2.backward_params(ctx, k.a1, s.t1, d_p);
+    mlp2.backward_input(ctx, p, s.t1, s.t2, false);            // t2 = d_a1
+    Backend::activation_backward(ctx, act, k.z1, s.t2, s.t2);  // t2 = d_z1
+    if (params) mlp0.backward_params(ctx, k.m, s.t2, d_p);
+    mlp0.backward_input(ctx, p, s.t2, s.t1, false);  // t1 = d_m
+    Backend::norm_modulate_backward(ctx, k.nhat, k.rstd.data, p + ln_w, p + ln_b, k.scale(), s.t1,
                                     d_h, params ? d_mod.row_block(0, width) : MatrixView<S>(),
                                     params ? d_mod.row_block(width, width) : MatrixView<S>(),
                                     params ? d_p + ln_w : nullptr, params ? d_p + ln_b : nullptr,
                                     k.group);
     if (params) {
-      ada.backward_params(sc, d_mod, d_p);
-      ada.backward_input(p, d_mod, d_sc, true);
+      ada.backward_params(ctx, sc, d_mod, d_p);
+      ada.backward_input(ctx, p, d_mod, d_sc, true);
     }
   }
 
   /// dh (width, B*K) <- J_block dh, in place (K tangents per sample).    adaln.md (4), (8)
-  void jvp(const S* p, const Cache& k, MatrixView<S> dh, Index K, const JvpScratch<S>& s) const {
-    Backend::norm_modulate_jvp(k.nhat, k.rstd.data, p + ln_w, k.scale(), dh, s.t1, K, k.group);
-    mlp0.jvp(p, s.t1, s.t2);
-    Backend::activation_jvp(act, k.z1, s.t2, s.t2, K);
-    mlp2.jvp(p, s.t2, s.t1);
-    Backend::gated_residual_jvp(k.gate(), s.t1, dh, K, k.group);
+  void jvp(Context& ctx, const S* p, const Cache& k, MatrixView<S> dh, Index K,
+           const JvpScratch<S>& s) const {
+    Backend::norm_modulate_jvp(ctx, k.nhat, k.rstd.data, p + ln_w, k.scale(), dh, s.t1, K, k.group);
+    mlp0.jvp(ctx, p, s.t1, s.t2);
+    Backend::activation_jvp(ctx, act, k.z1, s.t2, s.t2, K);
+    mlp2.jvp(ctx, p, s.t2, s.t1);
+    Backend::gated_residual_jvp(ctx, k.gate(), s.t1, dh, K, k.group);
   }
 
   /// Released initialisation: Xavier MLP, LayerNorm (1, 0), zero adaLN modulation.
@@ -148,6 +153,9 @@ struct ResBlock {
 
 template <class S, class Backend>
 struct FinalLayer {
+  /// The backend context every method that runs primitives takes first.
+  using Context = typename Backend::Context;
+
   Index width = 0;
   Index out = 0;
   S ln_eps = S(1e-6);
@@ -184,44 +192,44 @@ struct FinalLayer {
   }
 
   /// v_out (out, B) from h (width, B).                                  adaln.md (9)
-  void forward(const S* p, ConstMatrixView<S> sc, ConstMatrixView<S> h, const Cache& k,
-               MatrixView<S> v_out) const {
-    ada.forward(p, sc, k.mod);
-    Backend::norm_modulate_forward(h, static_cast<const S*>(nullptr),
+  void forward(Context& ctx, const S* p, ConstMatrixView<S> sc, ConstMatrixView<S> h,
+               const Cache& k, MatrixView<S> v_out) const {
+    ada.forward(ctx, p, sc, k.mod);
+    Backend::norm_modulate_forward(ctx, h, static_cast<const S*>(nullptr),
                                    static_cast<const S*>(nullptr), ln_eps, k.shift(), k.scale(),
                                    k.nhat, k.rstd.data, k.m, k.group);
-    linear.forward(p, k.m, v_out);
+    linear.forward(ctx, p, k.m, v_out);
   }
 
   /// d_h_out = dL/dh (overwritten); with d_p, parameter gradients and d_sc += dL/dsc.
   ///                                                                     adaln.md (10)
-  void backward(const S* p, ConstMatrixView<S> sc, const Cache& k, ConstMatrixView<S> d_v,
-                MatrixView<S> d_h_out, MatrixView<S> d_sc, S* d_p,
+  void backward(Context& ctx, const S* p, ConstMatrixView<S> sc, const Cache& k,
+                ConstMatrixView<S> d_v, MatrixView<S> d_h_out, MatrixView<S> d_sc, S* d_p,
                 const BlockScratch<S>& s) const {
     const bool params = d_p != nullptr;
-    if (params) linear.backward_params(k.m, d_v, d_p);
-    linear.backward_input(p, d_v, s.t1, false);  // t1 = d_m
-    Backend::fill(d_h_out, S(0));
+    if (params) linear.backward_params(ctx, k.m, d_v, d_p);
+    linear.backward_input(ctx, p, d_v, s.t1, false);  // t1 = d_m
+    Backend::fill(ctx, d_h_out, S(0));
     MatrixView<S> d_mod =
         params ? s.d_mod.col_block(0, k.mod.cols).row_block(0, 2 * width) : MatrixView<S>();
-    if (params && k.group) Backend::fill(d_mod, S(0));  // grouped: summed over each group
-    Backend::norm_modulate_backward(k.nhat, k.rstd.data, static_cast<const S*>(nullptr),
+    if (params && k.group) Backend::fill(ctx, d_mod, S(0));  // grouped: summed over each group
+    Backend::norm_modulate_backward(ctx, k.nhat, k.rstd.data, static_cast<const S*>(nullptr),
                                     static_cast<const S*>(nullptr), k.scale(), s.t1, d_h_out,
                                     params ? d_mod.row_block(0, width) : MatrixView<S>(),
                                     params ? d_mod.row_block(width, width) : MatrixView<S>(),
                                     static_cast<S*>(nullptr), static_cast<S*>(nullptr), k.group);
     if (params) {
-      ada.backward_params(sc, d_mod, d_p);
-      ada.backward_input(p, d_mod, d_sc, true);
+      ada.backward_params(ctx, sc, d_mod, d_p);
+      ada.backward_input(ctx, p, d_mod, d_sc, true);
     }
   }
 
   /// dv_out (out, B*K) = J dh for K tangents per sample.                adaln.md (11)
-  void jvp(const S* p, const Cache& k, ConstMatrixView<S> dh, MatrixView<S> dv_out, Index K,
-           const JvpScratch<S>& s) const {
-    Backend::norm_modulate_jvp(k.nhat, k.rstd.data, static_cast<const S*>(nullptr), k.scale(),
+  void jvp(Context& ctx, const S* p, const Cache& k, ConstMatrixView<S> dh, MatrixView<S> dv_out,
+           Index K, const JvpScratch<S>& s) const {
+    Backend::norm_modulate_jvp(ctx, k.nhat, k.rstd.data, static_cast<const S*>(nullptr), k.scale(),
                                dh, s.t1, K, k.group);
-    linear.jvp(p, s.t1, dv_out);
+    linear.jvp(ctx, p, s.t1, dv_out);
   }
 
   /// Released initialisation: everything zero (so that v == 0 at initialisation).

@@ -100,6 +100,9 @@ class AdaLNMlp
   /// calls: a call with a batch size it has already seen allocates nothing. Copying a workspace
   /// gives an empty one; moving keeps the memory and the caches (field.hpp FieldWorkspace).
   using Workspace = typename Base::Workspace;
+  /// The backend context (docs/backends.md "Context"); a workspace owns one or uses the
+  /// caller's (Workspace::set_context).
+  using Context = typename Base::Context;
 
   /// Builds the layout and allocates the parameters. Throws config_error from cfg.validate(),
   /// or naming the sizes when the parameter count overflows or cannot fit in memory
@@ -227,51 +230,54 @@ class AdaLNMlp
 
   /// t has one entry per time group (group[b] the group of sample b), or per sample when group
   /// is null.                                                         adaln.md (16)-(17)
-  void forward_layers(ConstMatrixView<S> x, ConstVectorView<S> t, const Index* group,
+  void forward_layers(Context& ctx, ConstMatrixView<S> x, ConstVectorView<S> t, const Index* group,
                       MatrixView<S> v_out, ConstMatrixView<S> cond, Caches& c) const {
     for (auto& b : c.blocks) b.group = group;
     c.fin.group = group;
     const S* p = this->params_.data();
-    Backend::copy(x, c.x_in);          // backward needs x for d input_proj.weight
-    temb_.forward(p, t, c.temb, c.c);  // adaln.md (16)
+    Backend::copy(ctx, x, c.x_in);          // backward needs x for d input_proj.weight
+    temb_.forward(ctx, p, t, c.temb, c.c);  // adaln.md (16)
     if (cfg_.cond_dim > 0) {
-      Backend::copy(cond, c.cond_in);
-      Backend::gemm(true, false, S(1), cond_.wt(p), cond, S(1), c.c);
-      Backend::add_cols(p + cond_.b, c.c);
+      Backend::copy(ctx, cond, c.cond_in);
+      Backend::gemm(ctx, true, false, S(1), cond_.wt(p), cond, S(1), c.c);
+      Backend::add_cols(ctx, p + cond_.b, c.c);
     }
-    Backend::activation_forward(Activation::SiLU, c.c, c.sc);
-    input_.forward(p, x, c.h);
-    for (std::size_t i = 0; i < blocks_.size(); ++i) blocks_[i].forward(p, c.sc, c.h, c.blocks[i]);
-    final_.forward(p, c.sc, c.h, c.fin, v_out);
+    Backend::activation_forward(ctx, Activation::SiLU, c.c, c.sc);
+    input_.forward(ctx, p, x, c.h);
+    for (std::size_t i = 0; i < blocks_.size(); ++i)
+      blocks_[i].forward(ctx, p, c.sc, c.h, c.blocks[i]);
+    final_.forward(ctx, p, c.sc, c.h, c.fin, v_out);
   }
 
   /// R: the time groups of the forward (one column of d_sc each).    adaln.md (12)-(13)
-  void backward_layers(Caches& c, Index R, ConstMatrixView<S> d_v, MatrixView<S> d_x, S* d_p,
-                       MatrixView<S> d_cond) const {
+  void backward_layers(Context& ctx, Caches& c, Index R, ConstMatrixView<S> d_v, MatrixView<S> d_x,
+                       S* d_p, MatrixView<S> d_cond) const {
     const S* p = this->params_.data();
     const bool params = d_p != nullptr;
     const MatrixView<S> d_sc = c.d_sc.col_block(0, R);  // one column per time group
-    if (params) Backend::fill(d_sc, S(0));
-    final_.backward(p, c.sc, c.fin, d_v, c.d_h, d_sc, d_p, c.bs);
+    if (params) Backend::fill(ctx, d_sc, S(0));
+    final_.backward(ctx, p, c.sc, c.fin, d_v, c.d_h, d_sc, d_p, c.bs);
     for (std::size_t i = blocks_.size(); i-- > 0;)
-      blocks_[i].backward(p, c.sc, c.blocks[i], c.d_h, d_sc, d_p, c.bs);
-    if (!d_x.empty()) input_.backward_input(p, c.d_h, d_x, true);  // adaln.md (12)
+      blocks_[i].backward(ctx, p, c.sc, c.blocks[i], c.d_h, d_sc, d_p, c.bs);
+    if (!d_x.empty()) input_.backward_input(ctx, p, c.d_h, d_x, true);  // adaln.md (12)
     if (!params) return;
-    input_.backward_params(c.x_in, c.d_h, d_p);
+    input_.backward_params(ctx, c.x_in, c.d_h, d_p);
     // d_c = SiLU'(c) * d_s, then into the time MLP and the conditioning.  adaln.md (13)
-    Backend::activation_backward(Activation::SiLU, c.c, d_sc, d_sc);
+    Backend::activation_backward(ctx, Activation::SiLU, c.c, d_sc, d_sc);
     if (cfg_.cond_dim > 0) {  // (never grouped: the conditioning differs per sample)
-      cond_.backward_params(c.cond_in, d_sc, d_p);
-      if (!d_cond.empty()) cond_.backward_input(p, d_sc, d_cond, true);
+      cond_.backward_params(ctx, c.cond_in, d_sc, d_p);
+      if (!d_cond.empty()) cond_.backward_input(ctx, p, d_sc, d_cond, true);
     }
-    temb_.backward(p, c.temb, d_sc, d_p, c.bs.t1.col_block(0, R));
+    temb_.backward(ctx, p, c.temb, d_sc, d_p, c.bs.t1.col_block(0, R));
   }
 
-  void jvp_layers(Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K) const {
+  void jvp_layers(Context& ctx, Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out,
+                  Index K) const {
     const S* p = this->params_.data();
-    input_.jvp(p, dx, c.dh);  // adaln.md (14)
-    for (std::size_t i = 0; i < blocks_.size(); ++i) blocks_[i].jvp(p, c.blocks[i], c.dh, K, c.js);
-    final_.jvp(p, c.fin, c.dh, dv_out, K, c.js);
+    input_.jvp(ctx, p, dx, c.dh);  // adaln.md (14)
+    for (std::size_t i = 0; i < blocks_.size(); ++i)
+      blocks_[i].jvp(ctx, p, c.blocks[i], c.dh, K, c.js);
+    final_.jvp(ctx, p, c.fin, c.dh, dv_out, K, c.js);
   }
 
   Config cfg_;

@@ -20,13 +20,14 @@
 ///   void layout_forward(Arena&, Caches&, Index B, Index R) const;   carve the forward caches
 ///   void layout_backward(Arena&, Caches&, Index B) const;           carve the backward scratch
 ///   void layout_jvp(Arena&, Caches&, Index cols) const;             carve the JVP scratch
-///   void forward_layers(x, t, group, v_out, cond, Caches&) const;
-///   void backward_layers(Caches&, Index R, d_v, d_x, S* d_params, d_cond) const;
-///   void jvp_layers(Caches&, dx, dv_out, Index K) const;
+///   void forward_layers(Context&, x, t, group, v_out, cond, Caches&) const;
+///   void backward_layers(Context&, Caches&, Index R, d_v, d_x, S* d_params, d_cond) const;
+///   void jvp_layers(Context&, Caches&, dx, dv_out, Index K) const;
 ///
 /// and, in its constructor, fills layout_ and calls allocate_parameters(). In forward_layers,
 /// t holds one time per column of the t-dependent tensors: per sample when group is null, else
-/// per time group, group[b] being the group of sample b.
+/// per time group, group[b] being the group of sample b. The Context& of the three passes is the
+/// workspace's (FieldWorkspace::context()): the layers pass it to every backend primitive.
 ///
 /// Time convention: none. A field evaluates v(x, t) at the t it is given; every public function
 /// here takes t in [0, 1] of the convention the field was trained in (Prior<F> records it).
@@ -34,6 +35,7 @@
 
 #include <algorithm>
 #include <array>
+#include <flowprior/backend/context.hpp>
 #include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/nn/field_traits.hpp>
@@ -108,11 +110,19 @@ class TimeGroupMap {
 /// The workspace of a field built on FieldBase: per-thread memory for activations (forward
 /// caches) and backward/JVP scratch, reused across calls (a batch size already seen allocates
 /// nothing). Caches holds the field's own views into the arenas. Copying a workspace gives an
-/// empty one (its views would otherwise point into the source's memory); moving keeps the
-/// memory and the caches.
+/// empty one (its views would otherwise point into the source's memory) with a context of its
+/// own; moving keeps the memory, the caches and the context.
+///
+/// The backend context (docs/backends.md "Context"): every primitive the field runs on this
+/// workspace runs on context(). The workspace owns one, default-constructed; set_context lends
+/// it the caller's instead (on CUDA: to run on the caller's stream, or to share one stream and
+/// cuBLAS handle among several workspaces). A workspace is used from one thread at a time, and
+/// so is its context.
 template <class S, class Backend, class Caches>
 class FieldWorkspace {
  public:
+  using Context = typename Backend::Context;
+
   FieldWorkspace() = default;
   FieldWorkspace(const FieldWorkspace&) {}
   FieldWorkspace& operator=(const FieldWorkspace&) {
@@ -123,6 +133,13 @@ class FieldWorkspace {
   FieldWorkspace& operator=(FieldWorkspace&&) = default;
   /// Batch of the last forward (-1 before the first).
   Index batch() const { return batch_; }
+  /// The context the field's primitives run on for this workspace.
+  Context& context() { return ctx_.get(); }
+  /// Runs on `ctx` from now on (not owned: the caller keeps it alive while the workspace is
+  /// used); nullptr returns to the workspace's own context. The caches stay valid: a backward may
+  /// run on another context than its forward once the caller has ordered the two (on CUDA: the
+  /// same stream, or an event between the streams).
+  void set_context(Context* ctx) { ctx_.lend(ctx); }
 
  private:
   template <class, class, class, class>
@@ -135,6 +152,7 @@ class FieldWorkspace {
   TimeGroupMap<S, Backend> groups_map_;
   MatrixView<S> tan_in, tan_out;  // divergence: unit tangents and their images
   Caches c;
+  ContextSlot<Backend> ctx_;
 };
 
 template <class Field, class S, class Backend, class Caches>
@@ -142,6 +160,7 @@ class FieldBase {
  public:
   using Scalar = S;
   using Workspace = FieldWorkspace<S, Backend, Caches>;
+  using Context = typename Backend::Context;
 
   /// The data dimension d (x and v are (d, B)).
   Index dim() const { return dim_; }
@@ -250,9 +269,9 @@ class FieldBase {
       run_forward(x.col_block(r0, n), ConstVectorView<S>(t.data + r0, n), v_out.col_block(r0, n),
                   ws, cond.empty() ? cond : cond.col_block(r0, n));
       prepare_jvp(ws, n * d);
-      Backend::identity_tiles(ws.tan_in);     // dim unit tangents per sample
-      run_jvp(ws, ws.tan_in, ws.tan_out, d);  // columns of J_x(v) for every sample
-      Backend::block_traces(ConstMatrixView<S>(ws.tan_out), div_out.data + r0);
+      Backend::identity_tiles(ws.context(), ws.tan_in);  // dim unit tangents per sample
+      run_jvp(ws, ws.tan_in, ws.tan_out, d);             // columns of J_x(v) for every sample
+      Backend::block_traces(ws.context(), ConstMatrixView<S>(ws.tan_out), div_out.data + r0);
     }
   }
 
@@ -289,7 +308,7 @@ class FieldBase {
       check_shape(w, "d_cond", d_cond, field().cond_dim(), B);
     }
     prepare_backward(ws);
-    field().backward_layers(ws.c, ws.groups_, d_v, d_x, d_p, d_cond);
+    field().backward_layers(ws.context(), ws.c, ws.groups_, d_v, d_x, d_p, d_cond);
   }
 
   /// Layout of the forward caches for B samples in R time groups (R == B: ungrouped).
@@ -341,13 +360,13 @@ class FieldBase {
     ws.batch_ = B;
     ws.groups_ = R;
     const bool grouped = R < B;
-    field().forward_layers(x, grouped ? ws.groups_map_.times(R) : t,
+    field().forward_layers(ws.context(), x, grouped ? ws.groups_map_.times(R) : t,
                            grouped ? ws.groups_map_.map() : nullptr, v_out, cond, ws.c);
   }
 
   void run_jvp(Workspace& ws, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K) const {
     prepare_jvp(ws, dx.cols);
-    field().jvp_layers(ws.c, dx, dv_out, K);
+    field().jvp_layers(ws.context(), ws.c, dx, dv_out, K);
   }
 
   Index dim_ = 0;

@@ -16,6 +16,9 @@ namespace nn {
 /// A Linear layer: offsets of its weight and bias inside a flat parameter vector.
 template <class S, class Backend>
 struct Linear {
+  /// The backend context every method that runs primitives takes first.
+  using Context = typename Backend::Context;
+
   Index in = 0;
   Index out = 0;
   Index w = -1;  ///< offset of the weight (out, in)
@@ -36,30 +39,30 @@ struct Linear {
   ConstMatrixView<S> wt(const S* p) const { return {p + w, in, out, in}; }
 
   /// y_out = W x + b.  x (in, B), y_out (out, B).                           linear.md (1)
-  void forward(const S* p, ConstMatrixView<S> x, MatrixView<S> y_out) const {
+  void forward(Context& ctx, const S* p, ConstMatrixView<S> x, MatrixView<S> y_out) const {
     if (b >= 0) {
-      Backend::broadcast_cols(p + b, y_out);
-      Backend::gemm(true, false, S(1), wt(p), x, S(1), y_out);
+      Backend::broadcast_cols(ctx, p + b, y_out);
+      Backend::gemm(ctx, true, false, S(1), wt(p), x, S(1), y_out);
     } else {
-      Backend::gemm(true, false, S(1), wt(p), x, S(0), y_out);
+      Backend::gemm(ctx, true, false, S(1), wt(p), x, S(0), y_out);
     }
   }
 
   /// d_x (+)= W^T d_y: accumulates if `accumulate`, else overwrites.        linear.md (2)
-  void backward_input(const S* p, ConstMatrixView<S> d_y, MatrixView<S> d_x,
+  void backward_input(Context& ctx, const S* p, ConstMatrixView<S> d_y, MatrixView<S> d_x,
                       bool accumulate) const {
-    Backend::gemm(false, false, S(1), wt(p), d_y, accumulate ? S(1) : S(0), d_x);
+    Backend::gemm(ctx, false, false, S(1), wt(p), d_y, accumulate ? S(1) : S(0), d_x);
   }
 
   /// d_W += d_y x^T ;  d_b += sum over the batch of d_y (accumulates).      linear.md (3)-(4)
-  void backward_params(ConstMatrixView<S> x, ConstMatrixView<S> d_y, S* d_p) const {
-    Backend::gemm(false, true, S(1), x, d_y, S(1), MatrixView<S>(d_p + w, in, out, in));
-    if (b >= 0) Backend::sum_cols(d_y, d_p + b);
+  void backward_params(Context& ctx, ConstMatrixView<S> x, ConstMatrixView<S> d_y, S* d_p) const {
+    Backend::gemm(ctx, false, true, S(1), x, d_y, S(1), MatrixView<S>(d_p + w, in, out, in));
+    if (b >= 0) Backend::sum_cols(ctx, d_y, d_p + b);
   }
 
   /// dy_out = W dx (tangent propagation: the bias drops out).               linear.md (5)
-  void jvp(const S* p, ConstMatrixView<S> dx, MatrixView<S> dy_out) const {
-    Backend::gemm(true, false, S(1), wt(p), dx, S(0), dy_out);
+  void jvp(Context& ctx, const S* p, ConstMatrixView<S> dx, MatrixView<S> dy_out) const {
+    Backend::gemm(ctx, true, false, S(1), wt(p), dx, S(0), dy_out);
   }
 
   /// Xavier-uniform weight (bound sqrt(6 / (in + out))) and zero bias, as torch.nn.init.

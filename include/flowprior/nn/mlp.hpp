@@ -74,6 +74,9 @@ class MlpField : public FieldBase<MlpField<S, Backend>, S, Backend, detail::MlpF
   using Scalar = S;
   using Config = MlpFieldConfig;
   using Workspace = typename Base::Workspace;
+  /// The backend context (docs/backends.md "Context"); a workspace owns one or uses the
+  /// caller's (Workspace::set_context).
+  using Context = typename Base::Context;
 
   /// Builds the layout and allocates the parameters. Throws config_error from cfg.validate(),
   /// or naming the sizes when the parameter count overflows or cannot fit in memory
@@ -147,59 +150,61 @@ class MlpField : public FieldBase<MlpField<S, Backend>, S, Backend, detail::MlpF
     c.j2 = a.take(cfg_.width, cols);
   }
 
-  void forward_layers(ConstMatrixView<S> x, ConstVectorView<S> t, const Index*, MatrixView<S> v_out,
-                      ConstMatrixView<S>, Caches& c) const {
+  void forward_layers(Context& ctx, ConstMatrixView<S> x, ConstVectorView<S> t, const Index*,
+                      MatrixView<S> v_out, ConstMatrixView<S>, Caches& c) const {
     const Index B = x.cols;
     const S* p = this->params_.data();
-    Backend::copy(x, c.z.row_block(0, cfg_.dim));  // mlp.md (1)
+    Backend::copy(ctx, x, c.z.row_block(0, cfg_.dim));  // mlp.md (1)
     MatrixView<S> tf = c.z.row_block(cfg_.dim, cfg_.time_features());
     if (cfg_.time_encoding == TimeEncoding::Concat)
-      Backend::copy(ConstMatrixView<S>(t.data, 1, B, 1), tf);
+      Backend::copy(ctx, ConstMatrixView<S>(t.data, 1, B, 1), tf);
     else
-      Backend::time_features(t, static_cast<S>(cfg_.max_period), tf);
+      Backend::time_features(ctx, t, static_cast<S>(cfg_.max_period), tf);
     ConstMatrixView<S> a = c.z;
     for (Index l = 0; l < cfg_.depth; ++l) {
-      layers_[l].forward(p, a, c.pre[l]);
-      Backend::activation_forward(cfg_.activation, c.pre[l], c.post[l]);
+      layers_[l].forward(ctx, p, a, c.pre[l]);
+      Backend::activation_forward(ctx, cfg_.activation, c.pre[l], c.post[l]);
       a = c.post[l];
     }
-    layers_.back().forward(p, a, v_out);
+    layers_.back().forward(ctx, p, a, v_out);
   }
 
-  void backward_layers(Caches& c, Index, ConstMatrixView<S> d_v, MatrixView<S> d_x, S* d_p,
-                       MatrixView<S>) const {
+  void backward_layers(Context& ctx, Caches& c, Index, ConstMatrixView<S> d_v, MatrixView<S> d_x,
+                       S* d_p, MatrixView<S>) const {
     const S* p = this->params_.data();
     const Index L = cfg_.depth;
-    if (d_p) layers_[L].backward_params(c.post[L - 1], d_v, d_p);  // mlp.md (2)
-    layers_[L].backward_input(p, d_v, c.t1, false);                // t1 = d_a_L
+    if (d_p) layers_[L].backward_params(ctx, c.post[L - 1], d_v, d_p);  // mlp.md (2)
+    layers_[L].backward_input(ctx, p, d_v, c.t1, false);                // t1 = d_a_L
     for (Index l = L; l-- > 0;) {
-      Backend::activation_backward(cfg_.activation, c.pre[l], c.t1, c.t1);  // d_pre_l
+      Backend::activation_backward(ctx, cfg_.activation, c.pre[l], c.t1, c.t1);  // d_pre_l
       ConstMatrixView<S> a_in = l > 0 ? ConstMatrixView<S>(c.post[l - 1]) : c.z;
-      if (d_p) layers_[l].backward_params(a_in, c.t1, d_p);
+      if (d_p) layers_[l].backward_params(ctx, a_in, c.t1, d_p);
       if (l > 0) {
-        layers_[l].backward_input(p, c.t1, c.t2, false);
+        layers_[l].backward_input(ctx, p, c.t1, c.t2, false);
         std::swap(c.t1, c.t2);
       } else if (!d_x.empty()) {
         // Only the x rows of the input receive a gradient (t is not differentiated): mlp.md (3)
-        Backend::gemm(false, false, S(1), layers_[0].wt(p).row_block(0, cfg_.dim), c.t1, S(1), d_x);
+        Backend::gemm(ctx, false, false, S(1), layers_[0].wt(p).row_block(0, cfg_.dim), c.t1, S(1),
+                      d_x);
       }
     }
   }
 
-  void jvp_layers(Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K) const {
+  void jvp_layers(Context& ctx, Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out,
+                  Index K) const {
     const S* p = this->params_.data();
     MatrixView<S> cur = c.j1.col_block(0, dx.cols);
     MatrixView<S> nxt = c.j2.col_block(0, dx.cols);
     // The tangent of phi(t) is zero: only the x rows of layer 0 act.   mlp.md (4)
-    Backend::gemm(true, false, S(1), layers_[0].wt(p).row_block(0, cfg_.dim), dx, S(0), cur);
+    Backend::gemm(ctx, true, false, S(1), layers_[0].wt(p).row_block(0, cfg_.dim), dx, S(0), cur);
     for (Index l = 0; l < cfg_.depth; ++l) {
-      Backend::activation_jvp(cfg_.activation, c.pre[l], cur, cur, K);
+      Backend::activation_jvp(ctx, cfg_.activation, c.pre[l], cur, cur, K);
       if (l + 1 < cfg_.depth) {
-        layers_[l + 1].jvp(p, cur, nxt);
+        layers_[l + 1].jvp(ctx, p, cur, nxt);
         std::swap(cur, nxt);
       }
     }
-    layers_.back().jvp(p, cur, dv_out);
+    layers_.back().jvp(ctx, p, cur, dv_out);
   }
 
   Config cfg_;

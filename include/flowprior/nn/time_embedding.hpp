@@ -17,6 +17,9 @@ namespace nn {
 
 template <class S, class Backend>
 struct TimeEmbedding {
+  /// The backend context every method that runs primitives takes first.
+  using Context = typename Backend::Context;
+
   Index freq_dim = 256;  ///< number of sinusoidal features (even)
   Index width = 0;
   S max_period = S(10000);
@@ -44,21 +47,22 @@ struct TimeEmbedding {
   }
 
   /// c_out (width, B) from t (B).                           time_embedding.md (1)-(2)
-  void forward(const S* p, ConstVectorView<S> t, const Cache& cache, MatrixView<S> c_out) const {
-    Backend::time_features(t, max_period, cache.e);
-    mlp0.forward(p, cache.e, cache.z);
-    Backend::activation_forward(Activation::SiLU, cache.z, cache.s);
-    mlp2.forward(p, cache.s, c_out);
+  void forward(Context& ctx, const S* p, ConstVectorView<S> t, const Cache& cache,
+               MatrixView<S> c_out) const {
+    Backend::time_features(ctx, t, max_period, cache.e);
+    mlp0.forward(ctx, p, cache.e, cache.z);
+    Backend::activation_forward(ctx, Activation::SiLU, cache.z, cache.s);
+    mlp2.forward(ctx, p, cache.s, c_out);
   }
 
   /// Parameter gradients (accumulated into d_p) from d_c; `scratch` is (width, B).
   ///                                                         time_embedding.md (3)-(4)
-  void backward(const S* p, const Cache& cache, ConstMatrixView<S> d_c, S* d_p,
+  void backward(Context& ctx, const S* p, const Cache& cache, ConstMatrixView<S> d_c, S* d_p,
                 MatrixView<S> scratch) const {
-    mlp2.backward_params(cache.s, d_c, d_p);
-    mlp2.backward_input(p, d_c, scratch, false);                             // d_s
-    Backend::activation_backward(Activation::SiLU, cache.z, scratch, scratch);  // d_z
-    mlp0.backward_params(cache.e, scratch, d_p);
+    mlp2.backward_params(ctx, cache.s, d_c, d_p);
+    mlp2.backward_input(ctx, p, d_c, scratch, false);                                // d_s
+    Backend::activation_backward(ctx, Activation::SiLU, cache.z, scratch, scratch);  // d_z
+    mlp0.backward_params(ctx, cache.e, scratch, d_p);
   }
 
   /// Released initialisation: both weights N(0, 0.02^2), zero biases.
