@@ -22,10 +22,12 @@
 #include <cstring>
 #include <flowprior/backend/cpu_blas.hpp>
 #include <flowprior/backend/cpu_gemm.hpp>
+#include <flowprior/backend/optim_args.hpp>
 #include <flowprior/backend/parallel.hpp>
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/math.hpp>
 #include <flowprior/core/types.hpp>
+#include <limits>
 #include <vector>
 
 namespace flowprior {
@@ -480,6 +482,131 @@ struct CpuBackend {
         S* o = dh.col(col);
         for (Index i = 0; i < dh.rows; ++i) o[i] += g[i] * x[i];
       }
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Flat-vector primitives of the optimizer: docs/math/optim.md. They work on contiguous vectors
+  // of n elements (parameters, gradients, moments, averaged weights) in chunks of whole
+  // 1024-element blocks on the thread team (parallel.hpp for_range / sum_range). Coefficients
+  // are doubles; every element is evaluated in double and rounded to S once.
+
+  /// One Adam / AdamW update of every element, with the coefficients of a (optim_args.hpp,
+  /// optim.md (1)-(4)): the gradient gets a.l2 p, the moments m and v are updated and stored in
+  /// S, and the parameter moves with the moments as stored. grads is not modified. Element-wise,
+  /// so any split of the range gives the same bits.
+  template <class S>
+  static void adam_update(Context&, VectorView<S> params, CVec<S> grads, VectorView<S> m,
+                          VectorView<S> v, const AdamStep& a) {
+    const double b1 = a.beta1, b2 = a.beta2, l2 = a.l2;
+    // Each block is widened to double on the stack and updated with Eigen's packet arithmetic:
+    // a scalar std::sqrt cannot be vectorised without -fno-math-errno, and the square root and
+    // the division were most of the step.
+    detail::for_range(params.size, [&](Index c0, Index c1) {
+      using AD = Eigen::Array<double, Eigen::Dynamic, 1>;
+      constexpr Index kBlock = 512;
+      alignas(64) double pb[kBlock], gb[kBlock], mb[kBlock], vb[kBlock];
+      S* ps = params.data;
+      const S* gs = grads.data;
+      S* mm = m.data;
+      S* vv = v.data;
+      for (Index i0 = c0; i0 < c1; i0 += kBlock) {
+        const Index len = std::min(kBlock, c1 - i0);
+        for (Index j = 0; j < len; ++j) {  // widen (plain loops: the compiler vectorises them)
+          pb[j] = static_cast<double>(ps[i0 + j]);
+          gb[j] = static_cast<double>(gs[i0 + j]);
+          mb[j] = static_cast<double>(mm[i0 + j]);
+          vb[j] = static_cast<double>(vv[i0 + j]);
+        }
+        Eigen::Map<AD> pa(pb, len), ga(gb, len), ma(mb, len), va(vb, len);
+        ga += l2 * pa;                          // (4)
+        ma = b1 * ma + (1.0 - b1) * ga;         // (1)
+        va = b2 * va + ((1.0 - b2) * ga) * ga;  // (1)
+        for (Index j = 0; j < len; ++j) {       // store the moments; continue with them as stored
+          mm[i0 + j] = static_cast<S>(mb[j]);
+          vv[i0 + j] = static_cast<S>(vb[j]);
+          mb[j] = static_cast<double>(mm[i0 + j]);
+          vb[j] = static_cast<double>(vv[i0 + j]);
+        }
+        pa = pa * a.shrink - a.step_size * ma / (va.sqrt() / a.bc2_sqrt + a.eps);  // (2)-(3)
+        for (Index j = 0; j < len; ++j) ps[i0 + j] = static_cast<S>(pb[j]);
+      }
+    });
+  }
+
+  /// sum_i (x_i / divisor)^2 in double (divisor 1: sum_i x_i^2, no division), the partial sums
+  /// of the chunks added in chunk order (parallel.hpp sum_range: for a fixed thread count, the
+  /// same bits on every run). NaN or Inf if x holds one or the squares overflow.  optim.md (5)
+  template <class S>
+  static double sum_squares(Context&, ConstVectorView<S> x, double divisor = 1.0) {
+    const S* p = x.data;
+    if (divisor == 1.0)
+      return detail::sum_range(x.size, [&](Index i0, Index i1) {
+        double acc = 0;
+        for (Index i = i0; i < i1; ++i) {
+          const double xi = static_cast<double>(p[i]);
+          acc += xi * xi;
+        }
+        return acc;
+      });
+    return detail::sum_range(x.size, [&](Index i0, Index i1) {
+      double acc = 0;
+      for (Index i = i0; i < i1; ++i) {
+        const double xi = static_cast<double>(p[i]) / divisor;
+        acc += xi * xi;
+      }
+      return acc;
+    });
+  }
+
+  /// max_i |x_i| in double (0 if x is empty). NaN entries are skipped; +Inf is returned if
+  /// there is an infinite entry.
+  template <class S>
+  static double max_abs(Context&, ConstVectorView<S> x) {
+    double amax = 0;
+    for (Index i = 0; i < x.size; ++i) {
+      const double a = std::abs(static_cast<double>(x.data[i]));
+      if (a > amax) amax = a;
+    }
+    return amax;
+  }
+
+  /// Index of the first NaN or Inf of x, or -1. A vectorisable flag scan on the thread team
+  /// first; the index search only when it trips.
+  template <class S>
+  static Index first_nonfinite(Context&, ConstVectorView<S> x) {
+    const S* p = x.data;
+    const S big = std::numeric_limits<S>::max();
+    const double flagged = detail::sum_range(x.size, [&](Index i0, Index i1) {
+      unsigned bad = 0;
+      for (Index i = i0; i < i1; ++i) bad |= static_cast<unsigned>(!(std::abs(p[i]) <= big));
+      return double(bad);
+    });
+    if (flagged == 0.0) return -1;
+    for (Index i = 0; i < x.size; ++i)
+      if (!std::isfinite(p[i])) return i;
+    return -1;
+  }
+
+  /// x_i <- a x_i, evaluated in double (gradient clipping, optim.md (5)).
+  template <class S>
+  static void scale_vec(Context&, VectorView<S> x, double a) {
+    S* p = x.data;
+    detail::for_range(x.size, [&](Index i0, Index i1) {
+      for (Index i = i0; i < i1; ++i) p[i] = static_cast<S>(static_cast<double>(p[i]) * a);
+    });
+  }
+
+  /// w_i <- decay w_i + (1 - decay) p_i, evaluated in double (the moving average of the
+  /// weights, optim.md (8)). p has the size of w.
+  template <class S>
+  static void ema_update(Context&, VectorView<S> w, CVec<S> p, double decay) {
+    const double a = decay, b = 1.0 - decay;
+    S* ws = w.data;
+    const S* ps = p.data;
+    detail::for_range(w.size, [&](Index i0, Index i1) {
+      for (Index i = i0; i < i1; ++i)
+        ws[i] = static_cast<S>(a * static_cast<double>(ws[i]) + b * static_cast<double>(ps[i]));
     });
   }
 

@@ -2,28 +2,34 @@
 /// Training utilities on flat parameter vectors: Adam / AdamW with PyTorch's bias correction,
 /// global gradient-norm clipping, learning-rate schedules (linear warmup, then constant or
 /// cosine) and an exponential moving average of the weights. Every routine works on one
-/// contiguous vector (a field's `parameters()` / gradient buffer, STYLE.md B3 "Parameters"), so
-/// it is one loop; this header includes no Eigen. Equations: docs/math/optim.md.
+/// contiguous vector (a field's `parameters()` / gradient buffer, STYLE.md B3 "Parameters"), and
+/// its per-element work is a primitive of the backend (`adam_update`, `sum_squares`, `max_abs`,
+/// `first_nonfinite`, `scale_vec`, `ema_update`: docs/backends.md), run on a backend context
+/// (docs/backends.md "Context"): this header has no loop over the elements and includes neither
+/// Eigen nor OpenMP (host code gets the default backend, CpuBackend, included at the end, as the
+/// fields do). Equations: docs/math/optim.md.
+///
+/// Contexts: Adam and Ema own a context of their backend, or use the caller's (set_context);
+/// grad_norm and clip_grad_norm take one as their first argument, or make an empty one of their
+/// own (the overloads without it: meant for the CPU, whose context is empty).
 ///
 /// Scalars: `S` is float or double. Optimizer moments and EMA weights are stored in `S`; the
 /// scalar coefficients (betas, bias corrections, step size, decay) are doubles and each
 /// element's update is evaluated in double before it is rounded back to `S`.
 #pragma once
 
-#include <Eigen/Core>
-#include <algorithm>
 #include <cmath>
 #include <cstddef>
-#include <limits>
-#include <sstream>
-#include <string>
-#include <vector>
-
-#include <flowprior/backend/parallel.hpp>
+#include <flowprior/backend/context.hpp>
+#include <flowprior/backend/fwd.hpp>
+#include <flowprior/backend/optim_args.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/error.hpp>
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
 
 namespace flowprior {
 namespace detail {
@@ -42,22 +48,6 @@ inline std::string optim_num(double x) {
   os << "[flowprior.numeric] " << where << ": argument '" << name << "' has a non-finite value "
      << value << " at index " << i;
   raise<numeric_error>(os.str());
-}
-
-/// Index of the first NaN or Inf in [p, p + n), or -1.
-/// A vectorisable flag scan on the thread team first; the index search only when it trips.
-template <class S>
-Index optim_first_nonfinite(const S* p, Index n) {
-  const S big = std::numeric_limits<S>::max();
-  const double flagged = sum_range(n, [&](Index i0, Index i1) {
-    unsigned bad = 0;
-    for (Index i = i0; i < i1; ++i) bad |= static_cast<unsigned>(!(std::abs(p[i]) <= big));
-    return double(bad);
-  });
-  if (flagged == 0.0) return -1;
-  for (Index i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) return i;
-  return -1;
 }
 
 }  // namespace detail
@@ -112,10 +102,13 @@ struct AdamConfig {
 /// @code
 ///   adam.step(params, grads, schedule.at(adam.steps()));
 /// @endcode
-template <class S>
+/// The update runs on the backend primitive Backend::adam_update, on context() (the optimizer's
+/// own context, or the caller's: set_context). The moments live in host memory (std::vector).
+template <class S, class Backend = CpuBackend>
 class Adam {
  public:
   using Scalar = S;
+  using Context = typename Backend::Context;
 
   /// An optimizer for n parameters. @pre n >= 0 (else config_error); cfg.validate() is called.
   Adam(Index n, AdamConfig cfg) : cfg_(cfg) {
@@ -144,55 +137,28 @@ class Adam {
     if (!(lr >= 0 && lr <= AdamConfig::max_lr))
       raise_config("Adam::step", "lr must lie in [0, " + detail::optim_num(AdamConfig::max_lr) +
                                      "], got " + detail::optim_num(lr));
-    const Index bad = detail::optim_first_nonfinite(grads.data, n_);
+    Context& ctx = context();
+    const Index bad = Backend::first_nonfinite(ctx, grads);
     if (bad >= 0)
       detail::optim_raise_nonfinite("Adam::step", "grads", static_cast<double>(grads[bad]), bad);
 
     ++t_;
-    const double b1 = cfg_.beta1, b2 = cfg_.beta2, wd = cfg_.weight_decay;
+    AdamStep a;
+    a.beta1 = cfg_.beta1;
+    a.beta2 = cfg_.beta2;
+    const double wd = cfg_.weight_decay;
     // (2): bias corrections in double; torch's form step_size = lr / bc1 and
     // denom = sqrt(v) / sqrt(bc2) + eps (eps outside the root, after the correction).
-    const double bc1 = 1.0 - std::pow(b1, static_cast<double>(t_));
-    const double bc2 = 1.0 - std::pow(b2, static_cast<double>(t_));
-    const double step_size = lr / bc1;
-    const double bc2_sqrt = std::sqrt(bc2);
+    const double bc1 = 1.0 - std::pow(a.beta1, static_cast<double>(t_));
+    const double bc2 = 1.0 - std::pow(a.beta2, static_cast<double>(t_));
+    a.step_size = lr / bc1;
+    a.bc2_sqrt = std::sqrt(bc2);
     // (3) AdamW shrinks the parameter by this step's lr; (4) L2 Adam adds wd p to the gradient.
-    const double shrink = cfg_.decoupled ? 1.0 - lr * wd : 1.0;
-    const double l2 = cfg_.decoupled ? 0.0 : wd;
-    const double eps = cfg_.eps;
-    S* mm = m_.data();
-    S* vv = v_.data();
-    // Element-wise, so any split gives the same bits. Each block is widened to double on the
-    // stack and updated with Eigen's packet arithmetic: a scalar std::sqrt cannot be vectorised
-    // without -fno-math-errno, and the square root and division were most of the step.
-    detail::for_range(n_, [&](Index c0, Index c1) {
-      using AD = Eigen::Array<double, Eigen::Dynamic, 1>;
-      constexpr Index kBlock = 512;
-      alignas(64) double pb[kBlock], gb[kBlock], mb[kBlock], vb[kBlock];
-      S* ps = params.data;
-      const S* gs = grads.data;
-      for (Index i0 = c0; i0 < c1; i0 += kBlock) {
-        const Index len = std::min(kBlock, c1 - i0);
-        for (Index j = 0; j < len; ++j) {  // widen (plain loops: the compiler vectorises them)
-          pb[j] = static_cast<double>(ps[i0 + j]);
-          gb[j] = static_cast<double>(gs[i0 + j]);
-          mb[j] = static_cast<double>(mm[i0 + j]);
-          vb[j] = static_cast<double>(vv[i0 + j]);
-        }
-        Eigen::Map<AD> pa(pb, len), ga(gb, len), ma(mb, len), va(vb, len);
-        ga += l2 * pa;                                // (4)
-        ma = b1 * ma + (1.0 - b1) * ga;               // (1)
-        va = b2 * va + ((1.0 - b2) * ga) * ga;        // (1)
-        for (Index j = 0; j < len; ++j) {  // store the moments; continue with them as stored
-          mm[i0 + j] = static_cast<S>(mb[j]);
-          vv[i0 + j] = static_cast<S>(vb[j]);
-          mb[j] = static_cast<double>(mm[i0 + j]);
-          vb[j] = static_cast<double>(vv[i0 + j]);
-        }
-        pa = pa * shrink - step_size * ma / (va.sqrt() / bc2_sqrt + eps);  // (2)-(3)
-        for (Index j = 0; j < len; ++j) ps[i0 + j] = static_cast<S>(pb[j]);
-      }
-    });
+    a.shrink = cfg_.decoupled ? 1.0 - lr * wd : 1.0;
+    a.l2 = cfg_.decoupled ? 0.0 : wd;
+    a.eps = cfg_.eps;
+    Backend::adam_update(ctx, params, grads, VectorView<S>(m_.data(), n_),
+                         VectorView<S>(v_.data(), n_), a);
   }
 
   /// step(params, grads, config().lr): a step at the configured constant rate.
@@ -208,6 +174,12 @@ class Adam {
   const std::vector<S>& m() const { return m_; }
   /// Second moment v (size n), docs/math/optim.md (1); for checkpoints.
   const std::vector<S>& v() const { return v_; }
+
+  /// The context the updates run on: the optimizer's own, or the one lent by set_context.
+  Context& context() { return ctx_.get(); }
+  /// Runs the updates on `ctx` from now on (not owned: the caller keeps it alive while the
+  /// optimizer steps); nullptr returns to the optimizer's own context.
+  void set_context(Context* ctx) { ctx_.lend(ctx); }
 
   /// Zeroes the step count and both moments (a fresh optimizer).
   void reset() {
@@ -226,9 +198,10 @@ class Adam {
     if (steps < 0)
       detail::raise<value_error>("[flowprior.value] Adam::set_state: steps must be >= 0, got " +
                                  std::to_string(steps));
-    Index bad = detail::optim_first_nonfinite(m.data, n_);
+    Context& ctx = context();
+    Index bad = Backend::first_nonfinite(ctx, m);
     if (bad >= 0) detail::optim_raise_nonfinite("Adam::set_state", "m", double(m[bad]), bad);
-    bad = detail::optim_first_nonfinite(v.data, n_);
+    bad = Backend::first_nonfinite(ctx, v);
     if (bad >= 0) detail::optim_raise_nonfinite("Adam::set_state", "v", double(v[bad]), bad);
     for (Index i = 0; i < n_; ++i)
       if (v[i] < S(0))
@@ -246,6 +219,7 @@ class Adam {
   Index t_ = 0;
   std::vector<S> m_;
   std::vector<S> v_;
+  ContextSlot<Backend> ctx_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -255,30 +229,24 @@ class Adam {
 /// Global L2 norm sqrt(sum_i g_i^2), accumulated in double, docs/math/optim.md (5). Returns NaN
 /// or Inf if g holds NaN or Inf (never throws); a finite g whose squares overflow double is
 /// rescaled by its largest magnitude, so the result is finite whenever the norm is. 0 if empty.
-template <class S>
-double grad_norm(ConstVectorView<S> g) {
-  const double ss = detail::sum_range(g.size, [&](Index i0, Index i1) {
-    double acc = 0;
-    for (Index i = i0; i < i1; ++i) {
-      const double x = static_cast<double>(g[i]);
-      acc += x * x;
-    }
-    return acc;
-  });
+/// Runs on the backend context ctx (Backend::sum_squares; first_nonfinite and max_abs only when
+/// the sum is not finite).
+template <class S, class Backend = CpuBackend>
+double grad_norm(typename Backend::Context& ctx, ConstVectorView<S> g) {
+  const double ss = Backend::sum_squares(ctx, g);
   if (std::isfinite(ss)) return std::sqrt(ss);
   // Either a NaN/Inf entry (propagate it) or overflow of the squares (rescale and retry).
-  double amax = 0;
-  for (Index i = 0; i < g.size; ++i) {
-    const double a = std::abs(static_cast<double>(g[i]));
-    if (!std::isfinite(a)) return std::sqrt(ss);
-    if (a > amax) amax = a;
-  }
-  double scaled = 0;
-  for (Index i = 0; i < g.size; ++i) {
-    const double x = static_cast<double>(g[i]) / amax;
-    scaled += x * x;
-  }
-  return amax * std::sqrt(scaled);
+  if (Backend::first_nonfinite(ctx, g) >= 0) return std::sqrt(ss);
+  const double amax = Backend::max_abs(ctx, g);
+  return amax * std::sqrt(Backend::sum_squares(ctx, g, amax));
+}
+
+/// grad_norm on a context of its own (empty on the CPU; with a backend whose context holds a
+/// stream, pass one instead).
+template <class S, class Backend = CpuBackend>
+double grad_norm(ConstVectorView<S> g) {
+  typename Backend::Context ctx;
+  return grad_norm<S, Backend>(ctx, g);
 }
 
 /// Clips g in place to global L2 norm max_norm with torch.nn.utils.clip_grad_norm_ semantics
@@ -288,22 +256,28 @@ double grad_norm(ConstVectorView<S> g) {
 /// as in PyTorch.) Returns N, the norm before clipping.
 /// Throws config_error if max_norm is not > 0 (NaN included; +Inf means "never clip"), and
 /// numeric_error naming the first NaN/Inf entry if N is not finite; g is unchanged then.
-template <class S>
-double clip_grad_norm(VectorView<S> g, double max_norm) {
+/// Runs on the backend context ctx (grad_norm, then Backend::scale_vec when clipping).
+template <class S, class Backend = CpuBackend>
+double clip_grad_norm(typename Backend::Context& ctx, VectorView<S> g, double max_norm) {
   if (!(max_norm > 0))
     raise_config("clip_grad_norm", "max_norm must be > 0, got " + detail::optim_num(max_norm));
-  const double norm = grad_norm(ConstVectorView<S>(g));
+  const double norm = grad_norm<S, Backend>(ctx, ConstVectorView<S>(g));
   if (!std::isfinite(norm)) {
-    const Index bad = detail::optim_first_nonfinite(g.data, g.size);
+    const Index bad = Backend::first_nonfinite(ctx, ConstVectorView<S>(g));
     detail::optim_raise_nonfinite("clip_grad_norm", "g",
                                   bad >= 0 ? static_cast<double>(g[bad]) : norm, bad);
   }
   const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0)
-    detail::for_range(g.size, [&](Index i0, Index i1) {
-      for (Index i = i0; i < i1; ++i) g[i] = static_cast<S>(static_cast<double>(g[i]) * coef);
-    });
+  if (coef < 1.0) Backend::scale_vec(ctx, g, coef);
   return norm;
+}
+
+/// clip_grad_norm on a context of its own (empty on the CPU; with a backend whose context holds
+/// a stream, pass one instead).
+template <class S, class Backend = CpuBackend>
+double clip_grad_norm(VectorView<S> g, double max_norm) {
+  typename Backend::Context ctx;
+  return clip_grad_norm<S, Backend>(ctx, g, max_norm);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -395,10 +369,13 @@ struct LrSchedule {
 /// Exponential moving average of a flat parameter vector, docs/math/optim.md (8):
 /// e <- decay e + (1 - decay) p at every update(), starting from e = the parameters given to the
 /// constructor (as the released code's EMA copy of the model). No warmup of the decay.
-template <class S>
+/// The update runs on the backend primitive Backend::ema_update, on context() (the average's own
+/// context, or the caller's: set_context). The weights live in host memory (std::vector).
+template <class S, class Backend = CpuBackend>
 class Ema {
  public:
   using Scalar = S;
+  using Context = typename Backend::Context;
 
   /// Starts the average at a copy of params (size n). Throws config_error unless
   /// 0 <= decay < 1 (NaN fails).
@@ -414,14 +391,15 @@ class Ema {
   /// Throws shape_error if params has a size other than weights().size() (state unchanged).
   void update(ConstVectorView<S> params) {
     check_size("Ema::update", "params", params, size());
-    const double a = decay_, b = 1.0 - decay_;
-    S* w = w_.data();
-    detail::for_range(params.size, [&](Index i0, Index i1) {
-      for (Index i = i0; i < i1; ++i)
-        w[i] = static_cast<S>(a * static_cast<double>(w[i]) + b * static_cast<double>(params[i]));
-    });
+    Backend::ema_update(context(), VectorView<S>(w_.data(), size()), params, decay_);
     ++updates_;
   }
+
+  /// The context the updates run on: the average's own, or the one lent by set_context.
+  Context& context() { return ctx_.get(); }
+  /// Runs the updates on `ctx` from now on (not owned: the caller keeps it alive while the
+  /// average is updated); nullptr returns to the average's own context.
+  void set_context(Context* ctx) { ctx_.lend(ctx); }
 
   /// The averaged weights e (size n).
   const std::vector<S>& weights() const { return w_; }
@@ -448,7 +426,12 @@ class Ema {
   double decay_;
   Index updates_ = 0;
   std::vector<S> w_;
+  ContextSlot<Backend> ctx_;
 };
 
 }  // namespace optim
 }  // namespace flowprior
+
+#if !defined(__CUDACC__)
+#include <flowprior/backend/cpu.hpp>  // the default backend of host code
+#endif
