@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
     if (result.resumed_from >= 0)
       std::printf("resumed the prior's training from its checkpoint at step %td\n",
                   result.resumed_from);
-    io::json::write_file(out + "/metrics.json", pipeline::toy2d_metrics(cfg, result));
+    pipeline::write_metrics(out + "/metrics.json", pipeline::toy2d_metrics(cfg, result));
     const auto figures = pipeline::write_toy2d_figures(result, out);
     std::printf("%s", pipeline::toy2d_summary(result).c_str());
     std::printf("\nwrote %s/metrics.json, the prior (%s) and its checkpoint, and figures:\n",

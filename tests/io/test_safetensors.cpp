@@ -116,6 +116,15 @@ TEST_CASE("safetensors: malformed files give io_error with file, offset and expe
   throws(Bytes{1, 2, 3}, "expected at least 8 bytes");
   throws(make_file(ok, four, 1000), "runs past the end of the file");
   throws(make_file(ok, four, std::uint64_t(1) << 40), "exceeds the limit");
+  // Strings must be UTF-8 and numbers must fit a double (nlohmann::json refuses both too:
+  // tests/io/test_json_differential.cpp).
+  throws(make_file("{\"a\xff\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", four),
+         "at byte 11: malformed JSON header: invalid UTF-8 sequence");
+  throws(make_file("{\"a\xed\xa0\x80\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                   four),
+         "invalid UTF-8 sequence");
+  throws(make_file(R"({"a":{"dtype":"F32","shape":[1e400],"data_offsets":[0,4]}})", four),
+         "number out of the double range");
   throws(make_file("[1,2]", {}), "start with '{'");
   throws(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})", four),
          "malformed JSON");
@@ -222,6 +231,21 @@ TEST_CASE("state dict: save and load by PyTorch names, prefixes, strictness", "[
   nan_ok.allow_nonfinite = true;
   REQUIRE_NOTHROW(io::load_state_dict(b, io::Safetensors::read(path), nan_ok));
   std::remove(path.c_str());
+}
+
+TEST_CASE("safetensors: the writer refuses names the reader would refuse", "[io][error]") {
+  // A name or metadata entry that is not UTF-8 would give a header no reader accepts.
+  const std::vector<double> x = {1, 2, 3};
+  io::SafetensorsWriter w;
+  REQUIRE_THROWS_WITH(w.add("w\xff", x.data(), {3}), Catch::Contains("not valid UTF-8"));
+  REQUIRE_THROWS_AS(w.add("w\xc0\x80", x.data(), {3}), flowprior::config_error);
+  REQUIRE_THROWS_AS(w.set_metadata("k", "v\xed\xa0\x80"), flowprior::config_error);
+  REQUIRE_THROWS_AS(w.set_metadata("k\xe2\x82", "v"), flowprior::config_error);
+  w.add("w\xe2\x82\xac", x.data(), {3});  // the euro sign is fine
+  w.set_metadata("k\xc3\xa9", "\xf0\x9f\x98\x80");
+  const auto st = io::Safetensors::parse(w.bytes(), "utf8.safetensors");
+  REQUIRE(st.get<double>("w\xe2\x82\xac") == x);
+  REQUIRE(st.metadata().at("k\xc3\xa9") == "\xf0\x9f\x98\x80");
 }
 
 TEST_CASE("atomic writes: a failed write leaves the previous file and no temporary",

@@ -2,6 +2,7 @@
 // files exist, figures are PNGs, and every number of metrics.json is finite where it applies.
 #include <flowprior/flowprior.hpp>
 #include <flowprior/toy2d/pipeline.hpp>
+#include <nlohmann/json.hpp>
 #if defined(FLOWPRIOR_HAS_PLOT)  // figures need flowprior::plot (zlib)
 #include <flowprior/toy2d/figures.hpp>
 #endif
@@ -14,7 +15,6 @@
 
 namespace pipeline = flowprior::pipeline;
 namespace io = flowprior::io;
-using V = io::json::Value;
 
 namespace {
 
@@ -37,18 +37,15 @@ pipeline::Toy2dConfig tiny(flowprior::data::Toy2D target) {
   return c;
 }
 
-// Counts numbers in a parsed JSON document; nulls (NaN written as null) are counted apart.
-void count(const V& v, int& finite, int& nulls, int& bad) {
-  switch (v.kind) {
-    case V::Kind::Number: (std::isfinite(v.number) ? finite : bad)++; break;
-    case V::Kind::Null: nulls++; break;
-    case V::Kind::Array:
-      for (const auto& x : v.array) count(x, finite, nulls, bad);
-      break;
-    case V::Kind::Object:
-      for (const auto& kv : v.object) count(kv.second, finite, nulls, bad);
-      break;
-    default: break;
+// Counts numbers in a parsed JSON document; nulls (NaN written as null) are counted apart. The
+// document is read by nlohmann::json, a reader independent of the writer's code path.
+void count(const nlohmann::json& v, int& finite, int& nulls, int& bad) {
+  if (v.is_number()) {
+    (std::isfinite(v.get<double>()) ? finite : bad)++;
+  } else if (v.is_null()) {
+    nulls++;
+  } else if (v.is_array() || v.is_object()) {
+    for (const auto& x : v) count(x, finite, nulls, bad);
   }
 }
 
@@ -63,7 +60,7 @@ TEST_CASE("toy2d pipeline: every target runs and writes its files", "[train][pip
   std::filesystem::create_directories(dir);
   const auto cfg = tiny(target);
   const auto r = pipeline::run_toy2d(cfg, dir.string());
-  io::json::write_file((dir / "metrics.json").string(), pipeline::toy2d_metrics(cfg, r));
+  pipeline::write_metrics((dir / "metrics.json").string(), pipeline::toy2d_metrics(cfg, r));
 #if defined(FLOWPRIOR_HAS_PLOT)
   const auto figs = pipeline::write_toy2d_figures(r, dir.string());
   REQUIRE(figs.size() == 4);
@@ -76,10 +73,11 @@ TEST_CASE("toy2d pipeline: every target runs and writes its files", "[train][pip
   REQUIRE(std::filesystem::exists(dir / "prior.safetensors"));
   REQUIRE(std::filesystem::exists(dir / "prior.ckpt.safetensors"));
   const auto text = io::read_file((dir / "metrics.json").string());
-  io::json::Reader reader(reinterpret_cast<const char*>(text.data()),
-                          reinterpret_cast<const char*>(text.data()) + text.size(), 0,
-                          "metrics.json");
-  const V doc = reader.parse_document();
+  const nlohmann::json doc = nlohmann::json::parse(text.begin(), text.end());
+  REQUIRE(doc.at("config").at("seed_string").get<std::string>() == std::to_string(cfg.seed));
+  REQUIRE(doc.at("config").at("seed").get<std::uint64_t>() == cfg.seed);
+  REQUIRE(doc.at("landscape").at("range").size() == 4);
+  REQUIRE(doc.at("alignment").at("curve_step").size() == r.track_step.size());
   int finite = 0, nulls = 0, bad = 0;
   count(doc, finite, nulls, bad);
   REQUIRE(bad == 0);
@@ -90,6 +88,7 @@ TEST_CASE("toy2d pipeline: every target runs and writes its files", "[train][pip
     REQUIRE(r.occupancy_trained.size() == (target == flowprior::data::Toy2D::Ring5 ? 5u : 16u));
   } else {
     REQUIRE(std::isnan(r.pearson_exact));
+    REQUIRE(doc.at("landscape").at("pearson_exact_vs_nll").is_null());  // NaN as null
   }
   REQUIRE(std::isfinite(r.heldout_nll_ode));
   REQUIRE(std::isfinite(r.pearson_trained));
@@ -340,9 +339,10 @@ TEST_CASE("toy2d pipeline: files carry the run's identity and resume continues b
   other.progress = !c.progress;  // does not change the results: same run
   other.checkpoint_every = 7;
   REQUIRE(pipeline::toy2d_run_id(other) == pipeline::toy2d_run_id(c));
-  const auto text = pipeline::toy2d_metrics(c, a).dump();
+  const auto text = pipeline::toy2d_metrics(c, a).dump(2);
   REQUIRE(text.find(pipeline::toy2d_run_id(c)) != std::string::npos);
   REQUIRE(text.find("\"seed_string\": \"12345678901234567\"") != std::string::npos);
+  REQUIRE(text.find("\"seed\": 12345678901234567,") != std::string::npos);  // exact, too
 
   // The same run killed after 25 steps (the last periodic checkpoint is at step 20), resumed.
   const auto b_dir = fresh_dir("resume_b");

@@ -1,6 +1,7 @@
-// Plotting (examples/extras/plot/include/flowprior/plot/, target flowprior::plot): the PNG encoder against an independent decoder written
-// here (chunk parsing, CRCs, inflate, all five filters), canvas primitives, colormaps, ticks,
-// the Axes data -> pixel mapping, and a 2x2 Figure. Built only with zlib (flowprior::plot).
+// Plotting (examples/extras/plot/include/flowprior/plot/, target flowprior::plot): the PNG encoder
+// against an independent decoder written here (chunk parsing, CRCs, inflate, all five filters),
+// canvas primitives, colormaps, ticks, the Axes data -> pixel mapping, and a 2x2 Figure. Built only
+// with flowprior::plot (stb); the decoder inflates with zlib, which the tests link for it.
 #ifdef FLOWPRIOR_HAS_PLOT
 
 #include <unistd.h>
@@ -230,6 +231,10 @@ TEST_CASE("plot png: write_png writes the file atomically and reports errors", "
   REQUIRE_THROWS_AS(plot::write_png(path, plot::kMaxImageSide + 1, 1, rgb.data()),
                     flowprior::config_error);
   REQUIRE_THROWS_AS(plot::write_png(path, 4, 3, nullptr), flowprior::config_error);
+  // Within the side limit but above the byte limit of the encoder (sizes checked before any
+  // pixel is read, so the small buffer is never overrun).
+  REQUIRE_THROWS_WITH(plot::write_png(path, plot::kMaxImageSide, plot::kMaxImageSide, rgb.data()),
+                      Catch::Contains("more than the PNG encoder takes"));
   REQUIRE_THROWS_AS(plot::write_png(tmp / "missing/dir/a.png", 4, 3, rgb.data()),
                     flowprior::io_error);
   REQUIRE(decode_png(flowprior::io::read_file(path)).rgb == rgb);  // untouched by the failures

@@ -1,12 +1,13 @@
 /// @file
 /// A small, strict JSON reader for file headers (safetensors), and string escaping for the
-/// writers. Written for untrusted input: bounded nesting depth, no recursion beyond it, every
-/// error an io_error with the byte offset in the file. Not a general-purpose JSON library.
+/// writers. Written for untrusted input: bounded nesting depth, no recursion beyond it, strings
+/// of well-formed UTF-8 only, numbers within the double range, every error an io_error with the
+/// byte offset in the file. Not a general-purpose JSON library; docs/formats.md says why it is
+/// kept beside nlohmann::json (a differential test compares the two).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -31,6 +32,53 @@ struct Value {
   std::vector<std::pair<std::string, Value>> object;  ///< in file order
   std::uint64_t offset = 0;  ///< byte offset of the value in the file
 };
+
+/// The length of the well-formed UTF-8 sequence that starts at p (p < e, *p >= 0x80), or 0 when
+/// there is none. Well-formed as in RFC 3629: no overlong forms, no surrogates (U+D800..U+DFFF),
+/// nothing above U+10FFFF, no truncated sequence.
+inline std::size_t utf8_sequence_length(const char* p, const char* e) {
+  const unsigned char lead = static_cast<unsigned char>(*p);
+  std::size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // the range of the first continuation byte
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    n = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    n = 3;
+    if (lead == 0xE0) lo = 0xA0;
+    if (lead == 0xED) hi = 0x9F;
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    n = 4;
+    if (lead == 0xF0) lo = 0x90;
+    if (lead == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (std::size_t(e - p) < n) return 0;
+  for (std::size_t i = 1; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(p[i]);
+    if (c < lo || c > hi) return 0;
+    lo = 0x80;
+    hi = 0xBF;
+  }
+  return n;
+}
+
+/// True when s is well-formed UTF-8, which is what the reader accepts in a string. The writers
+/// check names with it, so that every file they write reads back.
+inline bool is_utf8(const std::string& s) {
+  const char* p = s.data();
+  const char* e = p + s.size();
+  while (p != e) {
+    if (static_cast<unsigned char>(*p) < 0x80) {
+      ++p;
+      continue;
+    }
+    const std::size_t n = utf8_sequence_length(p, e);
+    if (n == 0) return false;
+    p += n;
+  }
+  return true;
+}
 
 /// Parses text [begin, end) holding exactly one JSON value (whitespace around it allowed).
 /// `base` is the file offset of `begin`, `file` names the file in errors.
@@ -189,6 +237,12 @@ class Reader {
       v.number = double(v.integer);
     } else {
       v.number = std::strtod(std::string(start, p_).c_str(), nullptr);
+      // A literal beyond the double range (1e400) has no value; refuse it, as JSON parsers
+      // that store doubles do, rather than hand on an infinity.
+      if (!std::isfinite(v.number)) {
+        p_ = start;
+        err("number out of the double range");
+      }
     }
     return v;
   }
@@ -204,6 +258,13 @@ class Reader {
         return s;
       }
       if (c < 0x20) err("control character in string: '" + show() + "'");
+      if (c >= 0x80) {
+        const std::size_t n = utf8_sequence_length(p_, e_);
+        if (n == 0) err("invalid UTF-8 sequence in string, starting with '" + show() + "'");
+        s.append(p_, n);
+        p_ += n;
+        continue;
+      }
       if (c != '\\') {
         s.push_back(char(c));
         ++p_;
@@ -304,129 +365,6 @@ inline std::string quote(const std::string& s) {
     }
   }
   return o + "\"";
-}
-
-}  // namespace json
-}  // namespace io
-}  // namespace flowprior
-
-namespace flowprior {
-namespace io {
-namespace json {
-
-/// A small JSON document builder for result files (metrics.json): objects keep insertion order,
-/// numbers are written with 17 significant digits (NaN and Inf, which JSON lacks, as null).
-class Out {
- public:
-  Out() = default;
-  Out(double x) : kind_(Kind::Number), num_(x) {}                 // NOLINT
-  Out(int x) : kind_(Kind::Number), num_(x) {}                    // NOLINT
-  Out(long x) : kind_(Kind::Number), num_(double(x)) {}           // NOLINT
-  Out(long long x) : kind_(Kind::Number), num_(double(x)) {}      // NOLINT
-  Out(unsigned long x) : kind_(Kind::Number), num_(double(x)) {}  // NOLINT
-  Out(bool b) : kind_(Kind::Bool), bool_(b) {}                    // NOLINT
-  Out(const char* s) : kind_(Kind::String), str_(s) {}            // NOLINT
-  Out(std::string s) : kind_(Kind::String), str_(std::move(s)) {} // NOLINT
-
-  static Out object() {
-    Out o;
-    o.kind_ = Kind::Object;
-    return o;
-  }
-  static Out array() {
-    Out o;
-    o.kind_ = Kind::Array;
-    return o;
-  }
-  template <class T>
-  static Out array(const T* p, std::size_t n) {
-    Out o = array();
-    for (std::size_t i = 0; i < n; ++i) o.push(Out(double(p[i])));
-    return o;
-  }
-
-  /// Sets key (objects); replaces an existing key in place.
-  Out& set(const std::string& key, Out v) {
-    kind_ = Kind::Object;
-    for (auto& kv : obj_)
-      if (kv.first == key) {
-        kv.second = std::move(v);
-        return *this;
-      }
-    obj_.emplace_back(key, std::move(v));
-    return *this;
-  }
-  /// Appends (arrays).
-  Out& push(Out v) {
-    kind_ = Kind::Array;
-    arr_.push_back(std::move(v));
-    return *this;
-  }
-
-  std::string dump(int indent = 2) const {
-    std::string s;
-    write(s, indent, 0);
-    return s + "\n";
-  }
-
- private:
-  enum class Kind { Null, Bool, Number, String, Array, Object };
-
-  void write(std::string& s, int indent, int level) const {
-    const std::string pad(std::size_t(indent * (level + 1)), ' '), end(std::size_t(indent * level), ' ');
-    switch (kind_) {
-      case Kind::Null: s += "null"; break;
-      case Kind::Bool: s += bool_ ? "true" : "false"; break;
-      case Kind::Number: {
-        if (!std::isfinite(num_)) {
-          s += "null";
-        } else {
-          char b[40];
-          std::snprintf(b, sizeof b, "%.17g", num_);
-          s += b;
-        }
-        break;
-      }
-      case Kind::String: s += quote(str_); break;
-      case Kind::Array: {
-        // Arrays of numbers stay on one line.
-        bool flat = true;
-        for (const auto& v : arr_) flat &= v.kind_ != Kind::Object && v.kind_ != Kind::Array;
-        s += "[";
-        for (std::size_t i = 0; i < arr_.size(); ++i) {
-          if (i) s += flat ? ", " : ",";
-          if (!flat) s += "\n" + pad;
-          arr_[i].write(s, indent, level + 1);
-        }
-        if (!flat && !arr_.empty()) s += "\n" + end;
-        s += "]";
-        break;
-      }
-      case Kind::Object: {
-        s += "{";
-        for (std::size_t i = 0; i < obj_.size(); ++i) {
-          s += (i ? ",\n" : "\n") + pad + quote(obj_[i].first) + ": ";
-          obj_[i].second.write(s, indent, level + 1);
-        }
-        if (!obj_.empty()) s += "\n" + end;
-        s += "}";
-        break;
-      }
-    }
-  }
-
-  Kind kind_ = Kind::Null;
-  double num_ = 0;
-  bool bool_ = false;
-  std::string str_;
-  std::vector<Out> arr_;
-  std::vector<std::pair<std::string, Out>> obj_;
-};
-
-/// Writes a document atomically.
-inline void write_file(const std::string& path, const Out& doc) {
-  const std::string text = doc.dump();
-  atomic_write(path, [&](Writer& w) { w.write(text); });
 }
 
 }  // namespace json

@@ -473,21 +473,28 @@ class Safetensors {
 /// spaces to a multiple of 8 bytes (as the reference writer does).
 class SafetensorsWriter {
  public:
-  /// Sets a `__metadata__` entry. The checksum key is reserved (use set_checksum).
+  /// Sets a `__metadata__` entry. The checksum key is reserved (use set_checksum); key and value
+  /// must be UTF-8 (config_error otherwise).
   void set_metadata(const std::string& key, const std::string& value) {
     if (key == checksum_key())
       raise_config("SafetensorsWriter", std::string("'") + checksum_key() +
                                             "' is reserved: call set_checksum(true)");
+    if (!json::is_utf8(key) || !json::is_utf8(value))
+      raise_config("SafetensorsWriter", "__metadata__ entry '" + key + "' is not valid UTF-8");
     metadata_[key] = value;
   }
   /// Adds the "flowprior.checksum" entry (a CRC-32 of the whole file, see checksum_key()), which
   /// Safetensors::parse verifies. Other safetensors readers ignore it.
   void set_checksum(bool on) { checksum_ = on; }
 
-  /// Adds tensor `name` with `shape`, converting data to `dtype` (F64, F32, F16 or BF16).
+  /// Adds tensor `name` (non-empty, UTF-8, not yet added) with `shape`, converting data to `dtype`
+  /// (F64, F32, F16 or BF16).
   template <class S>
   void add(const std::string& name, const S* data, std::vector<std::int64_t> shape, Dtype dtype) {
     if (name.empty() || name == "__metadata__") raise_config("SafetensorsWriter", "invalid tensor name '" + name + "'");
+    // The reader (and every other safetensors reader) refuses a header that is not UTF-8.
+    if (!json::is_utf8(name))
+      raise_config("SafetensorsWriter", "tensor name '" + name + "' is not valid UTF-8");
     for (const auto& e : entries_)
       if (e.name == name) raise_config("SafetensorsWriter", "duplicate tensor name '" + name + "'");
     if (dtype != Dtype::F64 && dtype != Dtype::F32 && dtype != Dtype::F16 && dtype != Dtype::BF16)

@@ -37,6 +37,7 @@
 #endif
 
 #include <Eigen/Core>
+#include <nlohmann/json.hpp>
 
 #include <flowprior/analytic/gaussian_mixture.hpp>
 #include <flowprior/backend/cpu.hpp>  // the pipeline runs on the CPU backend
@@ -46,7 +47,6 @@
 #include <flowprior/toy2d/stats.hpp>
 #include <flowprior/train/checkpoint.hpp>
 #include <flowprior/io/file.hpp>
-#include <flowprior/io/json.hpp>
 #include <flowprior/io/state_dict.hpp>
 #include <flowprior/loss/flow_loss.hpp>
 #include <flowprior/nn/adaln_mlp.hpp>
@@ -823,100 +823,115 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
   return r;
 }
 
-/// Every number of a run, for metrics.json.
-inline io::json::Out toy2d_metrics(const Toy2dConfig& cfg, const Toy2dResult& r) {
-  using io::json::Out;
+/// Every number of a run, for metrics.json: an nlohmann::ordered_json object whose keys keep the
+/// order they are set in. NaN and infinities (JSON has neither) are written as null by dump().
+inline nlohmann::ordered_json toy2d_metrics(const Toy2dConfig& cfg, const Toy2dResult& r) {
+  using Out = nlohmann::ordered_json;
   auto idx = [](const std::vector<Index>& v) {
     Out a = Out::array();
-    for (Index x : v) a.push(Out(x));
+    for (Index x : v) a.push_back(std::int64_t(x));
     return a;
   };
-  auto vec = [](const std::vector<double>& v) { return Out::array(v.data(), v.size()); };
+  auto vec = [](const std::vector<double>& v) {
+    Out a = Out::array();
+    for (double x : v) a.push_back(x);
+    return a;
+  };
   Out config = Out::object();
-  config.set("target", r.target)
-      .set("run_id", r.run_id)
-      .set("seed", Out(static_cast<unsigned long>(cfg.seed)))
-      .set("seed_string", std::to_string(cfg.seed))  // exact (a JSON number is a double)
-      .set("convention", to_string(cfg.convention))
-      .set("width", cfg.width)
-      .set("depth", cfg.depth)
-      .set("prior_params", r.prior_params)
-      .set("prior_steps", cfg.prior_steps)
-      .set("batch", cfg.batch)
-      .set("prior_draws", cfg.prior_draws)
-      .set("prior_lr", cfg.prior_lr)
-      .set("prior_schedule", cfg.prior_cosine ? "cosine" : "constant")
-      .set("ema_decay", cfg.ema_decay)
-      .set("precision", cfg.single_precision ? "float32" : "float64")
-      .set("prior_time_group", cfg.prior_time_group)
-      .set("align_time_group", cfg.align_time_group)
-      .set("latents", cfg.latents)
-      .set("align_steps", cfg.align_steps)
-      .set("align_draws", cfg.align_draws)
-      .set("align_lr", cfg.align_lr)
-      .set("grid", cfg.grid)
-      .set("landscape_draws", cfg.landscape_draws)
-      .set("pad", cfg.pad)
-      .set("ode_tol", cfg.ode_tol)
-      .set("eval_points", cfg.eval_points)
-      .set("prior_samples", cfg.prior_samples)
-      .set("kde_samples", cfg.kde_samples)
-      .set("kde_bandwidth", cfg.kde_bandwidth)
-      .set("prior_warmup", cfg.prior_warmup)
-      .set("track_every", cfg.track_every)
-      .set("divergence_factor", cfg.divergence_factor)
-      .set("checkpoint_every", cfg.checkpoint_every)
-      .set("resumed_from_step", r.resumed_from);
+  config["target"] = r.target;
+  config["run_id"] = r.run_id;
+  config["seed"] = std::uint64_t(cfg.seed);
+  // Also as a string: readers that hold every JSON number as a double lose seeds above 2^53.
+  config["seed_string"] = std::to_string(cfg.seed);
+  config["convention"] = to_string(cfg.convention);
+  config["width"] = cfg.width;
+  config["depth"] = cfg.depth;
+  config["prior_params"] = r.prior_params;
+  config["prior_steps"] = cfg.prior_steps;
+  config["batch"] = cfg.batch;
+  config["prior_draws"] = cfg.prior_draws;
+  config["prior_lr"] = cfg.prior_lr;
+  config["prior_schedule"] = cfg.prior_cosine ? "cosine" : "constant";
+  config["ema_decay"] = cfg.ema_decay;
+  config["precision"] = cfg.single_precision ? "float32" : "float64";
+  config["prior_time_group"] = cfg.prior_time_group;
+  config["align_time_group"] = cfg.align_time_group;
+  config["latents"] = cfg.latents;
+  config["align_steps"] = cfg.align_steps;
+  config["align_draws"] = cfg.align_draws;
+  config["align_lr"] = cfg.align_lr;
+  config["grid"] = cfg.grid;
+  config["landscape_draws"] = cfg.landscape_draws;
+  config["pad"] = cfg.pad;
+  config["ode_tol"] = cfg.ode_tol;
+  config["eval_points"] = cfg.eval_points;
+  config["prior_samples"] = cfg.prior_samples;
+  config["kde_samples"] = cfg.kde_samples;
+  config["kde_bandwidth"] = cfg.kde_bandwidth;
+  config["prior_warmup"] = cfg.prior_warmup;
+  config["track_every"] = cfg.track_every;
+  config["divergence_factor"] = cfg.divergence_factor;
+  config["checkpoint_every"] = cfg.checkpoint_every;
+  config["resumed_from_step"] = r.resumed_from;
   Out prior = Out::object();
-  prior.set("train_seconds", r.train_seconds)
-      .set("final_train_loss", r.train_loss.empty() ? 0.0 : r.train_loss.back())
-      .set("heldout_nll_ode", r.heldout_nll_ode)
-      .set("heldout_nll_target", r.heldout_nll_ref)
-      .set("heldout_nll_target_kind", r.exact_density ? "exact" : "kde")
-      .set("entropy_mc", r.entropy)
-      .set("entropy_mc_se", r.entropy_se)
-      .set("nll_gap_to_entropy", r.exact_density ? r.heldout_nll_ode - r.entropy
-                                                 : r.heldout_nll_ode - r.heldout_nll_ref)
-      .set("ode_nfe", r.ode_nfe)
-      .set("eval_seconds", r.eval_seconds)
-      .set("prior_samples_target_nll", r.prior_samples_nll)
-      .set("checkpoint", r.checkpoint_path)
-      .set("state_dict", r.prior_path)
-      .set("train_curve_step", vec(r.train_step))
-      .set("train_curve_loss", vec(r.train_loss));
+  prior["train_seconds"] = r.train_seconds;
+  prior["final_train_loss"] = r.train_loss.empty() ? 0.0 : r.train_loss.back();
+  prior["heldout_nll_ode"] = r.heldout_nll_ode;
+  prior["heldout_nll_target"] = r.heldout_nll_ref;
+  prior["heldout_nll_target_kind"] = r.exact_density ? "exact" : "kde";
+  prior["entropy_mc"] = r.entropy;
+  prior["entropy_mc_se"] = r.entropy_se;
+  prior["nll_gap_to_entropy"] =
+      r.exact_density ? r.heldout_nll_ode - r.entropy : r.heldout_nll_ode - r.heldout_nll_ref;
+  prior["ode_nfe"] = r.ode_nfe;
+  prior["eval_seconds"] = r.eval_seconds;
+  prior["prior_samples_target_nll"] = r.prior_samples_nll;
+  prior["checkpoint"] = r.checkpoint_path;
+  prior["state_dict"] = r.prior_path;
+  prior["train_curve_step"] = vec(r.train_step);
+  prior["train_curve_loss"] = vec(r.train_loss);
   Out land = Out::object();
-  land.set("range", Out::array().push(r.x0).push(r.x1).push(r.y0).push(r.y1))
-      .set("grid", r.grid)
-      .set("pearson_trained_vs_nll", r.pearson_trained)
-      .set("spearman_trained_vs_nll", r.spearman_trained)
-      .set("pearson_exact_vs_nll", r.pearson_exact)
-      .set("spearman_exact_vs_nll", r.spearman_exact)
-      .set("pearson_trained_vs_exact", r.pearson_trained_vs_exact);
+  land["range"] = Out::array({r.x0, r.x1, r.y0, r.y1});
+  land["grid"] = r.grid;
+  land["pearson_trained_vs_nll"] = r.pearson_trained;
+  land["spearman_trained_vs_nll"] = r.spearman_trained;
+  land["pearson_exact_vs_nll"] = r.pearson_exact;
+  land["spearman_exact_vs_nll"] = r.spearman_exact;
+  land["pearson_trained_vs_exact"] = r.pearson_trained_vs_exact;
   Out align = Out::object();
-  align.set("start_nll", r.track_nll_trained.empty() ? 0.0 : r.track_nll_trained.front())
-      .set("final_nll_trained", r.track_nll_trained.empty() ? 0.0 : r.track_nll_trained.back())
-      .set("final_nll_exact", r.track_nll_exact.empty() ? std::numeric_limits<double>::quiet_NaN()
-                                                        : r.track_nll_exact.back())
-      .set("occupancy_trained", idx(r.occupancy_trained))
-      .set("occupancy_exact", idx(r.occupancy_exact))
-      .set("near_mode_trained", idx(r.near_trained))
-      .set("near_mode_exact", idx(r.near_exact))
-      .set("mean_distance_to_nearest_target_sample_trained", r.nn_distance_trained)
-      .set("mean_distance_to_nearest_target_sample_exact", r.nn_distance_exact)
-      .set("seconds", r.align_seconds)
-      .set("curve_step", vec(r.track_step))
-      .set("curve_loss_trained", vec(r.track_loss_trained))
-      .set("curve_nll_trained", vec(r.track_nll_trained))
-      .set("curve_loss_exact", vec(r.track_loss_exact))
-      .set("curve_nll_exact", vec(r.track_nll_exact));
+  align["start_nll"] = r.track_nll_trained.empty() ? 0.0 : r.track_nll_trained.front();
+  align["final_nll_trained"] = r.track_nll_trained.empty() ? 0.0 : r.track_nll_trained.back();
+  align["final_nll_exact"] = r.track_nll_exact.empty() ? std::numeric_limits<double>::quiet_NaN()
+                                                       : r.track_nll_exact.back();
+  align["occupancy_trained"] = idx(r.occupancy_trained);
+  align["occupancy_exact"] = idx(r.occupancy_exact);
+  align["near_mode_trained"] = idx(r.near_trained);
+  align["near_mode_exact"] = idx(r.near_exact);
+  align["mean_distance_to_nearest_target_sample_trained"] = r.nn_distance_trained;
+  align["mean_distance_to_nearest_target_sample_exact"] = r.nn_distance_exact;
+  align["seconds"] = r.align_seconds;
+  align["curve_step"] = vec(r.track_step);
+  align["curve_loss_trained"] = vec(r.track_loss_trained);
+  align["curve_nll_trained"] = vec(r.track_nll_trained);
+  align["curve_loss_exact"] = vec(r.track_loss_exact);
+  align["curve_nll_exact"] = vec(r.track_nll_exact);
   Out doc = Out::object();
-  doc.set("flowprior_version", FLOWPRIOR_VERSION_STRING)
-      .set("config", config)
-      .set("prior", prior)
-      .set("landscape", land)
-      .set("alignment", align)
-      .set("total_seconds", r.total_seconds);
+  doc["flowprior_version"] = FLOWPRIOR_VERSION_STRING;
+  doc["config"] = config;
+  doc["prior"] = prior;
+  doc["landscape"] = land;
+  doc["alignment"] = align;
+  doc["total_seconds"] = r.total_seconds;
   return doc;
+}
+
+/// Writes a metrics document (toy2d_metrics) to `path` atomically, indented by two spaces. Bytes
+/// in strings that are not UTF-8 (a path, say) are written as U+FFFD, so the file is always valid
+/// JSON and dump() never throws.
+inline void write_metrics(const std::string& path, const nlohmann::ordered_json& doc) {
+  const std::string text =
+      doc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+  io::atomic_write(path, [&](io::Writer& w) { w.write(text); });
 }
 
 /// A one-screen summary.
