@@ -552,3 +552,52 @@ TEST_CASE("reversed view: every call equals the field at 1 - t with the sign fli
   REQUIRE_THROWS_AS(rev.vjp_x(fresh, u, dx), flowprior::error);
   REQUIRE(dx == start);
 }
+
+TEST_CASE("context: one context runs the loss, the trainer's and the aligner's steps",
+          "[loss][context]") {
+  using Context = flowprior::CpuBackend::Context;
+  // A field on the shell: the loss runs on its field workspace's context, and a lent context
+  // reaches the field workspace.
+  loss::LossWorkspace<Net> ws;
+  REQUIRE(&ws.context() == &ws.prior.field.context());
+  Context mine;
+  ws.set_context(&mine);
+  REQUIRE(&ws.context() == &mine);
+  REQUIRE(&ws.prior.field.context() == &mine);
+  ws.set_context(nullptr);
+  REQUIRE(&ws.context() == &ws.prior.field.context());
+  REQUIRE(&ws.context() != &mine);
+  // A field whose workspace has no context: the loss workspace's own, and a lent one.
+  loss::LossWorkspace<GmmField> gws;
+  Context& own = gws.context();
+  gws.set_context(&mine);
+  REQUIRE(&gws.context() == &mine);
+  gws.set_context(nullptr);
+  REQUIRE(&gws.context() == &own);
+  // The trainer lends its context to Adam and the EMA for a step only: afterwards they are on
+  // their own again, and the loss keeps the caller's.
+  Rng rng(125);
+  Net net(small_adaln(2));
+  fpt::randomize_field(net, rng);
+  flowprior::train::TrainerConfig tc;
+  tc.batch = 4;
+  tc.K = 2;
+  flowprior::train::FlowMatchingTrainer<Net> trainer(net, Convention::Code, tc);
+  trainer.set_context(&mine);
+  REQUIRE(&trainer.context() == &mine);
+  const Mat targets = fpt::random_mat(2, 8, rng);
+  trainer.step(targets, rng);
+  REQUIRE(trainer.steps() == 1);
+  REQUIRE(&trainer.optimizer().context() != &mine);
+  REQUIRE(&trainer.ema().context() != &mine);
+  REQUIRE(&trainer.context() == &mine);
+  // The aligner likewise.
+  const Prior<Net> prior(net, Convention::Code);
+  flowprior::train::LatentAligner<Net> aligner(prior, Convention::Code, 3,
+                                               flowprior::train::AlignConfig{});
+  aligner.set_context(&mine);
+  Mat y = fpt::random_mat(2, 3, rng);
+  aligner.step(y, rng);
+  REQUIRE(aligner.steps() == 1);
+  REQUIRE(&aligner.context() == &mine);
+}

@@ -46,4 +46,20 @@ class ContextSlot {
   Context* lent_ = nullptr;
 };
 
+/// Lends a context to a user of a backend (anything with set_context: an optimizer, an EMA, a
+/// workspace) for one scope, and returns the user to its own context when the scope ends,
+/// exception or not. The trainer and the aligner lend their loss workspace's context this way,
+/// so that the optimizer never keeps a pointer into a workspace that may move.
+template <class User, class Context>
+class LentContext {
+ public:
+  LentContext(User& user, Context& ctx) : user_(user) { user_.set_context(&ctx); }
+  ~LentContext() { user_.set_context(nullptr); }
+  LentContext(const LentContext&) = delete;
+  LentContext& operator=(const LentContext&) = delete;
+
+ private:
+  User& user_;
+};
+
 }  // namespace flowprior

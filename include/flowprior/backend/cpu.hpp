@@ -18,6 +18,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <flowprior/backend/cpu_blas.hpp>
@@ -25,6 +26,7 @@
 #include <flowprior/backend/optim_args.hpp>
 #include <flowprior/backend/parallel.hpp>
 #include <flowprior/core/activation.hpp>
+#include <flowprior/core/convention.hpp>
 #include <flowprior/core/math.hpp>
 #include <flowprior/core/types.hpp>
 #include <limits>
@@ -196,6 +198,117 @@ struct CpuBackend {
       for (Index k = 0; k < d; ++k) acc += J(k, b * d + k);
       div_out[b] = acc;
     }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Loss primitives: the path mix, the residuals with their per-row reductions, and the input
+  // gradient of the alignment loss (docs/math/flow_matching.md (4)-(6), docs/math/alignment.md
+  // (1)). Operands of N*K columns hold K draws per row of x: column col = b*K + k belongs to row
+  // b. Each column's coefficients are path_coefficients(conv, t[col]), evaluated in double and
+  // rounded to S. Column passes on the thread team; every reduction keeps its serial order, so
+  // the results do not depend on the thread count.
+
+  /// xt_out(:, col) = a x(:, col / K) + b eps(:, col) for the N*K columns of eps, with (a, b) of
+  /// convention conv at t[col] (flow_matching.md (4)). Returns the number of columns whose t is
+  /// not in [0, 1] (NaN included), for the caller to report; those columns hold whatever the
+  /// formula gives.
+  template <class S>
+  static Index path_mix(Context&, Convention conv, CVec<S> t, CView<S> x, CView<S> eps,
+                        MatrixView<S> xt_out, Index K) {
+    const Index d = eps.rows;
+    std::atomic<Index> bad{0};
+    detail::for_cols(d, eps.cols, [&](Index j0, Index j1) {
+      Index local = 0;
+      for (Index col = j0; col < j1; ++col) {
+        const S tc = t[col];
+        if (!(tc >= S(0) && tc <= S(1))) ++local;
+        const PathCoefficients pc = path_coefficients(conv, double(tc));
+        const S a = S(pc.a), b = S(pc.b);
+        const S* xb = x.col(col / K);
+        const S* e = eps.col(col);
+        S* o = xt_out.col(col);
+        for (Index i = 0; i < d; ++i) o[i] = a * xb[i] + b * e[i];
+      }
+      if (local != 0) bad.fetch_add(local, std::memory_order_relaxed);
+    });
+    return bad.load(std::memory_order_relaxed);
+  }
+
+  /// The residuals and their per-row sums (flow_matching.md (4)-(5)). In place over the N*K
+  /// columns of v, which holds the field's output: r = sign v - (c x(:, col / K) + e eps(:, col)),
+  /// with (c, e) of convention conv at t[col]. Row b's sum of r^2 over its K columns (in column
+  /// order, each column in element order, in double), times row_scale, goes to row_out[b] and,
+  /// if loss_per_row_out is not empty, rounded to S into loss_per_row_out[b]. Returns
+  /// sum_b row_out[b], added in row order.
+  template <class S>
+  static double path_residuals(Context&, Convention conv, S sign, CVec<S> t, CView<S> x,
+                               CView<S> eps, MatrixView<S> v, Index K, double row_scale,
+                               double* row_out, VectorView<S> loss_per_row_out) {
+    const Index d = v.rows, N = x.cols;
+    detail::for_cols(d * K, N, [&](Index b0, Index b1) {
+      for (Index b = b0; b < b1; ++b) {
+        const S* xb = x.col(b);
+        double row = 0;
+        for (Index k = 0; k < K; ++k) {
+          const Index col = b * K + k;
+          const PathCoefficients pc = path_coefficients(conv, double(t[col]));
+          const S c = S(pc.c), e = S(pc.e);
+          const S* ec = eps.col(col);
+          S* r = v.col(col);
+          for (Index i = 0; i < d; ++i) {
+            const S ri = sign * r[i] - (c * xb[i] + e * ec[i]);
+            r[i] = ri;
+            row += double(ri) * double(ri);
+          }
+        }
+        row *= row_scale;
+        row_out[b] = row;
+        if (loss_per_row_out.size != 0) loss_per_row_out[b] = static_cast<S>(row);
+      }
+    });
+    double total = 0;
+    for (Index b = 0; b < N; ++b) total += row_out[b];
+    return total;
+  }
+
+  /// B_out = alpha A (one pass: the scaled residuals d_v of the losses).
+  template <class S>
+  static void scaled_copy(Context&, S alpha, CView<S> A, MatrixView<S> B_out) {
+    detail::for_cols(A.rows, A.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        const S* a = A.col(j);
+        S* o = B_out.col(j);
+        for (Index i = 0; i < A.rows; ++i) o[i] = alpha * a[i];
+      }
+    });
+  }
+
+  /// The gradient of the path mix and of the target velocity with respect to the rows
+  /// (alignment.md (1)): d_x(:, b) += sum_k [a dxt(:, col) - sign c dv(:, col)], col = b*K + k,
+  /// with (a, c) of convention conv at t[col], the K columns of a row added in order. An empty
+  /// dxt drops the a term (the prediction detached).
+  template <class S>
+  static void path_grad(Context&, Convention conv, S sign, CVec<S> t, CView<S> dv, CView<S> dxt,
+                        MatrixView<S> d_x, Index K) {
+    const Index d = d_x.rows;
+    const bool through_v = !dxt.empty();
+    detail::for_cols(d * K, d_x.cols, [&](Index b0, Index b1) {
+      for (Index b = b0; b < b1; ++b) {
+        S* g_out = d_x.col(b);
+        for (Index k = 0; k < K; ++k) {
+          const Index col = b * K + k;
+          const PathCoefficients pc = path_coefficients(conv, double(t[col]));
+          const S a = S(pc.a), c_f = sign * S(pc.c);
+          const S* dvc = dv.col(col);
+          const S* dxc = through_v ? dxt.col(col) : nullptr;
+          for (Index i = 0; i < d; ++i) {
+            S g = -c_f * dvc[i];
+            if (through_v) g += a * dxc[i];
+            g_out[i] += g;
+          }
+        }
+      }
+    });
   }
 
   // ---------------------------------------------------------------------------------------------

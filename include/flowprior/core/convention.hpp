@@ -15,9 +15,9 @@
 /// routine takes a Convention and checks it against the prior's (convention_error otherwise).
 #pragma once
 
-#include <string>
-
+#include <flowprior/config.hpp>
 #include <flowprior/core/error.hpp>
+#include <string>
 
 namespace flowprior {
 
@@ -56,8 +56,9 @@ struct PathCoefficients {
   double a, b, c, e;
 };
 
-/// Coefficients of convention `conv` at time t.
-inline PathCoefficients path_coefficients(Convention conv, double t) {
+/// Coefficients of convention `conv` at time t (host and device: the loss primitives of a
+/// backend evaluate them per column).
+FLOWPRIOR_HD inline PathCoefficients path_coefficients(Convention conv, double t) {
   if (conv == Convention::Paper) return {t, 1.0 - t, 1.0, -1.0};
   return {1.0 - t, t, -1.0, 1.0};
 }

@@ -14,18 +14,26 @@
 ///
 /// (code convention: 2[(1-t) J^T r + r]; paper: 2[t J^T r - r]). detach_pred_v drops the J^T term.
 /// No parameter gradient is computed or allocated by the alignment loss.
+///
+/// The per-element work and the reductions are primitives of the field's backend (path_mix,
+/// path_residuals, scaled_copy, fill, path_grad: docs/backends.md "Loss primitives"), run on the
+/// loss workspace's context; this header has no loop over the elements and includes no Eigen
+/// (host code gets the default backend, CpuBackend, included at the end).
 #pragma once
 
 #include <cmath>
-#include <string>
-#include <vector>
-
+#include <flowprior/backend/context.hpp>
+#include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/loss/draws.hpp>
 #include <flowprior/prior.hpp>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <utility>
 
 namespace flowprior {
 namespace loss {
@@ -45,20 +53,89 @@ struct AlignmentOptions {
   bool detach_pred_v = false;  ///< drop the J^T r term (released `detach_pred_v`)
 };
 
-/// Memory reused across calls (one per thread).
+namespace detail {
+
+/// The backend a field runs on: Field::BackendType when the field names one (the fields on the
+/// shell nn::FieldBase do), else CpuBackend (a field written from scratch runs on the host).
+template <class Field, class = void>
+struct field_backend {
+  using type = CpuBackend;
+};
+template <class Field>
+struct field_backend<Field, std::void_t<typename Field::BackendType>> {
+  using type = typename Field::BackendType;
+};
+
+/// Whether a field workspace W carries a backend context (nn::FieldWorkspace does: context(),
+/// set_context).
+template <class W, class Context, class = void>
+struct has_context : std::false_type {};
+template <class W, class Context>
+struct has_context<W, Context, std::void_t<decltype(std::declval<W&>().context())>>
+    : std::is_same<decltype(std::declval<W&>().context()), Context&> {};
+
+}  // namespace detail
+
+/// Memory reused across calls (one per thread): the prior's workspace and the loss's buffers, in
+/// memory of the field's backend.
+///
+/// The context (docs/backends.md "Context"): one context runs the whole loss, the field's
+/// passes and the loss primitives alike. It is the field workspace's (prior.field.context())
+/// when the field's workspace has one, else the loss workspace's own; set_context lends the
+/// caller's to whichever of the two is used. The trainer and the aligner run their optimizer,
+/// clipping and EMA on it too.
 template <class Field>
 struct LossWorkspace {
   using S = typename Field::Scalar;
+  using Backend = typename detail::field_backend<Field>::type;
+  using Context = typename Backend::Context;
+  template <class T>
+  using Buffer = typename Backend::template Buffer<T>;
+
   typename Prior<Field>::Workspace prior;
-  std::vector<S> xt, v, dv, dxt;
+  Buffer<S> xt, v, dv, dxt;
+  Buffer<double> rows;  ///< each row's loss in double, summed in row order
+
+  /// The context the loss runs on.
+  Context& context() {
+    if constexpr (field_has_context)
+      return prior.field.context();
+    else
+      return ctx_.get();
+  }
+  /// Runs the loss on `ctx` from now on (not owned: the caller keeps it alive); nullptr returns
+  /// to the workspace's own.
+  void set_context(Context* ctx) {
+    if constexpr (field_has_context)
+      prior.field.set_context(ctx);
+    else
+      ctx_.lend(ctx);
+  }
+
+ private:
+  static constexpr bool field_has_context =
+      detail::has_context<typename Field::Workspace, Context>::value;
+  ContextSlot<Backend> ctx_;
 };
 
 namespace detail {
 
-template <class S>
-MatrixView<S> sized(std::vector<S>& buf, Index rows, Index cols) {
-  checked_resize("loss workspace", "a buffer of the loss",  buf,
-                 checked_mul("loss workspace", "dim x rows x K", rows, cols));
+/// A (rows, cols) view of `buf`, grown first if needed (a grown buffer is checked against the
+/// machine's memory: config_error).
+template <class Backend, class T>
+MatrixView<T> sized(typename Backend::template Buffer<T>& buf, Index rows, Index cols) {
+  const char* where = "loss workspace";
+  const Index n = checked_mul(where, "dim x rows x K", rows, cols);
+  if (Index(buf.size()) < n) {
+    check_allocation(where, "a buffer of the loss", n, sizeof(T));
+    try {
+      Backend::resize(buf, n);
+    } catch (const std::bad_alloc&) {
+      flowprior::detail::raise_size_config(where, "a buffer of the loss: cannot allocate " +
+                                                      std::to_string(n) + " elements (" +
+                                                      gib_string(double(n) * sizeof(T)) + ")");
+    }
+  }
   return {buf.data(), rows, cols};
 }
 
@@ -67,7 +144,9 @@ MatrixView<S> sized(std::vector<S>& buf, Index rows, Index cols) {
 /// x_t, evaluates v, forms r = v - u in ws.v, fills the per-row loss and returns the total
 /// (weight and reduction applied). A reversed prior is not negated: the field's output is
 /// v_field = prior.sign() v and r = sign v_field - u (exact, sign is +-1); the gradients below
-/// fold the sign into their coefficients likewise (prior.hpp, forward_field).
+/// fold the sign into their coefficients likewise (prior.hpp, forward_field). The per-element
+/// work and the reductions are the backend's loss primitives (path_mix, path_residuals), run on
+/// ws.context().
 template <class Field>
 double residuals(const char* where, const char* xname, const Prior<Field>& prior,
                  Convention conv, ConstMatrixView<typename Field::Scalar> x,
@@ -75,6 +154,7 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
                  double weight, VectorView<typename Field::Scalar> loss_per_row,
                  LossWorkspace<Field>& ws) {
   using S = typename Field::Scalar;
+  using Backend = typename LossWorkspace<Field>::Backend;
   const Index d = prior.dim(), N = x.cols, K = draws.K;
   check_convention(where, "the prior", prior.convention(), conv);
   check_convention(where, "the draws", draws.convention, conv);
@@ -91,37 +171,19 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
     raise_config(where, "weight (lambda) must be finite and >= 0, got " + std::to_string(weight));
   check_finite(where, xname, x);
   const Index M = N * K;
-  MatrixView<S> xt = sized(ws.xt, d, M), v = sized(ws.v, d, M);
-  const ConstMatrixView<S> eps = draws.noise();
-  for (Index col = 0; col < M; ++col) {  // x_t = a x + b eps            flow_matching.md (4)
-    const S tc = draws.t[std::size_t(col)];
-    if (!(tc >= S(0) && tc <= S(1))) {  // checked here rather than in a pass of its own
-      check_finite(where, "draws.t", ConstMatrixView<S>(draws.t.data(), M, 1));
-      check_unit_interval(where, "draws.t", draws.times());
-    }
-    const auto pc = path_coefficients(conv, double(tc));
-    const S* xb = x.col(col / K);
-    for (Index i = 0; i < d; ++i) xt(i, col) = S(pc.a) * xb[i] + S(pc.b) * eps(i, col);
+  MatrixView<S> xt = sized<Backend, S>(ws.xt, d, M), v = sized<Backend, S>(ws.v, d, M);
+  double* rows = sized<Backend, double>(ws.rows, N, 1).data;
+  auto& ctx = ws.context();
+  // x_t = a x + b eps (flow_matching.md (4)); the times are checked in the same pass.
+  if (Backend::path_mix(ctx, conv, draws.times(), x, draws.noise(), xt, K) != 0) {
+    check_finite(where, "draws.t", ConstMatrixView<S>(draws.t.data(), M, 1));
+    check_unit_interval(where, "draws.t", draws.times());
   }
   prior.forward_field(xt, draws.times(), v, ws.prior);  // v = sign * (v in convention conv)
-  const S sgn = prior.sign();
+  // r = sign v - (c x + e eps) in place, and each row's mean squared residual.
   const double nc = reduction == Reduction::Mean ? double(d) : 1.0;
-  double total = 0;
-  for (Index b = 0; b < N; ++b) {
-    double row = 0;
-    for (Index k = 0; k < K; ++k) {
-      const Index col = b * K + k;
-      const auto pc = path_coefficients(conv, double(draws.t[std::size_t(col)]));
-      for (Index i = 0; i < d; ++i) {  // r = v - (c x + e eps)
-        const S r = sgn * v(i, col) - (S(pc.c) * x(i, b) + S(pc.e) * eps(i, col));
-        v(i, col) = r;
-        row += double(r) * double(r);
-      }
-    }
-    row *= weight / (double(K) * nc);
-    if (loss_per_row.size) loss_per_row[b] = static_cast<S>(row);
-    total += row;
-  }
+  double total = Backend::path_residuals(ctx, conv, prior.sign(), draws.times(), x, draws.noise(),
+                                         v, K, weight / (double(K) * nc), rows, loss_per_row);
   total /= double(std::max<Index>(N, 1));
   if (!std::isfinite(total))
     flowprior::detail::raise<numeric_error>(std::string("[flowprior.numeric] ") + where +
@@ -164,25 +226,19 @@ double alignment_loss(const Prior<Field>& prior, Convention conv,
   // The prior's sign is folded into the coefficients: dv_field = sign scale r is what the
   // field's VJP takes (prior.hpp, vjp_x_field), and c dv = (sign c) dv_field (sign, c = +-1).
   const S sgn = prior.sign(), scale_f = sgn * scale;
-  MatrixView<S> r = detail::sized(ws.v, d, M);  // residuals from detail::residuals
-  MatrixView<S> dv = detail::sized(ws.dv, d, M), dxt = detail::sized(ws.dxt, d, M);
-  for (Index col = 0; col < M; ++col)
-    for (Index i = 0; i < d; ++i) dv(i, col) = scale_f * r(i, col);
+  using Backend = typename LossWorkspace<Field>::Backend;
+  auto& ctx = ws.context();
+  MatrixView<S> r = detail::sized<Backend, S>(ws.v, d, M);  // residuals from detail::residuals
+  MatrixView<S> dv = detail::sized<Backend, S>(ws.dv, d, M);
+  MatrixView<S> dxt = detail::sized<Backend, S>(ws.dxt, d, M);
+  Backend::scaled_copy(ctx, scale_f, r, dv);
   if (!opt.detach_pred_v) {  // dxt = J^T dv (input VJP, no parameter gradients)
-    for (Index col = 0; col < M; ++col)
-      for (Index i = 0; i < d; ++i) dxt(i, col) = S(0);
+    Backend::fill(ctx, dxt, S(0));
     prior.vjp_x_field(ws.prior, dv, dxt);
   }
-  for (Index col = 0; col < M; ++col) {  // d_y += a dxt - c dv      alignment.md (1)
-    const auto pc = path_coefficients(conv, double(draws.t[std::size_t(col)]));
-    const Index b = col / K;
-    const S c_f = sgn * S(pc.c);
-    for (Index i = 0; i < d; ++i) {
-      S g = -c_f * dv(i, col);
-      if (!opt.detach_pred_v) g += S(pc.a) * dxt(i, col);
-      d_y(i, b) += g;
-    }
-  }
+  // d_y += a dxt - c dv (alignment.md (1)); detached, the a dxt term is dropped.
+  Backend::path_grad(ctx, conv, sgn, draws.times(), dv,
+                     opt.detach_pred_v ? ConstMatrixView<S>() : ConstMatrixView<S>(dxt), d_y, K);
   return total;
 }
 
@@ -208,12 +264,17 @@ double flow_matching_loss(const Prior<Field>& prior, Convention conv,
   const double nc = reduction == Reduction::Mean ? double(d) : 1.0;
   const S scale = static_cast<S>(2.0 / (double(N) * double(K) * nc));
   const S scale_f = prior.sign() * scale;  // the prior's sign folded in: no copy of dv
-  MatrixView<S> r = detail::sized(ws.v, d, M), dv = detail::sized(ws.dv, d, M);
-  for (Index col = 0; col < M; ++col)
-    for (Index i = 0; i < d; ++i) dv(i, col) = scale_f * r(i, col);
+  using Backend = typename LossWorkspace<Field>::Backend;
+  MatrixView<S> r = detail::sized<Backend, S>(ws.v, d, M);
+  MatrixView<S> dv = detail::sized<Backend, S>(ws.dv, d, M);
+  Backend::scaled_copy(ws.context(), scale_f, r, dv);
   prior.backward_field(ws.prior, dv, MatrixView<S>(), d_params);
   return total;
 }
 
 }  // namespace loss
 }  // namespace flowprior
+
+#if !defined(__CUDACC__)
+#include <flowprior/backend/cpu.hpp>  // the default backend of host code
+#endif

@@ -160,6 +160,8 @@ class FieldBase {
  public:
   using Scalar = S;
   using Workspace = FieldWorkspace<S, Backend, Caches>;
+  /// The backend the field runs on (the losses run their primitives on it too).
+  using BackendType = Backend;
   using Context = typename Backend::Context;
 
   /// The data dimension d (x and v are (d, B)).

@@ -9,17 +9,17 @@
 #pragma once
 
 #include <cmath>
+#include <flowprior/backend/context.hpp>
+#include <flowprior/core/check.hpp>
+#include <flowprior/core/convention.hpp>
+#include <flowprior/core/size.hpp>
+#include <flowprior/loss/draws.hpp>
+#include <flowprior/loss/flow_loss.hpp>
+#include <flowprior/optim/optimizer.hpp>
+#include <flowprior/prior.hpp>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <flowprior/core/check.hpp>
-#include <flowprior/core/convention.hpp>
-#include <flowprior/loss/draws.hpp>
-#include <flowprior/loss/flow_loss.hpp>
-#include <flowprior/core/size.hpp>
-#include <flowprior/optim/optimizer.hpp>
-#include <flowprior/prior.hpp>
 
 namespace flowprior {
 namespace train {
@@ -42,6 +42,9 @@ struct AlignConfig {
   }
 };
 
+/// Moves latents with Adam on the alignment loss. One context runs the step (docs/backends.md
+/// "Context"): the loss workspace's (its field workspace's), to which the aligner also hands the
+/// gradient zeroing and the Adam step; set_context lends the caller's instead.
 template <class Field>
 class LatentAligner {
   static_assert(nn::check_velocity_field<Field>(),
@@ -49,6 +52,9 @@ class LatentAligner {
 
  public:
   using S = typename Field::Scalar;
+  /// The backend of the field, on which the loss and the optimizer run.
+  using Backend = typename loss::LossWorkspace<Field>::Backend;
+  using Context = typename Backend::Context;
 
   /// @param prior  frozen prior, in convention `conv`
   /// @param n      number of latents the aligner will move
@@ -72,8 +78,9 @@ class LatentAligner {
     check_finite(w, "y", ConstMatrixView<S>(y));
     loss::draw(draws_, conv_, n_, prior_.dim(), cfg_.K, cfg_.sampler, rng, false,
                cfg_.time_group);
-    std::fill(grad_.begin(), grad_.end(), S(0));
+    Context& ctx = ws_.context();
     MatrixView<S> g(grad_.data(), prior_.dim(), n_);
+    Backend::fill(ctx, g, S(0));
     const loss::AlignmentOptions opt{cfg_.reduction, double(n_), cfg_.detach_pred_v};
     double l = 0;
     try {
@@ -82,6 +89,7 @@ class LatentAligner {
       l = loss::alignment_loss(prior_, conv_, y, draws_, opt, ws_, {}, g);
       if (!std::isfinite(l))
         flowprior::detail::raise<numeric_error>("[flowprior.numeric] the loss is not finite");
+      const LentContext<optim::Adam<S, Backend>, Context> lend(adam_, ctx);
       adam_.step(VectorView<S>(y.data, prior_.dim() * n_),
                  ConstVectorView<S>(grad_.data(), Index(grad_.size())));
     } catch (const numeric_error& e) {
@@ -95,15 +103,21 @@ class LatentAligner {
   }
 
   Index steps() const { return adam_.steps(); }
-  const optim::Adam<S>& optimizer() const { return adam_; }
+  const optim::Adam<S, Backend>& optimizer() const { return adam_; }
+
+  /// The context the steps run on (the loss workspace's).
+  Context& context() { return ws_.context(); }
+  /// Runs the steps on `ctx` from now on (not owned: the caller keeps it alive while the
+  /// aligner uses it); nullptr returns to the loss workspace's own.
+  void set_context(Context* ctx) { ws_.set_context(ctx); }
 
  private:
   Prior<Field> prior_;
   Convention conv_;
   AlignConfig cfg_;
   Index n_;
-  optim::Adam<S> adam_;
-  std::vector<S> grad_;
+  optim::Adam<S, Backend> adam_;
+  typename Backend::template Buffer<S> grad_;
   loss::FlowDraws<S> draws_;
   loss::LossWorkspace<Field> ws_;
 };

@@ -231,8 +231,8 @@ void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& t
                " at element " + std::to_string(i) + " (Adam's v is never negative)");
   // 5. The optimizer and the EMA check their own state: into copies, so that a refusal
   //    (value_error, numeric_error, shape_error) becomes an io_error and changes nothing.
-  optim::Adam<S> adam = trainer.optimizer();
-  optim::Ema<S> avg = trainer.ema();
+  auto adam = trainer.optimizer();
+  auto avg = trainer.ema();
   try {
     adam.set_state(steps, ConstVectorView<S>(m.data(), n), ConstVectorView<S>(v.data(), n));
     avg.set_state(updates, ConstVectorView<S>(ema.data(), n));

@@ -9,12 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <functional>
-#include <limits>
-#include <string>
-#include <utility>
-#include <vector>
-
+#include <flowprior/backend/context.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/random.hpp>
@@ -23,6 +18,11 @@
 #include <flowprior/loss/flow_loss.hpp>
 #include <flowprior/optim/optimizer.hpp>
 #include <flowprior/prior.hpp>
+#include <functional>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace flowprior {
 namespace train {
@@ -145,6 +145,10 @@ struct StepStats {
 };
 
 /// Trains `field` in place (its parameters() are updated) in convention `conv`.
+///
+/// One context runs the step (docs/backends.md "Context"): the loss workspace's (its field
+/// workspace's), to which the trainer also hands the gradient zeroing, the clipping, the Adam
+/// step and the EMA update. set_context lends the caller's instead.
 template <class Field>
 class FlowMatchingTrainer {
   static_assert(nn::check_trainable_field<Field>(),
@@ -153,6 +157,9 @@ class FlowMatchingTrainer {
 
  public:
   using S = typename Field::Scalar;
+  /// The backend of the field, on which the loss, the optimizer and the EMA run.
+  using Backend = typename loss::LossWorkspace<Field>::Backend;
+  using Context = typename Backend::Context;
   /// Fills a (dim, batch) matrix with target samples.
   using BatchSampler = std::function<void(MatrixView<S>, Rng&)>;
 
@@ -199,14 +206,17 @@ class FlowMatchingTrainer {
     check_finite(w, "batch", batch);  // bad data, not a divergence
     loss::draw(draws_, conv_, batch.cols, field_.dim(), cfg_.K, cfg_.sampler, rng,
                cfg_.antithetic, cfg_.time_group);
-    std::fill(grads_.begin(), grads_.end(), S(0));
-    VectorView<S> g(grads_.data(), Index(grads_.size()));
+    Context& ctx = ws_.context();
+    const Index n = Index(grads_.size());
+    Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
+    VectorView<S> g(grads_.data(), n);
     const Prior<Field> prior(field_, conv_);
     StepStats st;
     try {
       st.loss = loss::flow_matching_loss(prior, conv_, batch, draws_, cfg_.reduction, ws_, g);
-      st.grad_norm = std::isfinite(cfg_.clip_norm) ? optim::clip_grad_norm(g, cfg_.clip_norm)
-                                                   : optim::grad_norm<S>(g);
+      st.grad_norm = std::isfinite(cfg_.clip_norm)
+                         ? optim::clip_grad_norm<S, Backend>(ctx, g, cfg_.clip_norm)
+                         : optim::grad_norm<S, Backend>(ctx, g);
       if (!std::isfinite(st.grad_norm))  // +inf clip_norm: grad_norm does not throw
         detail::raise<numeric_error>("[flowprior.numeric] the gradient norm is not finite (" +
                                      short_number(st.grad_norm) + ")");
@@ -219,8 +229,12 @@ class FlowMatchingTrainer {
                                    "are unchanged): " + e.what());
     }
     st.lr = cfg_.schedule.at(adam_.steps());
-    adam_.step(field_.parameters(), g, st.lr);
-    ema_.update(field_.parameters());
+    {
+      const LentContext<optim::Adam<S, Backend>, Context> lend_adam(adam_, ctx);
+      const LentContext<optim::Ema<S, Backend>, Context> lend_ema(ema_, ctx);
+      adam_.step(field_.parameters(), g, st.lr);
+      ema_.update(field_.parameters());
+    }
     st.step = adam_.steps();
     return st;
   }
@@ -228,10 +242,16 @@ class FlowMatchingTrainer {
   Index steps() const { return adam_.steps(); }
   const TrainerConfig& config() const { return cfg_; }
   Convention convention() const { return conv_; }
-  optim::Adam<S>& optimizer() { return adam_; }
-  const optim::Adam<S>& optimizer() const { return adam_; }
-  optim::Ema<S>& ema() { return ema_; }
-  const optim::Ema<S>& ema() const { return ema_; }
+  optim::Adam<S, Backend>& optimizer() { return adam_; }
+  const optim::Adam<S, Backend>& optimizer() const { return adam_; }
+  optim::Ema<S, Backend>& ema() { return ema_; }
+  const optim::Ema<S, Backend>& ema() const { return ema_; }
+
+  /// The context the steps run on (the loss workspace's).
+  Context& context() { return ws_.context(); }
+  /// Runs the steps on `ctx` from now on (not owned: the caller keeps it alive while the trainer
+  /// uses it); nullptr returns to the loss workspace's own.
+  void set_context(Context* ctx) { ws_.set_context(ctx); }
 
   /// Copies the EMA weights into `target` (a field of the same configuration): the prior.
   void copy_ema_to(Field& target) const {
@@ -247,9 +267,9 @@ class FlowMatchingTrainer {
   Field& field_;
   Convention conv_;
   TrainerConfig cfg_;
-  optim::Adam<S> adam_;
-  optim::Ema<S> ema_;
-  std::vector<S> grads_;
+  optim::Adam<S, Backend> adam_;
+  optim::Ema<S, Backend> ema_;
+  typename Backend::template Buffer<S> grads_;
   std::vector<S> batch_;
   loss::FlowDraws<S> draws_;
   loss::LossWorkspace<Field> ws_;
