@@ -1,10 +1,10 @@
 /// @file
 /// Throughput of the flow fields on the CPU backend, and the machine's GEMM rate to read them by.
 ///
-///   BM_AdaLN_{Forward,ForwardVjp,ForwardBackward}  AdaLNMlp<float>, Args {dim, width, depth, batch}
-///   BM_MlpField_{Forward,ForwardBackward}          MlpField<float>, Args {dim, width, depth, batch}
+///   BM_AdaLN_{Forward,ForwardVjp,ForwardBackward}  AdaLNMlp<float>, Args {dim,width,depth,batch}
+///   BM_MlpField_{Forward,ForwardBackward}          MlpField<float>, Args {dim,width,depth,batch}
 ///   BM_Sgemm / BM_Dgemm                            Eigen C.noalias() = A * B, Args {m, n, k}
-///   BM_Smoke                                       one tiny iteration of every pass (CTest runs it)
+///   BM_Smoke                                       one tiny iteration of every pass (CTest runs)
 ///
 /// Counters: items_per_second = rows (samples) per second; FLOP = matrix-product FLOPs
 /// (matmul_flops_per_row(), 2 m n k per product) per second, so a model figure divided by the
@@ -15,11 +15,10 @@
 
 #include <Eigen/Core>
 #include <array>
+#include <flowprior/flowprior.hpp>
 #include <map>
 #include <memory>
 #include <string>
-
-#include <flowprior/flowprior.hpp>
 
 namespace {
 
@@ -72,24 +71,28 @@ const Net& cached_net(Index dim, Index width, Index depth) {
 
 Eigen::MatrixXf random_matrix(Index rows, Index cols, Rng& rng, double lo, double hi) {
   Eigen::MatrixXf m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(flowprior::uniform(rng, lo, hi));
+  for (Index i = 0; i < m.size(); ++i)
+    m.data()[i] = static_cast<float>(flowprior::uniform(rng, lo, hi));
   return m;
 }
 
 double flops_per_row(const flowprior::nn::MatmulFlops& f, Pass pass) {
   switch (pass) {
-    case Pass::Forward: return f.forward;
-    case Pass::ForwardVjp: return f.forward + f.vjp_x;
-    case Pass::ForwardBackward: return f.forward + f.backward;
+    case Pass::Forward:
+      return f.forward;
+    case Pass::ForwardVjp:
+      return f.forward + f.vjp_x;
+    case Pass::ForwardBackward:
+      return f.forward + f.backward;
   }
   return 0;
 }
 
 /// "FLOP" is a rate printed with an SI prefix, e.g. FLOP=134.2G/s (JSON: FLOP/s as a number).
 void set_flops(benchmark::State& state, double flops_per_iter) {
-  state.counters["FLOP"] = benchmark::Counter(flops_per_iter * double(state.iterations()),
-                                              benchmark::Counter::kIsRate,
-                                              benchmark::Counter::kIs1000);
+  state.counters["FLOP"] =
+      benchmark::Counter(flops_per_iter * double(state.iterations()), benchmark::Counter::kIsRate,
+                         benchmark::Counter::kIs1000);
 }
 
 /// Matrix-product FLOPs of the t-dependent part of the AdaLN head per time value: the time MLP
@@ -207,18 +210,18 @@ void BM_AlignmentLoss(benchmark::State& state) {
   flowprior::loss::alignment_loss(prior, flowprior::Convention::Code, y, draws, opt, ws, {}, d_y);
   for (auto _ : state) {
     d_y.setZero();
-    benchmark::DoNotOptimize(flowprior::loss::alignment_loss(
-        prior, flowprior::Convention::Code, y, draws, opt, ws, {}, d_y));
+    benchmark::DoNotOptimize(flowprior::loss::alignment_loss(prior, flowprior::Convention::Code, y,
+                                                             draws, opt, ws, {}, d_y));
     benchmark::ClobberMemory();
   }
   const double t_path = time_path_flops(net).forward;  // per time value
-  const double x_path = net.matmul_flops_per_row().forward - t_path + net.matmul_flops_per_row().vjp_x;
+  const double x_path =
+      net.matmul_flops_per_row().forward - t_path + net.matmul_flops_per_row().vjp_x;
   const double groups = double(net.time_groups(ws.prior.field));
   const double flops = x_path * double(rows) + t_path * groups;
   state.SetItemsProcessed(state.iterations() * rows);
-  state.counters["FLOP"] = benchmark::Counter(flops * double(state.iterations()),
-                                              benchmark::Counter::kIsRate,
-                                              benchmark::Counter::kIs1000);
+  state.counters["FLOP"] = benchmark::Counter(
+      flops * double(state.iterations()), benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
   state.counters["groups"] = groups;
 }
 BENCHMARK(BM_AlignmentLoss)

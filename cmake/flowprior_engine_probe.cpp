@@ -1,11 +1,10 @@
 // Configure-time probe of a GEMM engine (cmake/FlowpriorBlas.cmake, flowprior_fastest_engine):
 // times CpuBackend::gemm on a product of the flow head's shape with the engine this program was
 // compiled for, on the OpenMP team, and prints the best rate of seven runs in GFLOP/s.
-#include <flowprior/backend/cpu.hpp>
-
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
+#include <flowprior/backend/cpu.hpp>
 
 int main() {
   using flowprior::Index;

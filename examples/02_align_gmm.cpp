@@ -2,11 +2,10 @@
 // the ODE-free alignment loss alone, against the exact velocity field of the paper's 5-Gaussian
 // ring (normalised units). Their mean NLL under the ring falls as the loss falls; at the end the
 // latents sit on the modes (the loss is mode-seeking: see docs/math/alignment.md).
-#include <flowprior/flowprior.hpp>
-
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
+#include <flowprior/flowprior.hpp>
 #include <limits>
 #include <string>
 

@@ -6,16 +6,15 @@
 // Every option is checked, and the output folder created and probed for writing, before any
 // work (docs/errors.md "Guarantees"). A diverging training stops with a non-zero exit and keeps
 // its last good checkpoint; --resume continues a stopped run from its checkpoint.
-#include <flowprior/flowprior.hpp>
-#include <flowprior/toy2d/figures.hpp>
-
-#include "example_cli.hpp"
-
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <flowprior/flowprior.hpp>
+#include <flowprior/toy2d/figures.hpp>
 #include <string>
 #include <system_error>
+
+#include "example_cli.hpp"
 
 int main(int argc, char** argv) {
   using namespace flowprior;
@@ -116,8 +115,7 @@ int main(int argc, char** argv) {
     cfg.validate();
     std::error_code ec;
     std::filesystem::create_directories(out, ec);
-    if (ec)
-      io::fail(out, "cannot create the output folder (" + ec.message() + ")");
+    if (ec) io::fail(out, "cannot create the output folder (" + ec.message() + ")");
     const auto result = pipeline::run_toy2d(cfg, out);
     if (result.resumed_from >= 0)
       std::printf("resumed the prior's training from its checkpoint at step %td\n",

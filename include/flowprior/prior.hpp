@@ -17,12 +17,11 @@
 /// prior are those of the underlying field with the sign of d_v flipped.
 #pragma once
 
-#include <vector>
-
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/nn/field_traits.hpp>
+#include <vector>
 
 namespace flowprior {
 

@@ -5,13 +5,12 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <string>
-#include <vector>
-
 #include <flowprior/flowprior.hpp>
-#include <flowprior/train/checkpoint.hpp>
 #include <flowprior/io/npy.hpp>
 #include <flowprior/io/state_dict.hpp>
+#include <flowprior/train/checkpoint.hpp>
+#include <string>
+#include <vector>
 
 namespace fuzz {
 
@@ -66,8 +65,8 @@ inline void safetensors_one(const std::uint8_t* data, std::size_t size) {
   try {
     flowprior::io::ReadOptions unverified;
     unverified.verify_checksum = false;
-    const auto st = flowprior::io::Safetensors::parse(
-        std::vector<std::uint8_t>(data, data + size), "fuzz.safetensors", unverified);
+    const auto st = flowprior::io::Safetensors::parse(std::vector<std::uint8_t>(data, data + size),
+                                                      "fuzz.safetensors", unverified);
     if (st.metadata().count("flowprior.format")) checkpoint_one(st);
   } catch (const flowprior::io_error&) {
   }

@@ -149,10 +149,9 @@ TEST_CASE("adaLN modulation: backward w.r.t. h, shift, scale and the affine para
   };
   loss();
   // m = a * (1 + scale) + shift, a the (affine) layer norm.
-  const Mat a = affine ? Mat((nhat.array().colwise() * gamma.array()).colwise() + beta.array())
-                       : nhat;
-  REQUIRE((m.array() - (a.array() * (1 + scale.array()) + shift.array())).abs().maxCoeff() <
-          1e-14);
+  const Mat a =
+      affine ? Mat((nhat.array().colwise() * gamma.array()).colwise() + beta.array()) : nhat;
+  REQUIRE((m.array() - (a.array() * (1 + scale.array()) + shift.array())).abs().maxCoeff() < 1e-14);
   Mat d_h = Mat::Zero(C, N), d_shift(C, N), d_scale(C, N);
   Vec d_gamma = Vec::Zero(C), d_beta = Vec::Zero(C);
   B::norm_modulate_backward<double>(ctx, nhat, rstd.data(), g, b, scale, u, d_h, d_shift, d_scale,

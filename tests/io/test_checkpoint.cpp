@@ -1,9 +1,8 @@
 // Training checkpoints: bit-exact resumption, atomic saves, validation of what is loaded.
-#include <flowprior/flowprior.hpp>
-#include <flowprior/train/checkpoint.hpp>
-
 #include <cstdio>
 #include <filesystem>
+#include <flowprior/flowprior.hpp>
+#include <flowprior/train/checkpoint.hpp>
 #include <map>
 #include <stdexcept>
 
@@ -101,16 +100,17 @@ TEMPLATE_TEST_CASE("checkpoint: N steps == N/2 + save + load + N/2, bit for bit"
 TEST_CASE("checkpoint: a failed save keeps the previous checkpoint loadable", "[io]") {
   Rng drng(2);
   Eigen::MatrixXd data(2, 50);
-  for (Index j = 0; j < 50; ++j) data.col(j) << flowprior::normal01(drng), flowprior::normal01(drng);
+  for (Index j = 0; j < 50; ++j)
+    data.col(j) << flowprior::normal01(drng), flowprior::normal01(drng);
   const std::string path = fpt::temp_path("atomic.safetensors");
   Run<double> run;
   run.steps(data, 2);
   train::save_checkpoint(path, run.trainer, run.net, run.rng);
   run.steps(data, 2);
   // Fail half way through the second save (as a crash or a full disk would).
-  REQUIRE_THROWS_AS(train::save_checkpoint(path, run.trainer, run.net, run.rng, {},
-                                        io::WriteFaults{2000}),
-                    flowprior::io_error);
+  REQUIRE_THROWS_AS(
+      train::save_checkpoint(path, run.trainer, run.net, run.rng, {}, io::WriteFaults{2000}),
+      flowprior::io_error);
   Run<double> back;
   REQUIRE_NOTHROW(train::load_checkpoint(path, back.trainer, back.net, back.rng));
   REQUIRE(back.trainer.steps() == 2);

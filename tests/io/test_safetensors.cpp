@@ -1,19 +1,18 @@
 // safetensors: round trips, dtype conversions, state dicts by PyTorch names, and every kind of
 // malformed file giving an io_error with the file, the byte offset and what was expected.
-#include <flowprior/flowprior.hpp>
-#include <flowprior/io/npy.hpp>
-#include <flowprior/io/state_dict.hpp>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <flowprior/flowprior.hpp>
+#include <flowprior/io/npy.hpp>
+#include <flowprior/io/state_dict.hpp>
 #include <future>
 #include <limits>
-
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "catch.hpp"
 #include "fixtures.hpp"
@@ -73,16 +72,16 @@ TEST_CASE("safetensors: round trip of every float dtype with metadata", "[io]") 
   for (std::size_t i = 0; i < x.size(); ++i) {
     CAPTURE(i, x[i]);
     REQUIRE(f32[i] == double(float(x[i])));
-    REQUIRE(f16[i] == Approx(x[i]).epsilon(1e-3).margin(6e-8));  // half: 11-bit significand
+    REQUIRE(f16[i] == Approx(x[i]).epsilon(1e-3).margin(6e-8));    // half: 11-bit significand
     REQUIRE(bf16[i] == Approx(x[i]).epsilon(4e-3).margin(1e-38));  // bfloat16: 8-bit significand
   }
   REQUIRE(st.get<float>("empty").empty());
   // Exact half values and rounding to nearest even.
   REQUIRE(io::half_to_float(io::float_to_half(1.0f)) == 1.0f);
   REQUIRE(io::float_to_half(65504.0f) == 0x7BFF);
-  REQUIRE(io::float_to_half(1e6f) == 0x7C00);  // overflow to +inf
+  REQUIRE(io::float_to_half(1e6f) == 0x7C00);                           // overflow to +inf
   REQUIRE(io::half_to_float(0x0001) == Approx(5.960464477539063e-08));  // smallest subnormal
-  REQUIRE(io::float_to_half(1.0f + 1.0f / 2048) == 0x3C00);  // tie to even
+  REQUIRE(io::float_to_half(1.0f + 1.0f / 2048) == 0x3C00);             // tie to even
   REQUIRE(io::bf16_to_float(io::float_to_bf16(3.0f)) == 3.0f);
   // Writing to disk is atomic and reads back the same.
   const std::string path = fpt::temp_path("rt.safetensors");
@@ -108,8 +107,8 @@ TEST_CASE("safetensors: malformed files give io_error with file, offset and expe
   auto throws = [](const Bytes& b, const std::string& needle) {
     CAPTURE(needle);
     REQUIRE_THROWS_AS(parse(b), flowprior::io_error);
-    REQUIRE_THROWS_WITH(parse(b), Catch::Contains("test.safetensors at byte") &&
-                                      Catch::Contains(needle));
+    REQUIRE_THROWS_WITH(parse(b),
+                        Catch::Contains("test.safetensors at byte") && Catch::Contains(needle));
   };
   const std::string ok = R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
   REQUIRE_NOTHROW(parse(make_file(ok, four)));
@@ -153,9 +152,10 @@ TEST_CASE("safetensors: malformed files give io_error with file, offset and expe
                    R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
                    four),
          "duplicate tensor name");
-  throws(make_file(R"({"__metadata__":{"k":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
-                   four),
-         "must be a string");
+  throws(
+      make_file(R"({"__metadata__":{"k":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                four),
+      "must be a string");
   throws(make_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],)"
                    R"("data_offsets":[0,4]}})",
                    four),
@@ -180,8 +180,8 @@ TEST_CASE("state dict: save and load by PyTorch names, prefixes, strictness", "[
   const std::string path = fpt::temp_path("sd.safetensors");
   io::save_state_dict(a, path, io::Dtype::F64);
   REQUIRE(io::load_state_dict(b, io::Safetensors::read(path)) == "");
-  REQUIRE(std::equal(a.parameters().data, a.parameters().data + a.num_params(),
-                     b.parameters().data));
+  REQUIRE(
+      std::equal(a.parameters().data, a.parameters().data + a.num_params(), b.parameters().data));
   // Released layouts: the head under ema./model. and flow_loss.net.; EMA preferred.
   nn::AdaLNMlp<double> other(small());
   fpt::fill_uniform(other.parameters().data, other.num_params(), rng, -1, 1);
@@ -248,8 +248,7 @@ TEST_CASE("safetensors: the writer refuses names the reader would refuse", "[io]
   REQUIRE(st.metadata().at("k\xc3\xa9") == "\xf0\x9f\x98\x80");
 }
 
-TEST_CASE("atomic writes: a failed write leaves the previous file and no temporary",
-          "[io]") {
+TEST_CASE("atomic writes: a failed write leaves the previous file and no temporary", "[io]") {
   const std::string path = fpt::temp_path("atomic.safetensors");
   const std::vector<double> x = {1, 2, 3};
   io::SafetensorsWriter w;

@@ -35,8 +35,7 @@ TEST_CASE("adaln: parameter counts of the released sizes", "[model]") {
   REQUIRE(nn::AdaLNMlp<float>(toy).num_params() == 6179330);
 }
 
-TEST_CASE("adaln: parameter names, shapes and packing order follow the PyTorch module",
-          "[model]") {
+TEST_CASE("adaln: parameter names, shapes and packing order follow the PyTorch module", "[model]") {
   nn::AdaLNMlpConfig c = small_config(/*cond_dim=*/5);
   c.depth = 1;
   nn::AdaLNMlp<double> net(c);
@@ -224,13 +223,13 @@ TEST_CASE("adaln: bad inputs throw typed errors naming the argument and both sha
   Mat x_bad(4, 4);
   x_bad.setZero();
   REQUIRE_THROWS_AS(net.forward(x_bad, t, v, ws, cond), SE);
-  REQUIRE_THROWS_WITH(net.forward(x_bad, t, v, ws, cond),
-                      Catch::Contains("'x'") && Catch::Contains("(4, 4)") &&
-                          Catch::Contains("(3, 4)"));
+  REQUIRE_THROWS_WITH(net.forward(x_bad, t, v, ws, cond), Catch::Contains("'x'") &&
+                                                              Catch::Contains("(4, 4)") &&
+                                                              Catch::Contains("(3, 4)"));
   Vec t_bad = Vec::Constant(3, 0.5);
-  REQUIRE_THROWS_WITH(net.forward(x, t_bad, v, ws, cond),
-                      Catch::Contains("'t'") && Catch::Contains("size 3") &&
-                          Catch::Contains("expected 4"));
+  REQUIRE_THROWS_WITH(net.forward(x, t_bad, v, ws, cond), Catch::Contains("'t'") &&
+                                                              Catch::Contains("size 3") &&
+                                                              Catch::Contains("expected 4"));
   Mat v_bad(3, 5);
   REQUIRE_THROWS_AS(net.forward(x, t, v_bad, ws, cond), SE);
   REQUIRE_THROWS_WITH(net.forward(x, t, v, ws), Catch::Contains("'cond'"));  // missing cond
@@ -269,8 +268,8 @@ TEST_CASE("adaln: bad inputs throw typed errors naming the argument and both sha
   // A row-major matrix is rejected at compile time; a strided block at run time.
   Mat big(6, 4);
   big.setZero();
-  Eigen::Map<Mat, 0, Eigen::Stride<Eigen::Dynamic, 2>> strided(big.data(), 3, 4,
-                                                               Eigen::Stride<Eigen::Dynamic, 2>(6, 2));
+  Eigen::Map<Mat, 0, Eigen::Stride<Eigen::Dynamic, 2>> strided(
+      big.data(), 3, 4, Eigen::Stride<Eigen::Dynamic, 2>(6, 2));
   REQUIRE_THROWS_AS(net.forward(strided, t, v, ws, cond), SE);
 }
 

@@ -3,8 +3,8 @@
 #include <flowprior/flowprior.hpp>
 
 #include "catch.hpp"
-#include "fixtures.hpp"
 #include "field_checks.hpp"
+#include "fixtures.hpp"
 
 using flowprior::Convention;
 using flowprior::Index;
@@ -69,8 +69,7 @@ TEST_CASE("alignment: Gaussian target matches (pi/4)(d sigma + |y|^2/sigma) with
   REQUIRE((per_row_code - per_row).cwiseAbs().maxCoeff() < 1e-9 * (1 + per_row.maxCoeff()));
 }
 
-TEST_CASE("alignment: the mean reduction is the sum reduction over dim; weight scales",
-          "[loss]") {
+TEST_CASE("alignment: the mean reduction is the sum reduction over dim; weight scales", "[loss]") {
   GmmField field(fpt::three_modes());
   Prior<GmmField> prior(field, Convention::Paper);
   Rng rng(102);
@@ -153,8 +152,7 @@ TEST_CASE("alignment: the detach variant keeps only the direct term", "[loss][gr
   Mat xt(d, N * K), v(d, N * K), dv(d, N * K);
   for (Index col = 0; col < N * K; ++col) {
     const auto pc = flowprior::path_coefficients(conv, draws.t[std::size_t(col)]);
-    for (Index i = 0; i < d; ++i)
-      xt(i, col) = pc.a * y(i, col / K) + pc.b * draws.noise()(i, col);
+    for (Index i = 0; i < d; ++i) xt(i, col) = pc.a * y(i, col / K) + pc.b * draws.noise()(i, col);
   }
   typename Prior<nn::AdaLNMlp<double>>::Workspace pws;
   prior.forward(xt, draws.times(), v, pws);
@@ -246,9 +244,9 @@ TEST_CASE("losses: bad input throws typed errors", "[loss][error]") {
   // Convention mismatches: prior, draws.
   REQUIRE_THROWS_AS(loss::alignment_loss(prior, Convention::Code, y, draws, opt, ws),
                     flowprior::convention_error);
-  REQUIRE_THROWS_WITH(loss::alignment_loss(prior.as(Convention::Code), Convention::Code, y,
-                                           draws, opt, ws),
-                      Catch::Contains("the draws") && Catch::Contains("paper"));
+  REQUIRE_THROWS_WITH(
+      loss::alignment_loss(prior.as(Convention::Code), Convention::Code, y, draws, opt, ws),
+      Catch::Contains("the draws") && Catch::Contains("paper"));
   // Latents of the wrong width; draws for another batch.
   Mat y3 = fpt::random_mat(3, 4, rng);
   REQUIRE_THROWS_WITH(loss::alignment_loss(prior, Convention::Paper, y3, draws, opt, ws),
@@ -257,9 +255,9 @@ TEST_CASE("losses: bad input throws typed errors", "[loss][error]") {
   REQUIRE_THROWS_AS(loss::alignment_loss(prior, Convention::Paper, y5, draws, opt, ws),
                     flowprior::shape_error);
   // K = 0.
-  REQUIRE_THROWS_AS(loss::draw(draws, Convention::Paper, 4, 2, 0, loss::TimeSampler::uniform(),
-                               rng),
-                    flowprior::config_error);
+  REQUIRE_THROWS_AS(
+      loss::draw(draws, Convention::Paper, 4, 2, 0, loss::TimeSampler::uniform(), rng),
+      flowprior::config_error);
   loss::draw(draws, Convention::Paper, 4, 2, 2, loss::TimeSampler::uniform(), rng);
   // Non-finite latents name the tensor; a non-finite loss is reported too.
   y(1, 2) = std::nan("");
@@ -275,19 +273,20 @@ TEST_CASE("losses: bad input throws typed errors", "[loss][error]") {
   REQUIRE_THROWS_WITH(loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws, {}, dy_bad),
                       Catch::Contains("'d_y'"));
   Vec per_row_bad(3);
-  REQUIRE_THROWS_WITH(loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws, per_row_bad),
-                      Catch::Contains("'loss_per_row'"));
+  REQUIRE_THROWS_WITH(
+      loss::alignment_loss(prior, Convention::Paper, y, draws, opt, ws, per_row_bad),
+      Catch::Contains("'loss_per_row'"));
   loss::AlignmentOptions inf_weight;
   inf_weight.weight = std::numeric_limits<double>::infinity();
   REQUIRE_THROWS_AS(loss::alignment_loss(prior, Convention::Paper, y, draws, inf_weight, ws),
                     flowprior::config_error);
   // Antithetic draws need an even K; a logit-normal needs std > 0.
-  REQUIRE_THROWS_AS(loss::draw(draws, Convention::Paper, 4, 2, 3, loss::TimeSampler::uniform(),
-                               rng, true),
-                    flowprior::config_error);
-  REQUIRE_THROWS_AS(loss::draw(draws, Convention::Paper, 4, 2, 2,
-                               loss::TimeSampler::logit_normal(0, 0), rng),
-                    flowprior::config_error);
+  REQUIRE_THROWS_AS(
+      loss::draw(draws, Convention::Paper, 4, 2, 3, loss::TimeSampler::uniform(), rng, true),
+      flowprior::config_error);
+  REQUIRE_THROWS_AS(
+      loss::draw(draws, Convention::Paper, 4, 2, 2, loss::TimeSampler::logit_normal(0, 0), rng),
+      flowprior::config_error);
 }
 
 namespace {

@@ -3,8 +3,8 @@
 #include <flowprior/ode/flow_ode.hpp>
 
 #include "catch.hpp"
-#include "fixtures.hpp"
 #include "field_checks.hpp"
+#include "fixtures.hpp"
 
 using flowprior::ConstMatrixView;
 using flowprior::Convention;
@@ -28,8 +28,7 @@ void test_rhs(double t, ConstMatrixView<double> z, MatrixView<double> dz) {
 
 }  // namespace
 
-TEST_CASE("ode: fixed-step solvers converge at their order; dopri5 meets its tolerance",
-          "[ode]") {
+TEST_CASE("ode: fixed-step solvers converge at their order; dopri5 meets its tolerance", "[ode]") {
   std::vector<double> work;
   Mat z0(1, 2);
   z0 << 0.5, -0.3;
@@ -41,8 +40,8 @@ TEST_CASE("ode: fixed-step solvers converge at their order; dopri5 meets its tol
     ode::Method m;
     double order;
   };
-  for (const Case c : {Case{ode::Method::Euler, 1}, Case{ode::Method::Heun, 2},
-                       Case{ode::Method::RK4, 4}}) {
+  for (const Case c :
+       {Case{ode::Method::Euler, 1}, Case{ode::Method::Heun, 2}, Case{ode::Method::RK4, 4}}) {
     CAPTURE(ode::to_string(c.m));
     double prev = 0;
     for (Index n : {32, 64, 128}) {
@@ -177,7 +176,8 @@ TEST_CASE("ode: samples of the mixture field reproduce its weights and moments",
   for (Index k = 0; k < 3; ++k) {
     Eigen::Map<const Vec> mu(gmm.mean(k), 2);
     mean += gmm.weight(k) * mu;
-    second += gmm.weight(k) * (mu * mu.transpose() + gmm.stddev(k) * gmm.stddev(k) * Mat::Identity(2, 2));
+    second +=
+        gmm.weight(k) * (mu * mu.transpose() + gmm.stddev(k) * gmm.stddev(k) * Mat::Identity(2, 2));
   }
   const Mat cov = second - mean * mean.transpose();
   const Vec smean = z.rowwise().mean();
@@ -187,8 +187,7 @@ TEST_CASE("ode: samples of the mixture field reproduce its weights and moments",
   REQUIRE((scov - cov).norm() < 0.1 * cov.norm());
 }
 
-TEST_CASE("ode: trajectories at requested times; memory independent of the step count",
-          "[ode]") {
+TEST_CASE("ode: trajectories at requested times; memory independent of the step count", "[ode]") {
   GmmField field(fpt::three_modes());
   const Prior<GmmField> prior(field, Convention::Paper);
   Mat z0(2, 5);
@@ -201,8 +200,8 @@ TEST_CASE("ode: trajectories at requested times; memory independent of the step 
   Mat z = z0;
   std::vector<double> seen;
   Mat mid(2, 5);
-  ode::sample_trajectory(prior, Convention::Paper, MatrixView<double>(z), {0.25, 0.5, 1.0}, opt,
-                         ws, [&](std::size_t i, double t, ConstMatrixView<double> s) {
+  ode::sample_trajectory(prior, Convention::Paper, MatrixView<double>(z), {0.25, 0.5, 1.0}, opt, ws,
+                         [&](std::size_t i, double t, ConstMatrixView<double> s) {
                            seen.push_back(t);
                            if (i == 1)
                              for (Index b = 0; b < 5; ++b) mid.col(b) << s(0, b), s(1, b);
@@ -247,9 +246,9 @@ TEST_CASE("ode: bad input and unreachable tolerances give typed errors", "[ode][
   REQUIRE_THROWS_WITH(ode::log_likelihood(prior, Convention::Paper, x, lp, opt, ws),
                       Catch::Contains("random generator"));
   x(1, 1) = std::numeric_limits<double>::infinity();
-  REQUIRE_THROWS_AS(ode::log_likelihood(prior, Convention::Paper, x, lp, ode::LikelihoodOptions{},
-                                        ws),
-                    flowprior::numeric_error);
+  REQUIRE_THROWS_AS(
+      ode::log_likelihood(prior, Convention::Paper, x, lp, ode::LikelihoodOptions{}, ws),
+      flowprior::numeric_error);
   // A right-hand side that blows up: non-finite state.
   std::vector<double> work;
   Mat z = Mat::Ones(1, 1);
@@ -266,7 +265,8 @@ TEST_CASE("ode: bad input and unreachable tolerances give typed errors", "[ode][
   few.atol = few.rtol = 1e-12;
   few.max_steps = 3;
   Mat z1 = Mat::Constant(1, 1, 0.5);
-  REQUIRE_THROWS_AS(ode::integrate<double>(test_rhs, 0.0, 2.0, z1, few, work), flowprior::ode_error);
+  REQUIRE_THROWS_AS(ode::integrate<double>(test_rhs, 0.0, 2.0, z1, few, work),
+                    flowprior::ode_error);
   REQUIRE_THROWS_WITH(ode::integrate<double>(test_rhs, 0.0, 2.0, z1, few, work),
                       Catch::Contains("t = ") && Catch::Contains("h = "));
   auto kink = [](double t, ConstMatrixView<double>, MatrixView<double> ds) {

@@ -131,7 +131,8 @@ TEST_CASE("time groups: one workspace follows the runs of t from call to call", 
   check(x, t3, 2);
 }
 
-TEST_CASE("time groups: gradients match finite differences in grouped mode", "[model][grad][groups]") {
+TEST_CASE("time groups: gradients match finite differences in grouped mode",
+          "[model][grad][groups]") {
   Rng rng(72);
   Net net(config(true));
   fpt::randomize_field(net, rng);
@@ -158,8 +159,8 @@ TEST_CASE("time groups: grouped draws give the same losses and gradients either 
   Mat gg = Mat::Zero(d, N), gp = Mat::Zero(d, N);
   const double lg = loss::alignment_loss(Prior<Net>(nets.grouped, Convention::Code),
                                          Convention::Code, y, draws, opt, wg, {}, gg);
-  const double lp = loss::alignment_loss(Prior<Net>(nets.plain, Convention::Code),
-                                         Convention::Code, y, draws, opt, wp, {}, gp);
+  const double lp = loss::alignment_loss(Prior<Net>(nets.plain, Convention::Code), Convention::Code,
+                                         y, draws, opt, wp, {}, gp);
   REQUIRE(lg == Approx(lp).epsilon(1e-13));
   REQUIRE(rel(gg, gp) < 1e-12);
   REQUIRE(nets.grouped.time_groups(wg.prior.field) == 3);
@@ -170,12 +171,12 @@ TEST_CASE("time groups: grouped draws give the same losses and gradients either 
                            loss::Reduction::Mean, wp, pp);
   REQUIRE(rel(pg, pp) < 1e-12);
   // Grouping needs a sampler with free times.
-  REQUIRE_THROWS_AS(loss::draw(draws, Convention::Code, N, d, K, loss::TimeSampler::grid(), rng,
-                               false, 4),
-                    flowprior::config_error);
-  REQUIRE_THROWS_AS(loss::draw(draws, Convention::Code, N, d, K, loss::TimeSampler::uniform(),
-                               rng, false, 0),
-                    flowprior::config_error);
+  REQUIRE_THROWS_AS(
+      loss::draw(draws, Convention::Code, N, d, K, loss::TimeSampler::grid(), rng, false, 4),
+      flowprior::config_error);
+  REQUIRE_THROWS_AS(
+      loss::draw(draws, Convention::Code, N, d, K, loss::TimeSampler::uniform(), rng, false, 0),
+      flowprior::config_error);
 }
 
 TEST_CASE("time groups: stratified times cover the strata once per group", "[loss][groups]") {

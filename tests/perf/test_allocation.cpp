@@ -2,10 +2,9 @@
 // step has sized every workspace, buffer and per-thread GEMM packing area, further steps of the
 // same shapes perform no heap allocation on any thread. And the thread team changes nothing but
 // rounding: one thread and two give the same losses and gradients.
-#include <string>
-
 #include <Eigen/Core>
 #include <flowprior/flowprior.hpp>
+#include <string>
 
 #include "catch.hpp"
 #include "malloc_counter.hpp"
@@ -87,8 +86,7 @@ long allocations_after_warmup(F&& f, int reps = 3) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("a warmed-up alignment step allocates nothing", "[perf][alloc]", float,
-                   double) {
+TEMPLATE_TEST_CASE("a warmed-up alignment step allocates nothing", "[perf][alloc]", float, double) {
   if (!can_count()) return;
   using S = TestType;
   const Index group = GENERATE(1, 16);
@@ -106,8 +104,8 @@ TEMPLATE_TEST_CASE("a warmed-up alignment step allocates nothing", "[perf][alloc
   REQUIRE(allocations_after_warmup([&] { aligner.step(y, rng); }) == 0);
 }
 
-TEMPLATE_TEST_CASE("a warmed-up flow-matching training step allocates nothing",
-                   "[perf][alloc]", float, double) {
+TEMPLATE_TEST_CASE("a warmed-up flow-matching training step allocates nothing", "[perf][alloc]",
+                   float, double) {
   if (!can_count()) return;
   using S = TestType;
   const Index group = GENERATE(1, 16);

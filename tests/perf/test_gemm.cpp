@@ -3,9 +3,8 @@
 // semantics against a plain triple loop in long double, every transpose, sub-matrix views
 // (ld > rows), beta = 0 ignoring NaN in C, k = 0, and many repetitions on the thread team (a BLAS
 // that is not safe to call from two threads at once gives wrong blocks here).
-#include <flowprior/flowprior.hpp>
-
 #include <cmath>
+#include <flowprior/flowprior.hpp>
 #include <limits>
 #include <string>
 
@@ -68,10 +67,10 @@ TEMPLATE_TEST_CASE("gemm: BLAS semantics on this executable's engine", "[perf][g
   INFO("engine " << CpuBackend::gemm_engine());
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
-      check_product<S>(7, 5, 3, ta, tb, S(1), S(0), 1);           // below the threading threshold
-      check_product<S>(130, 97, 61, ta, tb, S(-0.5), S(1), 1);    // odd sizes, accumulate
-      check_product<S>(64, 300, 200, ta, tb, S(2), S(0.25), 1);   // threaded, split by columns
-      check_product<S>(300, 64, 200, ta, tb, S(1), S(0), 1);      // threaded, split by rows
+      check_product<S>(7, 5, 3, ta, tb, S(1), S(0), 1);          // below the threading threshold
+      check_product<S>(130, 97, 61, ta, tb, S(-0.5), S(1), 1);   // odd sizes, accumulate
+      check_product<S>(64, 300, 200, ta, tb, S(2), S(0.25), 1);  // threaded, split by columns
+      check_product<S>(300, 64, 200, ta, tb, S(1), S(0), 1);     // threaded, split by rows
     }
   check_product<S>(9, 11, 0, false, false, S(1), S(0.5), 1);  // k = 0: C = beta C
 }

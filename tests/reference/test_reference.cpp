@@ -9,11 +9,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <string>
-#include <vector>
-
 #include <flowprior/flowprior.hpp>
 #include <flowprior/io/state_dict.hpp>
+#include <string>
+#include <vector>
 
 #include "catch.hpp"
 #include "gradcheck.hpp"
@@ -179,8 +178,8 @@ TEMPLATE_TEST_CASE("reference: alignment loss and dL/dy match PyTorch autograd",
       draws.eps = st.get<S>("eps");  // (N*K, d) C order == (d, N*K) column-major, col b*K+k
       loss::LossWorkspace<Net> ws;
       std::vector<S> d_y(std::size_t(kDim * kN), S(0));
-      const double value = loss::alignment_loss(prior, c.conv, {y.data(), kDim, kN}, draws,
-                                                c.opt, ws, {}, {d_y.data(), kDim, kN});
+      const double value = loss::alignment_loss(prior, c.conv, {y.data(), kDim, kN}, draws, c.opt,
+                                                ws, {}, {d_y.data(), kDim, kN});
       const double ref = st.get<double>(std::string(c.tag) + ".loss").at(0);
       const double rel = std::abs(value - ref) / std::abs(ref);
       INFO(c.tag << " loss (" << (sizeof(S) == 8 ? "double" : "float") << "): " << value
@@ -192,15 +191,15 @@ TEMPLATE_TEST_CASE("reference: alignment loss and dL/dy match PyTorch autograd",
   }
 }
 
-TEMPLATE_TEST_CASE("reference: save_state_dict round trip is bit-exact", "[reference][io]",
-                   double, float) {
+TEMPLATE_TEST_CASE("reference: save_state_dict round trip is bit-exact", "[reference][io]", double,
+                   float) {
   using S = TestType;
   const auto& st = fixture();
   for (const bool conditioned : {false, true}) {
     nn::AdaLNMlp<S> net(conditioned ? config_b() : config_a());
     io::load_state_dict(net, st);
-    const std::string path = temp_path(std::string(conditioned ? "b" : "a") +
-                                       (sizeof(S) == 8 ? "64" : "32"));
+    const std::string path =
+        temp_path(std::string(conditioned ? "b" : "a") + (sizeof(S) == 8 ? "64" : "32"));
     io::save_state_dict(net, path, io::dtype_of<S>(), {{"source", "test_reference"}});
     const io::Safetensors back = io::Safetensors::read(path);
     std::filesystem::remove(path);

@@ -49,8 +49,7 @@ inline FieldInputs make_inputs(Index dim, Index batch, Index cond_dim, flowprior
 
 /// forward with or without conditioning, depending on the field type.
 template <class Field>
-void field_forward(const Field& net, const FieldInputs& in, Mat& v,
-                   typename Field::Workspace& ws) {
+void field_forward(const Field& net, const FieldInputs& in, Mat& v, typename Field::Workspace& ws) {
   if constexpr (std::is_same_v<Field, flowprior::nn::AdaLNMlp<typename Field::Scalar>>) {
     net.forward(in.x, in.t, v, ws, in.cond);
   } else {
@@ -149,8 +148,7 @@ void check_jvp(Field& net, FieldInputs in, flowprior::Rng& rng, Index K) {
     field_forward(net, ip, vp, ws);
     field_forward(net, im, vm, ws);
     Mat fd = (vp - vm) / (2 * h);
-    require_close("jvp tangent " + std::to_string(k), jwk.data(), fd.data(), fd.size(),
-                  kFieldTol);
+    require_close("jvp tangent " + std::to_string(k), jwk.data(), fd.data(), fd.size(), kFieldTol);
   }
 }
 

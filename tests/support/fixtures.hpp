@@ -1,17 +1,16 @@
 // Test-only fixtures shared by several suites (tests/support, never installed).
 #pragma once
 
+#include <unistd.h>
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <filesystem>
+#include <flowprior/analytic/gaussian_mixture.hpp>
 #include <iterator>
 #include <string>
 #include <system_error>
 #include <vector>
-
-#include <unistd.h>
-
-#include <flowprior/analytic/gaussian_mixture.hpp>
 
 namespace fpt {
 

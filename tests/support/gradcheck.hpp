@@ -9,11 +9,10 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
-#include <string>
-#include <vector>
-
 #include <flowprior/core/random.hpp>
 #include <flowprior/core/types.hpp>
+#include <string>
+#include <vector>
 
 #include "catch.hpp"
 

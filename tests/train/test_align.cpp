@@ -14,8 +14,7 @@ namespace analytic = flowprior::analytic;
 namespace train = flowprior::train;
 using Field = analytic::GaussianMixtureField<double>;
 
-TEST_CASE("aligner: latents from N(0, I) reach the ring's modes and its NLL falls",
-          "[train]") {
+TEST_CASE("aligner: latents from N(0, I) reach the ring's modes and its NLL falls", "[train]") {
   const Convention conv = GENERATE(Convention::Paper, Convention::Code);
   CAPTURE(flowprior::to_string(conv));
   const double s = std::sqrt(0.09 + 4.5);
@@ -81,9 +80,9 @@ TEST_CASE("aligner: a non-finite loss is refused naming the step and the latents
   y(0, 3) = 1e300;  // the residual's square overflows: the loss is +Inf
   const Eigen::MatrixXd before = y;
   REQUIRE_THROWS_AS(aligner.step(MatrixView<double>(y), rng), flowprior::numeric_error);
-  REQUIRE_THROWS_WITH(aligner.step(MatrixView<double>(y), rng),
-                      Catch::Contains("diverged") && Catch::Contains("step 2") &&
-                          Catch::Contains("not applied"));
+  REQUIRE_THROWS_WITH(aligner.step(MatrixView<double>(y), rng), Catch::Contains("diverged") &&
+                                                                    Catch::Contains("step 2") &&
+                                                                    Catch::Contains("not applied"));
   REQUIRE(y == before);
   REQUIRE(aligner.steps() == 1);
 }

@@ -54,9 +54,9 @@ void count(const nlohmann::json& v, int& finite, int& nulls, int& bad) {
 TEST_CASE("toy2d pipeline: every target runs and writes its files", "[train][pipeline]") {
   const auto target = GENERATE(from_range(flowprior::data::all_toy2d()));
   CAPTURE(flowprior::data::to_string(target));
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("flowprior_toy2d_" + std::to_string(::getpid()) + "_" +
-                    flowprior::data::to_string(target));
+  const auto dir =
+      std::filesystem::temp_directory_path() /
+      ("flowprior_toy2d_" + std::to_string(::getpid()) + "_" + flowprior::data::to_string(target));
   std::filesystem::create_directories(dir);
   const auto cfg = tiny(target);
   const auto r = pipeline::run_toy2d(cfg, dir.string());
@@ -167,7 +167,8 @@ TEST_CASE("toy2d pipeline: sizes that overflow or cannot fit are config_errors n
       {"eval_points", [=](pipeline::Toy2dConfig& c) { c.eval_points = huge; }},
       {"prior_samples", [=](pipeline::Toy2dConfig& c) { c.prior_samples = huge; }},
       {"kde_samples", [=](pipeline::Toy2dConfig& c) { c.kde_samples = huge; }},
-      {"align_steps", [](pipeline::Toy2dConfig& c) {  // the tracked curves grow with the steps
+      {"align_steps",
+       [](pipeline::Toy2dConfig& c) {  // the tracked curves grow with the steps
          c.align_steps = Index(1) << 60;
          c.track_every = 1;
        }},
@@ -260,9 +261,10 @@ TEST_CASE("toy2d pipeline: an unwritable output folder is refused before trainin
   REQUIRE(steps == 0);
 }
 
-TEST_CASE("toy2d pipeline: a diverging prior stops with numeric_error and keeps the last good "
-          "checkpoint",
-          "[pipeline][error]") {
+TEST_CASE(
+    "toy2d pipeline: a diverging prior stops with numeric_error and keeps the last good "
+    "checkpoint",
+    "[pipeline][error]") {
   // lr 1e3 explodes at once (the checkpoint left is the one of step 0); lr 1.2 with the default
   // warmup trains for a while first (the checkpoint left is the last periodic one).
   const double lr = GENERATE(1e3, 1.2);
@@ -380,9 +382,9 @@ TEST_CASE("toy2d pipeline: files carry the run's identity and resume continues b
   auto differ = resume;
   differ.prior_lr = 3e-3;
   REQUIRE_THROWS_AS(pipeline::run_toy2d(differ, b_dir.string()), flowprior::config_error);
-  REQUIRE_THROWS_WITH(pipeline::run_toy2d(differ, b_dir.string()),
-                      Catch::Contains("prior_lr") && Catch::Contains("0.002") &&
-                          Catch::Contains("0.003"));
+  REQUIRE_THROWS_WITH(pipeline::run_toy2d(differ, b_dir.string()), Catch::Contains("prior_lr") &&
+                                                                       Catch::Contains("0.002") &&
+                                                                       Catch::Contains("0.003"));
   differ = resume;
   differ.seed = 7;
   REQUIRE_THROWS_WITH(pipeline::run_toy2d(differ, b_dir.string()), Catch::Contains("seed"));

@@ -36,15 +36,15 @@ train::TrainerConfig trainer_config(Index steps) {
   tc.batch = 256;
   tc.K = 1;
   tc.adam.lr = 3e-3;
-  tc.schedule = flowprior::optim::LrSchedule::cosine(3e-3, std::min<Index>(100, steps / 4), steps, 1.5e-4);
+  tc.schedule =
+      flowprior::optim::LrSchedule::cosine(3e-3, std::min<Index>(100, steps / 4), steps, 1.5e-4);
   tc.ema_decay = 0.99;
   return tc;
 }
 
 }  // namespace
 
-TEST_CASE("training: a small AdaLN prior reaches the irreducible flow-matching loss",
-          "[train]") {
+TEST_CASE("training: a small AdaLN prior reaches the irreducible flow-matching loss", "[train]") {
   const Convention conv = GENERATE(Convention::Paper, Convention::Code);
   CAPTURE(flowprior::to_string(conv));
   const auto gmm = fpt::three_modes();
@@ -73,9 +73,9 @@ TEST_CASE("training: a small AdaLN prior reaches the irreducible flow-matching l
   loss::LossWorkspace<GmmField> wse;
   const double trained =
       loss::flow_matching_loss(Prior<Net>(net, conv), conv, x, draws, loss::Reduction::Mean, ws);
-  const double irreducible = loss::flow_matching_loss(
-      Prior<GmmField>(exact, Convention::Paper).as(conv), conv, x, draws,
-      loss::Reduction::Mean, wse);
+  const double irreducible =
+      loss::flow_matching_loss(Prior<GmmField>(exact, Convention::Paper).as(conv), conv, x, draws,
+                               loss::Reduction::Mean, wse);
   INFO("first batch " << first << ", trained " << trained << ", irreducible " << irreducible);
   REQUIRE(trained < 1.10 * irreducible);
   REQUIRE(trained >= irreducible * 0.98);  // nothing beats the exact field (up to MC noise)
@@ -101,8 +101,7 @@ TEST_CASE("training: the same seed gives the same trajectory and EMA and step co
     ema = Eigen::Map<const Eigen::VectorXd>(trainer.ema().weights().data(), net.num_params());
     Net prior(net_config());
     trainer.copy_ema_to(prior);
-    REQUIRE(Eigen::Map<const Eigen::VectorXd>(prior.parameters().data, prior.num_params()) ==
-            ema);
+    REQUIRE(Eigen::Map<const Eigen::VectorXd>(prior.parameters().data, prior.num_params()) == ema);
     return last;
   };
   Eigen::VectorXd p1, e1, p2, e2;
@@ -170,7 +169,7 @@ TEST_CASE("training: the trained prior's ODE NLL on its own distribution is near
 
 TEST_CASE(
     "training: a step whose loss is not finite is refused naming the step and changes nothing",
-          "[train][error]") {
+    "[train][error]") {
   // A parameter so large that the forward pass overflows: the loss is Inf or NaN. The trainer
   // throws numeric_error naming the step and applies nothing: parameters, optimizer and EMA keep
   // their values (the last good state, which a checkpoint may then save).
@@ -188,9 +187,9 @@ TEST_CASE(
   const std::vector<double> ema_before = trainer.ema().weights();
   const std::vector<double> m_before = trainer.optimizer().m();
   REQUIRE_THROWS_AS(trainer.step_with(sample, rng), flowprior::numeric_error);
-  REQUIRE_THROWS_WITH(trainer.step_with(sample, rng),
-                      Catch::Contains("diverged") && Catch::Contains("step 3") &&
-                          Catch::Contains("not applied"));
+  REQUIRE_THROWS_WITH(trainer.step_with(sample, rng), Catch::Contains("diverged") &&
+                                                          Catch::Contains("step 3") &&
+                                                          Catch::Contains("not applied"));
   REQUIRE(trainer.steps() == 2);
   REQUIRE(Eigen::Map<const Eigen::VectorXd>(p.data, p.size) == before);
   REQUIRE(trainer.ema().weights() == ema_before);

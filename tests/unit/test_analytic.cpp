@@ -46,10 +46,8 @@ TEST_CASE("mixture: log density, normalisation and sampling", "[analytic]") {
   for (Index k = 0; k < 3; ++k) mean += g.weight(k) * Eigen::Map<const Vec>(g.mean(k), 2);
   REQUIRE((s.rowwise().mean() - mean).norm() < 0.01);
   const Mat zero = Mat::Zero(2, 2);
-  REQUIRE_THROWS_AS(analytic::GaussianMixture(zero, {0.1, -0.1}, {1, 1}),
-                    flowprior::config_error);
-  REQUIRE_THROWS_AS(analytic::GaussianMixture(zero, {0.1}, {1, 1}),
-                    flowprior::shape_error);
+  REQUIRE_THROWS_AS(analytic::GaussianMixture(zero, {0.1, -0.1}, {1, 1}), flowprior::config_error);
+  REQUIRE_THROWS_AS(analytic::GaussianMixture(zero, {0.1}, {1, 1}), flowprior::shape_error);
 }
 
 TEST_CASE("mixture field: boundary values and Jacobian products", "[analytic][grad]") {

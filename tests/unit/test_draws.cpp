@@ -1,7 +1,6 @@
 // Draws of (t, eps) and the random projection.
-#include <flowprior/flowprior.hpp>
-
 #include <algorithm>
+#include <flowprior/flowprior.hpp>
 
 #include "catch.hpp"
 #include "gradcheck.hpp"
@@ -11,8 +10,7 @@ using flowprior::Index;
 using flowprior::Rng;
 namespace loss = flowprior::loss;
 
-TEST_CASE("draws: the same seed gives the same draws; layout is row-major in draws",
-          "[loss]") {
+TEST_CASE("draws: the same seed gives the same draws; layout is row-major in draws", "[loss]") {
   loss::FlowDraws<double> a, b;
   Rng r1(5), r2(5);
   loss::draw(a, Convention::Code, 3, 2, 4, loss::TimeSampler::uniform(), r1);
@@ -60,8 +58,7 @@ TEST_CASE("draws: samplers have the documented distributions", "[loss]") {
     int same_t = 0;
     for (Index b = 0; b < 1000; ++b) {
       same_t += d.t[std::size_t(2 * b)] == d.t[std::size_t(2 * b + 1)];
-      for (Index i = 0; i < 3; ++i)
-        REQUIRE(d.noise()(i, 2 * b) == -d.noise()(i, 2 * b + 1));
+      for (Index i = 0; i < 3; ++i) REQUIRE(d.noise()(i, 2 * b) == -d.noise()(i, 2 * b + 1));
       s += d.t[std::size_t(2 * b)] + d.t[std::size_t(2 * b + 1)];
     }
     REQUIRE(same_t == 0);

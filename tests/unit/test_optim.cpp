@@ -2,9 +2,8 @@
 // (include/flowprior/optim/optimizer.hpp) against values worked out by hand. Equation numbers
 // refer to docs/math/optim.md. Intermediate values in the comments are rounded to 7 digits; the
 // expected literals are exact to 17 digits.
-#include <flowprior/optim/optimizer.hpp>
-
 #include <cmath>
+#include <flowprior/optim/optimizer.hpp>
 #include <initializer_list>
 #include <limits>
 #include <type_traits>

@@ -12,8 +12,8 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <flowprior/toy2d/figures.hpp>
 #include <flowprior/plot/figure.hpp>
+#include <flowprior/toy2d/figures.hpp>
 #include <future>
 #include <limits>
 #include <memory>
@@ -458,8 +458,9 @@ TEST_CASE("plot figure: a 2x2 figure saves a valid PNG, heatmap row 0 at the bot
   REQUIRE_THROWS_AS(plot::Figure(200, 1), flowprior::config_error);  // wider than kMaxImageSide
 }
 
-// Hostile data (docs/plotting.md "Hostile data"): far, huge and non-finite coordinates are clipped in
-// floating point before any conversion to int, so no loop runs over pixels outside the canvas.
+// Hostile data (docs/plotting.md "Hostile data"): far, huge and non-finite coordinates are
+// clipped in floating point before any conversion to int, so no loop runs over pixels outside
+// the canvas.
 TEST_CASE("plot canvas: far, huge and non-finite coordinates are clipped, never looped over",
           "[plot][robust]") {
   const Color bg = plot::colors::white, ink = plot::colors::blue;

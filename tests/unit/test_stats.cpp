@@ -1,8 +1,8 @@
 // Evaluation statistics (eval/stats.hpp, docs/toy_targets.md "statistics"): correlations, KDE,
 // nearest neighbours, mode occupancy, Monte Carlo entropy.
 #include <cmath>
-#include <flowprior/toy2d/targets.hpp>
 #include <flowprior/toy2d/stats.hpp>
+#include <flowprior/toy2d/targets.hpp>
 #include <vector>
 
 #include "catch.hpp"

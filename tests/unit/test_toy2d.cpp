@@ -1,8 +1,8 @@
 // The 2-D targets of the proof of concept (data/toy2d.hpp, docs/toy_targets.md): names,
 // normalisation, mixture parameters, exact densities, determinism.
 #include <cmath>
-#include <flowprior/toy2d/targets.hpp>
 #include <flowprior/toy2d/stats.hpp>
+#include <flowprior/toy2d/targets.hpp>
 
 #include "catch.hpp"
 #include "gradcheck.hpp"

@@ -11,15 +11,14 @@
 #pragma once
 
 #include <cmath>
+#include <flowprior/core/check.hpp>
+#include <flowprior/core/convention.hpp>
+#include <flowprior/core/random.hpp>
+#include <flowprior/core/size.hpp>
+#include <flowprior/core/types.hpp>
 #include <limits>
 #include <string>
 #include <vector>
-
-#include <flowprior/core/check.hpp>
-#include <flowprior/core/size.hpp>
-#include <flowprior/core/convention.hpp>
-#include <flowprior/core/random.hpp>
-#include <flowprior/core/types.hpp>
 
 namespace flowprior {
 namespace analytic {
@@ -80,7 +79,8 @@ class GaussianMixture {
         r2 += d * d;
       }
       lw[std::size_t(k)] = std::log(weights_[std::size_t(k)]) -
-                           0.5 * double(dim_) * std::log(2 * 3.14159265358979323846 * s2) - 0.5 * r2 / s2;
+                           0.5 * double(dim_) * std::log(2 * 3.14159265358979323846 * s2) -
+                           0.5 * r2 / s2;
       mx = std::max(mx, lw[std::size_t(k)]);
     }
     double s = 0;
@@ -131,8 +131,8 @@ class GaussianMixture {
 
 /// Exact marginal velocity of a Gaussian mixture, Paper convention (x_t = (1-t) eps + t x):
 ///   a_k = (1-t)^2 + t^2 s_k^2,  w_k(z) ∝ pi_k N(z; t mu_k, a_k I),
-///   v(z, t) = sum_k w_k [ mu_k + ((t s_k^2 - (1-t)) / a_k) (z - t mu_k) ]   gaussian_mixture.md (2)
-/// and its Jacobian J = (sum_k w_k c_k) I + sum_k w_k m_k (g_k - gbar)^T     gaussian_mixture.md (3)
+///   v(z, t) = sum_k w_k [ mu_k + ((t s_k^2 - (1-t)) / a_k) (z - t mu_k) ]  gaussian_mixture.md (2)
+/// and its Jacobian J = (sum_k w_k c_k) I + sum_k w_k m_k (g_k - gbar)^T    gaussian_mixture.md (3)
 /// Same field API as the networks (forward, vjp_x, backward, jvp_x, divergence); it has no
 /// parameters (num_params() == 0).
 template <class S>
@@ -173,13 +173,13 @@ class GaussianMixtureField {
     checked_resize(w, "the Jacobian cache", ws.jac,
                    checked_mul(w, "dim x dim x batch", checked_mul(w, "dim x dim", d, d), B));
     ws.tmp.resize(static_cast<std::size_t>(K * (2 * d + 3) + 2 * d));
-    double* lw = ws.tmp.data();           // (K) log weights -> weights
-    double* ck = lw + K;                  // (K)
-    double* ak = ck + K;                  // (K)
-    double* mk = ak + K;                  // (d, K)
-    double* gk = mk + d * K;              // (d, K)
-    double* vbar = gk + d * K;            // (d)
-    double* gbar = vbar + d;              // (d)
+    double* lw = ws.tmp.data();  // (K) log weights -> weights
+    double* ck = lw + K;         // (K)
+    double* ak = ck + K;         // (K)
+    double* mk = ak + K;         // (d, K)
+    double* gk = mk + d * K;     // (d, K)
+    double* vbar = gk + d * K;   // (d)
+    double* gbar = vbar + d;     // (d)
     for (Index b = 0; b < B; ++b) {
       const double tt = static_cast<double>(t[b]);
       double mx = -std::numeric_limits<double>::infinity();

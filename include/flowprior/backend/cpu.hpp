@@ -101,8 +101,8 @@ struct CpuBackend {
       fill(ctx, C, S(0));
     else if (beta != S(1))
       scale(ctx, C, beta);
-    detail::gemm_accumulate(trans_a, trans_b, C.rows, C.cols, k, alpha, A.data, A.ld, B.data,
-                            B.ld, C.data, C.ld);
+    detail::gemm_accumulate(trans_a, trans_b, C.rows, C.cols, k, alpha, A.data, A.ld, B.data, B.ld,
+                            C.data, C.ld);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -339,7 +339,8 @@ struct CpuBackend {
                              Index K) {
     if (act == Activation::SiLU) {  // vectorised: Eigen's packet exp
       detail::for_cols(dz.rows, dz.cols, [&](Index j0, Index j1) {
-        for (Index c = j0; c < j1; ++c) silu_grad_mul_col(z.col(c / K), dz.col(c), out.col(c), dz.rows);
+        for (Index c = j0; c < j1; ++c)
+          silu_grad_mul_col(z.col(c / K), dz.col(c), out.col(c), dz.rows);
       });
       return;
     }
@@ -356,8 +357,8 @@ struct CpuBackend {
     const Index half = e_out.rows / 2;
     const double lp = std::log(static_cast<double>(max_period));
     // Cost ~ 30 ns per element (exp, cos, sin), so parallel from a few hundred elements.
-    const int threads = detail::team_size(30.0 * double(e_out.rows) * double(e_out.cols),
-                                          e_out.cols);
+    const int threads =
+        detail::team_size(30.0 * double(e_out.rows) * double(e_out.cols), e_out.cols);
     detail::run_chunks(threads, e_out.cols, 1, [&](Index j0, Index j1) {
       for (Index b = j0; b < j1; ++b) {
         S* e = e_out.col(b);
@@ -428,7 +429,7 @@ struct CpuBackend {
     });
   }
 
-  /// Backward of norm_modulate_forward, given d_m:           adaln.md (2)-(3), layer_norm.md (3)-(5)
+  /// Backward of norm_modulate_forward, given d_m:          adaln.md (2)-(3), layer_norm.md (3)-(5)
   ///   d_shift_out = d_m,  d_scale_out = d_m * a  (written, if non-empty; with `group`,
   ///   accumulated into the group's column instead),
   ///   d_gamma += sum_b d_a * n,  d_beta += sum_b d_a  (if non-null),

@@ -19,9 +19,8 @@
 #pragma once
 
 #include <climits>
-#include <type_traits>
-
 #include <flowprior/core/types.hpp>
+#include <type_traits>
 
 #if defined(FLOWPRIOR_CBLAS_OPENBLAS) || defined(FLOWPRIOR_CBLAS_BLIS)
 #ifndef FLOWPRIOR_CBLAS
@@ -30,8 +29,9 @@
 #endif
 
 #if defined(FLOWPRIOR_CBLAS)
-#include <algorithm>
 #include <cblas.h>
+
+#include <algorithm>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -103,7 +103,8 @@ inline bool blas_reentrant() {
 class SerialBlasCall {
  public:
   SerialBlasCall() {
-#if defined(_OPENMP) && defined(FLOWPRIOR_CBLAS_OPENBLAS) && !defined(FLOWPRIOR_CBLAS_ENGINE_THREADS)
+#if defined(_OPENMP) && defined(FLOWPRIOR_CBLAS_OPENBLAS) && \
+    !defined(FLOWPRIOR_CBLAS_ENGINE_THREADS)
     if (!omp_in_parallel()) {
       saved_ = omp_get_max_threads();
       if (saved_ > 1) omp_set_num_threads(1);
@@ -111,7 +112,8 @@ class SerialBlasCall {
 #endif
   }
   ~SerialBlasCall() {
-#if defined(_OPENMP) && defined(FLOWPRIOR_CBLAS_OPENBLAS) && !defined(FLOWPRIOR_CBLAS_ENGINE_THREADS)
+#if defined(_OPENMP) && defined(FLOWPRIOR_CBLAS_OPENBLAS) && \
+    !defined(FLOWPRIOR_CBLAS_ENGINE_THREADS)
     if (saved_ > 1) omp_set_num_threads(saved_);
 #endif
   }

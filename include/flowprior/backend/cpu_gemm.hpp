@@ -18,11 +18,10 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <atomic>
-#include <new>
-#include <vector>
-
 #include <flowprior/backend/parallel.hpp>
 #include <flowprior/core/types.hpp>
+#include <new>
+#include <vector>
 
 namespace flowprior::detail {
 
@@ -42,7 +41,8 @@ class GemmBlocking : public Eigen::internal::level3_blocking<S, S> {
     this->m_mc = m;
     this->m_nc = n;
     this->m_kc = k;
-    Eigen::internal::computeProductBlockingSizes<S, S, 1>(this->m_kc, this->m_mc, this->m_nc, Index(1));
+    Eigen::internal::computeProductBlockingSizes<S, S, 1>(this->m_kc, this->m_mc, this->m_nc,
+                                                          Index(1));
     // The kernel packs kc x min(m, mc) of op(A) and kc x min(n, nc) of op(B).
     const Index pad = 64 / Index(sizeof(S));  // keep blockB on a 64-byte boundary
     const Index size_a = (this->m_kc * std::min(m, this->m_mc) + pad - 1) / pad * pad;

@@ -2,10 +2,9 @@
 /// The activation kinds a field can use, switched once per layer call (never per element).
 #pragma once
 
-#include <string>
-
 #include <flowprior/config.hpp>
 #include <flowprior/core/math.hpp>
+#include <string>
 
 namespace flowprior {
 
@@ -24,17 +23,25 @@ struct Act;
 template <>
 struct Act<Activation::SiLU> {
   template <class S>
-  FLOWPRIOR_HD static S f(S z) { return silu(z); }
+  FLOWPRIOR_HD static S f(S z) {
+    return silu(z);
+  }
   template <class S>
-  FLOWPRIOR_HD static S df(S z) { return silu_grad(z); }
+  FLOWPRIOR_HD static S df(S z) {
+    return silu_grad(z);
+  }
 };
 
 template <>
 struct Act<Activation::GELU> {
   template <class S>
-  FLOWPRIOR_HD static S f(S z) { return gelu(z); }
+  FLOWPRIOR_HD static S f(S z) {
+    return gelu(z);
+  }
   template <class S>
-  FLOWPRIOR_HD static S df(S z) { return gelu_grad(z); }
+  FLOWPRIOR_HD static S df(S z) {
+    return gelu_grad(z);
+  }
 };
 
 }  // namespace math

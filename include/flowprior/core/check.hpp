@@ -4,23 +4,22 @@
 #pragma once
 
 #include <cmath>
-#include <sstream>
-#include <string>
-
 #include <flowprior/config.hpp>
 #include <flowprior/core/error.hpp>
 #include <flowprior/core/types.hpp>
+#include <sstream>
+#include <string>
 
 /// FLOWPRIOR_ASSERT(cond, msg): internal invariant. Throws flowprior::assert_error when enabled.
 /// Define FLOWPRIOR_ASSERT yourself before including flowprior to route it elsewhere.
 #ifndef FLOWPRIOR_ASSERT
 #if FLOWPRIOR_ENABLE_ASSERTS
-#define FLOWPRIOR_ASSERT(cond, msg)                                                          \
-  do {                                                                                       \
-    if (!(cond))                                                                             \
-      ::flowprior::detail::raise<::flowprior::assert_error>(                                 \
-          std::string("[flowprior.assert] ") + (msg) + " (" #cond ") at " __FILE__ ":" +     \
-          std::to_string(__LINE__));                                                         \
+#define FLOWPRIOR_ASSERT(cond, msg)                                                      \
+  do {                                                                                   \
+    if (!(cond))                                                                         \
+      ::flowprior::detail::raise<::flowprior::assert_error>(                             \
+          std::string("[flowprior.assert] ") + (msg) + " (" #cond ") at " __FILE__ ":" + \
+          std::to_string(__LINE__));                                                     \
   } while (0)
 #else
 #define FLOWPRIOR_ASSERT(cond, msg) \
@@ -36,9 +35,8 @@ inline std::string shape_str(Index rows, Index cols) {
   return "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
 }
 
-[[noreturn]] inline FLOWPRIOR_COLD void raise_shape(const char* where, const char* name,
-                                                    Index rows, Index cols, Index exp_rows,
-                                                    Index exp_cols) {
+[[noreturn]] inline FLOWPRIOR_COLD void raise_shape(const char* where, const char* name, Index rows,
+                                                    Index cols, Index exp_rows, Index exp_cols) {
   raise<shape_error>(std::string("[flowprior.shape] ") + where + ": argument '" + name +
                      "' has shape " + shape_str(rows, cols) + ", expected " +
                      shape_str(exp_rows, exp_cols));
@@ -47,8 +45,7 @@ inline std::string shape_str(Index rows, Index cols) {
 [[noreturn]] inline FLOWPRIOR_COLD void raise_size(const char* where, const char* name, Index n,
                                                    Index expected) {
   raise<shape_error>(std::string("[flowprior.shape] ") + where + ": argument '" + name +
-                     "' has size " + std::to_string(n) + ", expected " +
-                     std::to_string(expected));
+                     "' has size " + std::to_string(n) + ", expected " + std::to_string(expected));
 }
 
 }  // namespace detail
@@ -76,8 +73,8 @@ inline void check_finite(const char* where, const char* name, ConstMatrixView<S>
     for (Index i = 0; i < m.rows; ++i) {
       if (!std::isfinite(c[i])) {
         std::ostringstream os;
-        os << "[flowprior.numeric] " << where << ": argument '" << name << "' has a non-finite value "
-           << c[i] << " at (" << i << ", " << j << ")";
+        os << "[flowprior.numeric] " << where << ": argument '" << name
+           << "' has a non-finite value " << c[i] << " at (" << i << ", " << j << ")";
         detail::raise<numeric_error>(os.str());
       }
     }

@@ -46,8 +46,7 @@ inline void check_convention(const char* where, const char* what, Convention hav
   if (have != want)
     detail::raise<convention_error>(std::string("[flowprior.convention] ") + where + ": " + what +
                                     " is in the " + to_string(have) +
-                                    " convention but the caller asked for the " +
-                                    to_string(want) +
+                                    " convention but the caller asked for the " + to_string(want) +
                                     " convention (convert a prior with .as(Convention::...))");
 }
 

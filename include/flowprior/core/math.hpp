@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cmath>
-
 #include <flowprior/config.hpp>
 
 namespace flowprior {

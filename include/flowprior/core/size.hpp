@@ -109,9 +109,9 @@ void checked_resize(const char* where, const char* what, Vec& v, Index count) {
   try {
     v.resize(static_cast<std::size_t>(count));
   } catch (const std::bad_alloc&) {
-    detail::raise_size_config(
-        where, std::string(what) + ": cannot allocate " + std::to_string(count) + " elements (" +
-                   gib_string(double(count) * double(sizeof(T))) + ")");
+    detail::raise_size_config(where, std::string(what) + ": cannot allocate " +
+                                         std::to_string(count) + " elements (" +
+                                         gib_string(double(count) * double(sizeof(T))) + ")");
   } catch (const std::length_error&) {
     detail::raise_size_config(where, std::string(what) + ": " + std::to_string(count) +
                                          " elements exceed the container's maximum size");

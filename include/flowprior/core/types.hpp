@@ -9,12 +9,11 @@
 #pragma once
 
 #include <cstddef>
+#include <flowprior/config.hpp>
+#include <flowprior/core/error.hpp>
 #include <string>
 #include <type_traits>
 #include <utility>
-
-#include <flowprior/config.hpp>
-#include <flowprior/core/error.hpp>
 
 namespace flowprior {
 
@@ -26,12 +25,10 @@ namespace detail {
 template <class M, class = void>
 struct is_matrix_like : std::false_type {};
 template <class M>
-struct is_matrix_like<M, std::void_t<decltype(std::declval<M&>().data()),
-                                     decltype(std::declval<M&>().rows()),
-                                     decltype(std::declval<M&>().cols()),
-                                     decltype(std::declval<M&>().outerStride()),
-                                     decltype(std::declval<M&>().innerStride())>>
-    : std::true_type {};
+struct is_matrix_like<
+    M, std::void_t<decltype(std::declval<M&>().data()), decltype(std::declval<M&>().rows()),
+                   decltype(std::declval<M&>().cols()), decltype(std::declval<M&>().outerStride()),
+                   decltype(std::declval<M&>().innerStride())>> : std::true_type {};
 
 template <class M, class = void>
 struct is_row_major : std::false_type {};
@@ -107,11 +104,10 @@ struct ConstMatrixView {
   FLOWPRIOR_HD ConstMatrixView(MatrixView<S> m)  // NOLINT: mutable -> const is implicit
       : data(m.data), rows(m.rows), cols(m.cols), ld(m.ld) {}
 
-  template <class M,
-            std::enable_if_t<detail::is_matrix_like<std::remove_reference_t<M>>::value &&
-                                 !std::is_same_v<std::decay_t<M>, ConstMatrixView> &&
-                                 !std::is_same_v<std::decay_t<M>, MatrixView<S>>,
-                             int> = 0>
+  template <class M, std::enable_if_t<detail::is_matrix_like<std::remove_reference_t<M>>::value &&
+                                          !std::is_same_v<std::decay_t<M>, ConstMatrixView> &&
+                                          !std::is_same_v<std::decay_t<M>, MatrixView<S>>,
+                                      int> = 0>
   ConstMatrixView(const M& m)  // NOLINT(google-explicit-constructor)
       : data(m.data()), rows(m.rows()), cols(m.cols()), ld(m.outerStride()) {
     using D = std::decay_t<M>;
@@ -165,11 +161,10 @@ struct ConstVectorView {
   ConstVectorView() = default;  // host and device: defaulted
   FLOWPRIOR_HD ConstVectorView(const S* d, Index n) : data(d), size(n) {}
   FLOWPRIOR_HD ConstVectorView(VectorView<S> v) : data(v.data), size(v.size) {}  // NOLINT
-  template <class M,
-            std::enable_if_t<detail::is_matrix_like<std::remove_reference_t<M>>::value &&
-                                 !std::is_same_v<std::decay_t<M>, ConstVectorView> &&
-                                 !std::is_same_v<std::decay_t<M>, VectorView<S>>,
-                             int> = 0>
+  template <class M, std::enable_if_t<detail::is_matrix_like<std::remove_reference_t<M>>::value &&
+                                          !std::is_same_v<std::decay_t<M>, ConstVectorView> &&
+                                          !std::is_same_v<std::decay_t<M>, VectorView<S>>,
+                                      int> = 0>
   ConstVectorView(const M& m) : data(m.data()), size(m.size()) {  // NOLINT
     if (m.innerStride() != 1) detail::raise_strided();
     if (m.rows() != 1 && m.cols() != 1 && m.size() != 0) {

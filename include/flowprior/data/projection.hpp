@@ -8,13 +8,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <flowprior/core/check.hpp>
+#include <flowprior/core/random.hpp>
+#include <flowprior/core/size.hpp>
+#include <flowprior/core/types.hpp>
 #include <string>
 #include <vector>
-
-#include <flowprior/core/check.hpp>
-#include <flowprior/core/size.hpp>
-#include <flowprior/core/random.hpp>
-#include <flowprior/core/types.hpp>
 
 namespace flowprior {
 namespace data {

@@ -4,18 +4,6 @@
 /// (docs/formats.md "Errors" and "Atomic writes").
 #pragma once
 
-#include <algorithm>
-#include <atomic>
-#include <cerrno>
-#include <chrono>
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
-#include <functional>
-#include <limits>
-#include <string>
-#include <vector>
-
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -24,7 +12,18 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <flowprior/core/error.hpp>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
 
 namespace flowprior {
 namespace io {

@@ -9,12 +9,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <flowprior/io/file.hpp>
 #include <limits>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <flowprior/io/file.hpp>
 
 namespace flowprior {
 namespace io {
@@ -24,13 +23,13 @@ struct Value {
   enum class Kind { Null, Bool, Number, String, Array, Object };
   Kind kind = Kind::Null;
   bool boolean = false;
-  bool is_integer = false;       ///< a number written without fraction or exponent that fits
-  std::int64_t integer = 0;      ///< its value when is_integer
+  bool is_integer = false;   ///< a number written without fraction or exponent that fits
+  std::int64_t integer = 0;  ///< its value when is_integer
   double number = 0;
   std::string string;
   std::vector<Value> array;
   std::vector<std::pair<std::string, Value>> object;  ///< in file order
-  std::uint64_t offset = 0;  ///< byte offset of the value in the file
+  std::uint64_t offset = 0;                           ///< byte offset of the value in the file
 };
 
 /// The length of the well-formed UTF-8 sequence that starts at p (p < e, *p >= 0x80), or 0 when
@@ -226,13 +225,11 @@ class Reader {
       if (p_ == e_ || !(*p_ >= '0' && *p_ <= '9')) err("expected a digit in the exponent");
       while (p_ != e_ && *p_ >= '0' && *p_ <= '9') ++p_;
     }
-    const std::uint64_t lim =
-        neg ? std::uint64_t(std::numeric_limits<std::int64_t>::max()) + 1
-            : std::uint64_t(std::numeric_limits<std::int64_t>::max());
+    const std::uint64_t lim = neg ? std::uint64_t(std::numeric_limits<std::int64_t>::max()) + 1
+                                  : std::uint64_t(std::numeric_limits<std::int64_t>::max());
     if (!frac && !overflow && mag <= lim) {
       v.is_integer = true;
-      v.integer = neg ? (mag == lim ? std::numeric_limits<std::int64_t>::min()
-                                    : -std::int64_t(mag))
+      v.integer = neg ? (mag == lim ? std::numeric_limits<std::int64_t>::min() : -std::int64_t(mag))
                       : std::int64_t(mag);
       v.number = double(v.integer);
     } else {
@@ -274,14 +271,30 @@ class Reader {
       if (p_ == e_) err("unterminated escape");
       const char x = *p_++;
       switch (x) {
-        case '"': s.push_back('"'); break;
-        case '\\': s.push_back('\\'); break;
-        case '/': s.push_back('/'); break;
-        case 'b': s.push_back('\b'); break;
-        case 'f': s.push_back('\f'); break;
-        case 'n': s.push_back('\n'); break;
-        case 'r': s.push_back('\r'); break;
-        case 't': s.push_back('\t'); break;
+        case '"':
+          s.push_back('"');
+          break;
+        case '\\':
+          s.push_back('\\');
+          break;
+        case '/':
+          s.push_back('/');
+          break;
+        case 'b':
+          s.push_back('\b');
+          break;
+        case 'f':
+          s.push_back('\f');
+          break;
+        case 'n':
+          s.push_back('\n');
+          break;
+        case 'r':
+          s.push_back('\r');
+          break;
+        case 't':
+          s.push_back('\t');
+          break;
         case 'u': {
           std::uint32_t cp = hex4();
           if (cp >= 0xD800 && cp <= 0xDBFF) {  // surrogate pair
@@ -296,7 +309,9 @@ class Reader {
           utf8(cp, s);
           break;
         }
-        default: --p_; err("invalid escape '\\" + show() + "'");
+        default:
+          --p_;
+          err("invalid escape '\\" + show() + "'");
       }
     }
   }
@@ -306,10 +321,14 @@ class Reader {
       if (p_ == e_) err("truncated \\u escape");
       const char c = *p_;
       std::uint32_t d;
-      if (c >= '0' && c <= '9') d = std::uint32_t(c - '0');
-      else if (c >= 'a' && c <= 'f') d = std::uint32_t(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') d = std::uint32_t(c - 'A' + 10);
-      else err("invalid hex digit '" + show() + "' in \\u escape");
+      if (c >= '0' && c <= '9')
+        d = std::uint32_t(c - '0');
+      else if (c >= 'a' && c <= 'f')
+        d = std::uint32_t(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F')
+        d = std::uint32_t(c - 'A' + 10);
+      else
+        err("invalid hex digit '" + show() + "' in \\u escape");
       v = v * 16 + d;
       ++p_;
     }
@@ -346,13 +365,27 @@ inline std::string quote(const std::string& s) {
   for (const char ch : s) {
     const unsigned char c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': o += "\\\""; break;
-      case '\\': o += "\\\\"; break;
-      case '\n': o += "\\n"; break;
-      case '\r': o += "\\r"; break;
-      case '\t': o += "\\t"; break;
-      case '\b': o += "\\b"; break;
-      case '\f': o += "\\f"; break;
+      case '"':
+        o += "\\\"";
+        break;
+      case '\\':
+        o += "\\\\";
+        break;
+      case '\n':
+        o += "\\n";
+        break;
+      case '\r':
+        o += "\\r";
+        break;
+      case '\t':
+        o += "\\t";
+        break;
+      case '\b':
+        o += "\\b";
+        break;
+      case '\f':
+        o += "\\f";
+        break;
       default:
         if (c < 0x20) {
           const char* d = "0123456789abcdef";

@@ -20,16 +20,15 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <flowprior/core/check.hpp>
+#include <flowprior/io/checksum.hpp>
+#include <flowprior/io/file.hpp>
+#include <flowprior/io/json.hpp>
 #include <limits>
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <flowprior/core/check.hpp>
-#include <flowprior/io/checksum.hpp>
-#include <flowprior/io/file.hpp>
-#include <flowprior/io/json.hpp>
 
 namespace flowprior {
 namespace io {
@@ -42,35 +41,58 @@ enum class Dtype { BOOL, U8, I8, I16, U16, I32, U32, I64, U64, F16, BF16, F32, F
 
 inline const char* to_string(Dtype d) {
   switch (d) {
-    case Dtype::BOOL: return "BOOL";
-    case Dtype::U8: return "U8";
-    case Dtype::I8: return "I8";
-    case Dtype::I16: return "I16";
-    case Dtype::U16: return "U16";
-    case Dtype::I32: return "I32";
-    case Dtype::U32: return "U32";
-    case Dtype::I64: return "I64";
-    case Dtype::U64: return "U64";
-    case Dtype::F16: return "F16";
-    case Dtype::BF16: return "BF16";
-    case Dtype::F32: return "F32";
-    default: return "F64";
+    case Dtype::BOOL:
+      return "BOOL";
+    case Dtype::U8:
+      return "U8";
+    case Dtype::I8:
+      return "I8";
+    case Dtype::I16:
+      return "I16";
+    case Dtype::U16:
+      return "U16";
+    case Dtype::I32:
+      return "I32";
+    case Dtype::U32:
+      return "U32";
+    case Dtype::I64:
+      return "I64";
+    case Dtype::U64:
+      return "U64";
+    case Dtype::F16:
+      return "F16";
+    case Dtype::BF16:
+      return "BF16";
+    case Dtype::F32:
+      return "F32";
+    default:
+      return "F64";
   }
 }
 
 inline std::size_t size_of(Dtype d) {
   switch (d) {
-    case Dtype::BOOL: case Dtype::U8: case Dtype::I8: return 1;
-    case Dtype::I16: case Dtype::U16: case Dtype::F16: case Dtype::BF16: return 2;
-    case Dtype::I32: case Dtype::U32: case Dtype::F32: return 4;
-    default: return 8;
+    case Dtype::BOOL:
+    case Dtype::U8:
+    case Dtype::I8:
+      return 1;
+    case Dtype::I16:
+    case Dtype::U16:
+    case Dtype::F16:
+    case Dtype::BF16:
+      return 2;
+    case Dtype::I32:
+    case Dtype::U32:
+    case Dtype::F32:
+      return 4;
+    default:
+      return 8;
   }
 }
 
 inline bool parse_dtype(const std::string& s, Dtype& out) {
-  for (Dtype d : {Dtype::BOOL, Dtype::U8, Dtype::I8, Dtype::I16, Dtype::U16, Dtype::I32,
-                  Dtype::U32, Dtype::I64, Dtype::U64, Dtype::F16, Dtype::BF16, Dtype::F32,
-                  Dtype::F64})
+  for (Dtype d : {Dtype::BOOL, Dtype::U8, Dtype::I8, Dtype::I16, Dtype::U16, Dtype::I32, Dtype::U32,
+                  Dtype::I64, Dtype::U64, Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::F64})
     if (s == to_string(d)) {
       out = d;
       return true;
@@ -175,9 +197,9 @@ inline const char* checksum_key() { return "flowprior.checksum"; }
 
 /// Whether a parsed file carried a checksum and whether it was compared.
 enum class ChecksumState {
-  Absent,       ///< no "flowprior.checksum" entry (files from other writers)
-  Verified,     ///< present and equal to the content's
-  NotVerified   ///< present and well-formed, not compared (ReadOptions::verify_checksum false)
+  Absent,      ///< no "flowprior.checksum" entry (files from other writers)
+  Verified,    ///< present and equal to the content's
+  NotVerified  ///< present and well-formed, not compared (ReadOptions::verify_checksum false)
 };
 
 /// Options of Safetensors::parse and read.
@@ -240,18 +262,73 @@ class Safetensors {
     for (std::uint64_t i = 0; i < n; ++i, p += es) {
       double v = 0;
       switch (t.dtype) {
-        case Dtype::F64: { double x; std::memcpy(&x, p, 8); v = x; break; }
-        case Dtype::F32: { float x; std::memcpy(&x, p, 4); v = x; break; }
-        case Dtype::F16: { std::uint16_t x; std::memcpy(&x, p, 2); v = half_to_float(x); break; }
-        case Dtype::BF16: { std::uint16_t x; std::memcpy(&x, p, 2); v = bf16_to_float(x); break; }
-        case Dtype::BOOL: case Dtype::U8: v = *p; break;
-        case Dtype::I8: v = static_cast<std::int8_t>(*p); break;
-        case Dtype::I16: { std::int16_t x; std::memcpy(&x, p, 2); v = x; break; }
-        case Dtype::U16: { std::uint16_t x; std::memcpy(&x, p, 2); v = x; break; }
-        case Dtype::I32: { std::int32_t x; std::memcpy(&x, p, 4); v = x; break; }
-        case Dtype::U32: { std::uint32_t x; std::memcpy(&x, p, 4); v = x; break; }
-        case Dtype::I64: { std::int64_t x; std::memcpy(&x, p, 8); v = double(x); break; }
-        case Dtype::U64: { std::uint64_t x; std::memcpy(&x, p, 8); v = double(x); break; }
+        case Dtype::F64: {
+          double x;
+          std::memcpy(&x, p, 8);
+          v = x;
+          break;
+        }
+        case Dtype::F32: {
+          float x;
+          std::memcpy(&x, p, 4);
+          v = x;
+          break;
+        }
+        case Dtype::F16: {
+          std::uint16_t x;
+          std::memcpy(&x, p, 2);
+          v = half_to_float(x);
+          break;
+        }
+        case Dtype::BF16: {
+          std::uint16_t x;
+          std::memcpy(&x, p, 2);
+          v = bf16_to_float(x);
+          break;
+        }
+        case Dtype::BOOL:
+        case Dtype::U8:
+          v = *p;
+          break;
+        case Dtype::I8:
+          v = static_cast<std::int8_t>(*p);
+          break;
+        case Dtype::I16: {
+          std::int16_t x;
+          std::memcpy(&x, p, 2);
+          v = x;
+          break;
+        }
+        case Dtype::U16: {
+          std::uint16_t x;
+          std::memcpy(&x, p, 2);
+          v = x;
+          break;
+        }
+        case Dtype::I32: {
+          std::int32_t x;
+          std::memcpy(&x, p, 4);
+          v = x;
+          break;
+        }
+        case Dtype::U32: {
+          std::uint32_t x;
+          std::memcpy(&x, p, 4);
+          v = x;
+          break;
+        }
+        case Dtype::I64: {
+          std::int64_t x;
+          std::memcpy(&x, p, 8);
+          v = double(x);
+          break;
+        }
+        case Dtype::U64: {
+          std::uint64_t x;
+          std::memcpy(&x, p, 8);
+          v = double(x);
+          break;
+        }
       }
       if (!allow_nonfinite && !std::isfinite(v))
         fail(name_, data_start_ + t.begin + i * es,
@@ -285,16 +362,21 @@ class Safetensors {
   void validate(const ReadOptions& opt) {
     const std::uint64_t size = bytes_.size();
     if (size < 8)
-      fail(name_, 0, "file too short for the 8-byte header length: expected at least 8 bytes, "
-                     "found " + std::to_string(size));
+      fail(name_, 0,
+           "file too short for the 8-byte header length: expected at least 8 bytes, "
+           "found " +
+               std::to_string(size));
     const std::uint64_t n = load_u64_le(bytes_.data());
     if (n > kMaxHeader)
-      fail(name_, 0, "header length " + std::to_string(n) + " exceeds the limit of " +
-                         std::to_string(kMaxHeader) + " bytes");
+      fail(name_, 0,
+           "header length " + std::to_string(n) + " exceeds the limit of " +
+               std::to_string(kMaxHeader) + " bytes");
     if (n > size - 8)
-      fail(name_, 0, "header length " + std::to_string(n) + " runs past the end of the file (" +
-                         std::to_string(size) + " bytes)");
-    if (n < 2) fail(name_, 8, "header of " + std::to_string(n) + " bytes cannot hold a JSON object");
+      fail(name_, 0,
+           "header length " + std::to_string(n) + " runs past the end of the file (" +
+               std::to_string(size) + " bytes)");
+    if (n < 2)
+      fail(name_, 8, "header of " + std::to_string(n) + " bytes cannot hold a JSON object");
     data_start_ = 8 + n;
     const char* h = reinterpret_cast<const char*>(bytes_.data() + 8);
     if (h[0] != '{') fail(name_, 8, "expected the header to start with '{'");
@@ -338,8 +420,8 @@ class Safetensors {
                  std::to_string(t->begin) + ", previous ends at " + std::to_string(pos) + ")");
       if (t->begin > pos)
         fail(name_, data_start_ + pos,
-             "hole in the data: bytes " + std::to_string(pos) + " to " +
-                 std::to_string(t->begin) + " belong to no tensor");
+             "hole in the data: bytes " + std::to_string(pos) + " to " + std::to_string(t->begin) +
+                 " belong to no tensor");
       pos = t->end;
     }
     if (pos != data_size)
@@ -370,8 +452,7 @@ class Safetensors {
     if (!value) return;
     const std::string& text = value->string;
     const std::uint64_t at = value->offset + 1;  // after the opening quote
-    bool ok = text.size() == 14 && text.compare(0, 6, "crc32:") == 0 &&
-              at + 15 <= bytes_.size() &&
+    bool ok = text.size() == 14 && text.compare(0, 6, "crc32:") == 0 && at + 15 <= bytes_.size() &&
               std::memcmp(bytes_.data() + at, text.data(), text.size()) == 0 &&
               bytes_[at + 14] == '"';
     std::uint32_t stored = 0;
@@ -382,9 +463,9 @@ class Safetensors {
       stored = (stored << 4) | std::uint32_t(d < 0 ? 0 : d);
     }
     if (!ok)
-      fail(name_, value->offset, std::string("__metadata__ '") + checksum_key() +
-                                     "' must be \"crc32:\" and 8 lowercase hex digits, found '" +
-                                     text + "'");
+      fail(name_, value->offset,
+           std::string("__metadata__ '") + checksum_key() +
+               "' must be \"crc32:\" and 8 lowercase hex digits, found '" + text + "'");
     if (!opt.verify_checksum) {
       checksum_ = ChecksumState::NotVerified;
       return;
@@ -397,46 +478,56 @@ class Safetensors {
       char b[96];
       std::snprintf(b, sizeof b, "the file says crc32:%08x, its content gives crc32:%08x",
                     unsigned(stored), unsigned(crc));
-      fail(name_, digits, std::string("checksum mismatch: ") + b +
-                              " (the file was damaged or changed after it was written: a "
-                              "flipped bit, a truncated copy or an edit)");
+      fail(name_, digits,
+           std::string("checksum mismatch: ") + b +
+               " (the file was damaged or changed after it was written: a "
+               "flipped bit, a truncated copy or an edit)");
     }
     checksum_ = ChecksumState::Verified;
   }
 
   TensorEntry read_entry(const std::string& name, const json::Value& v) const {
     using K = json::Value::Kind;
-    if (v.kind != K::Object) fail(name_, v.offset, "entry of tensor '" + name + "' must be an object");
+    if (v.kind != K::Object)
+      fail(name_, v.offset, "entry of tensor '" + name + "' must be an object");
     TensorEntry t;
     t.name = name;
     const json::Value *dtype = nullptr, *shape = nullptr, *offs = nullptr;
     for (const auto& kv : v.object) {
-      const json::Value** slot = kv.first == "dtype" ? &dtype
-                                 : kv.first == "shape" ? &shape
+      const json::Value** slot = kv.first == "dtype"          ? &dtype
+                                 : kv.first == "shape"        ? &shape
                                  : kv.first == "data_offsets" ? &offs
                                                               : nullptr;
       if (!slot)
-        fail(name_, kv.second.offset, "tensor '" + name + "': unexpected key '" + kv.first +
-                                          "' (expected dtype, shape, data_offsets)");
-      if (*slot) fail(name_, kv.second.offset, "tensor '" + name + "': duplicate key '" + kv.first + "'");
+        fail(name_, kv.second.offset,
+             "tensor '" + name + "': unexpected key '" + kv.first +
+                 "' (expected dtype, shape, data_offsets)");
+      if (*slot)
+        fail(name_, kv.second.offset, "tensor '" + name + "': duplicate key '" + kv.first + "'");
       *slot = &kv.second;
     }
     if (!dtype || !shape || !offs)
-      fail(name_, v.offset, "tensor '" + name + "' lacks " +
-                                (!dtype ? "dtype" : !shape ? "shape" : "data_offsets"));
+      fail(name_, v.offset,
+           "tensor '" + name + "' lacks " +
+               (!dtype   ? "dtype"
+                : !shape ? "shape"
+                         : "data_offsets"));
     if (dtype->kind != K::String || !parse_dtype(dtype->string, t.dtype))
-      fail(name_, dtype->offset, "tensor '" + name + "': unknown dtype " +
-                                     (dtype->kind == K::String ? "'" + dtype->string + "'"
-                                                               : std::string("(not a string)")) +
-                                     " (expected one of F64 F32 F16 BF16 I64 I32 I16 I8 U64 U32 "
-                                     "U16 U8 BOOL)");
-    if (shape->kind != K::Array) fail(name_, shape->offset, "tensor '" + name + "': shape must be an array");
+      fail(name_, dtype->offset,
+           "tensor '" + name + "': unknown dtype " +
+               (dtype->kind == K::String ? "'" + dtype->string + "'"
+                                         : std::string("(not a string)")) +
+               " (expected one of F64 F32 F16 BF16 I64 I32 I16 I8 U64 U32 "
+               "U16 U8 BOOL)");
+    if (shape->kind != K::Array)
+      fail(name_, shape->offset, "tensor '" + name + "': shape must be an array");
     std::uint64_t numel = 1;
     for (const auto& d : shape->array) {
       if (d.kind != K::Number || !d.is_integer || d.integer < 0)
         fail(name_, d.offset, "tensor '" + name + "': shape entries must be non-negative integers");
       t.shape.push_back(d.integer);
-      if (d.integer != 0 && numel > std::numeric_limits<std::uint64_t>::max() / std::uint64_t(d.integer))
+      if (d.integer != 0 &&
+          numel > std::numeric_limits<std::uint64_t>::max() / std::uint64_t(d.integer))
         fail(name_, d.offset, "tensor '" + name + "': element count overflows");
       numel *= std::uint64_t(d.integer);
     }
@@ -448,15 +539,17 @@ class Safetensors {
     t.begin = std::uint64_t(offs->array[0].integer);
     t.end = std::uint64_t(offs->array[1].integer);
     if (t.end < t.begin)
-      fail(name_, offs->offset, "tensor '" + name + "': data_offsets end " + std::to_string(t.end) +
-                                    " < begin " + std::to_string(t.begin));
+      fail(name_, offs->offset,
+           "tensor '" + name + "': data_offsets end " + std::to_string(t.end) + " < begin " +
+               std::to_string(t.begin));
     const std::uint64_t es = size_of(t.dtype);
     if (numel > std::numeric_limits<std::uint64_t>::max() / es || numel * es != t.end - t.begin)
       fail(name_, offs->offset,
            "tensor '" + name + "': shape " + shape_string(t.shape) + " of " + to_string(t.dtype) +
-               " needs " + (numel > std::numeric_limits<std::uint64_t>::max() / es
-                                ? std::string("more than 2^64")
-                                : std::to_string(numel * es)) +
+               " needs " +
+               (numel > std::numeric_limits<std::uint64_t>::max() / es
+                    ? std::string("more than 2^64")
+                    : std::to_string(numel * es)) +
                " bytes, data_offsets span " + std::to_string(t.end - t.begin));
     return t;
   }
@@ -477,8 +570,8 @@ class SafetensorsWriter {
   /// must be UTF-8 (config_error otherwise).
   void set_metadata(const std::string& key, const std::string& value) {
     if (key == checksum_key())
-      raise_config("SafetensorsWriter", std::string("'") + checksum_key() +
-                                            "' is reserved: call set_checksum(true)");
+      raise_config("SafetensorsWriter",
+                   std::string("'") + checksum_key() + "' is reserved: call set_checksum(true)");
     if (!json::is_utf8(key) || !json::is_utf8(value))
       raise_config("SafetensorsWriter", "__metadata__ entry '" + key + "' is not valid UTF-8");
     metadata_[key] = value;
@@ -491,7 +584,8 @@ class SafetensorsWriter {
   /// (F64, F32, F16 or BF16).
   template <class S>
   void add(const std::string& name, const S* data, std::vector<std::int64_t> shape, Dtype dtype) {
-    if (name.empty() || name == "__metadata__") raise_config("SafetensorsWriter", "invalid tensor name '" + name + "'");
+    if (name.empty() || name == "__metadata__")
+      raise_config("SafetensorsWriter", "invalid tensor name '" + name + "'");
     // The reader (and every other safetensors reader) refuses a header that is not UTF-8.
     if (!json::is_utf8(name))
       raise_config("SafetensorsWriter", "tensor name '" + name + "' is not valid UTF-8");
@@ -513,10 +607,24 @@ class SafetensorsWriter {
     for (std::uint64_t i = 0; i < n; ++i, p += es) {
       const double v = static_cast<double>(data[i]);
       switch (dtype) {
-        case Dtype::F64: std::memcpy(p, &v, 8); break;
-        case Dtype::F32: { const float f = float(v); std::memcpy(p, &f, 4); break; }
-        case Dtype::F16: { const std::uint16_t h = float_to_half(float(v)); std::memcpy(p, &h, 2); break; }
-        default: { const std::uint16_t h = float_to_bf16(float(v)); std::memcpy(p, &h, 2); break; }
+        case Dtype::F64:
+          std::memcpy(p, &v, 8);
+          break;
+        case Dtype::F32: {
+          const float f = float(v);
+          std::memcpy(p, &f, 4);
+          break;
+        }
+        case Dtype::F16: {
+          const std::uint16_t h = float_to_half(float(v));
+          std::memcpy(p, &h, 2);
+          break;
+        }
+        default: {
+          const std::uint16_t h = float_to_bf16(float(v));
+          std::memcpy(p, &h, 2);
+          break;
+        }
       }
     }
     t.end = data_.size();
@@ -542,11 +650,14 @@ class SafetensorsWriter {
   void write(const std::string& path, WriteFaults faults = {}) const {
     std::uint8_t len[8];
     const std::string header = final_header(len);
-    atomic_write(path, [&](Writer& w) {
-      w.write(len, 8);
-      w.write(header);
-      w.write(data_.data(), data_.size());
-    }, faults);
+    atomic_write(
+        path,
+        [&](Writer& w) {
+          w.write(len, 8);
+          w.write(header);
+          w.write(data_.data(), data_.size());
+        },
+        faults);
   }
 
  private:
@@ -585,7 +696,8 @@ class SafetensorsWriter {
     for (const auto& t : entries_) {
       h += (first ? "" : ",") + json::quote(t.name) + ":{\"dtype\":\"" + to_string(t.dtype) +
            "\",\"shape\":[";
-      for (std::size_t i = 0; i < t.shape.size(); ++i) h += (i ? "," : "") + std::to_string(t.shape[i]);
+      for (std::size_t i = 0; i < t.shape.size(); ++i)
+        h += (i ? "," : "") + std::to_string(t.shape[i]);
       h += "],\"data_offsets\":[" + std::to_string(t.begin) + "," + std::to_string(t.end) + "]}";
       first = false;
     }

@@ -11,11 +11,10 @@
 #pragma once
 
 #include <algorithm>
+#include <flowprior/io/safetensors.hpp>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <flowprior/io/safetensors.hpp>
 
 namespace flowprior {
 namespace io {
@@ -74,9 +73,8 @@ std::string stage_state_dict(const Field& field, const Safetensors& st, const Lo
     if (!ok) {
       for (const auto& t : tensors)
         if (!st.find(best + t.name))
-          fail(st.source(), "missing tensor '" + best + t.name + "' (" +
-                                std::to_string(best_hits) + " of " +
-                                std::to_string(tensors.size()) +
+          fail(st.source(), "missing tensor '" + best + t.name + "' (" + std::to_string(best_hits) +
+                                " of " + std::to_string(tensors.size()) +
                                 " tensors of the field found under the prefix '" + best + "')");
     }
     prefix = found;
@@ -87,13 +85,11 @@ std::string stage_state_dict(const Field& field, const Safetensors& st, const Lo
     if (!e) fail(st.source(), "missing tensor '" + prefix + t.name + "'");
     if (e->shape != std::vector<std::int64_t>(t.shape.begin(), t.shape.end()))
       fail(st.source(), st.data_start() + e->begin,
-           "tensor '" + e->name + "' has shape " + shape_string(e->shape) +
-               ", the field expects " +
+           "tensor '" + e->name + "' has shape " + shape_string(e->shape) + ", the field expects " +
                shape_string(std::vector<std::int64_t>(t.shape.begin(), t.shape.end())));
   }
   if (opt.strict) {
-    const std::vector<std::string> others = {"ema.", "model.", "state_dict.", "optim.",
-                                             "trainer."};
+    const std::vector<std::string> others = {"ema.", "model.", "state_dict.", "optim.", "trainer."};
     for (const auto& e : st.tensors()) {
       if (e.name.rfind(prefix, 0) != 0) continue;
       const std::string rest = e.name.substr(prefix.size());

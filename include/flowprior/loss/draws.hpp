@@ -8,16 +8,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
-#include <string>
-#include <vector>
-
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/math.hpp>
 #include <flowprior/core/random.hpp>
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
 
 namespace flowprior {
 namespace loss {
@@ -66,11 +65,11 @@ struct FlowDraws {
   }
 
   Convention convention = Convention::Paper;
-  Index rows = 0;  ///< N
-  Index K = 0;     ///< draws per row
-  Index dim = 0;   ///< d
-  std::vector<S> t;    ///< (N*K)
-  std::vector<S> eps;  ///< (d, N*K) column-major
+  Index rows = 0;             ///< N
+  Index K = 0;                ///< draws per row
+  Index dim = 0;              ///< d
+  std::vector<S> t;           ///< (N*K)
+  std::vector<S> eps;         ///< (d, N*K) column-major
   std::vector<Index> strata;  ///< scratch of the stratified sampler (kept: no allocation per draw)
 
   Index cols() const { return rows * K; }
@@ -92,8 +91,9 @@ struct FlowDraws {
     const Index M = checked_mul(w, "rows x K", n_rows, draws_per_row);
     const Index n_eps = checked_mul(w, "dim x rows x K", d, M);
     if (static_cast<std::size_t>(n_eps) > eps.size())  // growing: say what does not fit
-      check_allocation(w, "the noise of " + std::to_string(n_rows) + " rows x K " +
-                              std::to_string(draws_per_row) + " draws of dim " + std::to_string(d),
+      check_allocation(w,
+                       "the noise of " + std::to_string(n_rows) + " rows x K " +
+                           std::to_string(draws_per_row) + " draws of dim " + std::to_string(d),
                        n_eps, sizeof(S));
     checked_resize(w, "the times of the draws", t, M);
     checked_resize(w, "the noise of the draws", eps, n_eps);
@@ -152,10 +152,9 @@ struct FlowDraws {
   /// dim rows K values, K >= 1, rows >= 0, dim >= 1), naming `where`. The losses call it.
   void validate(const char* where) const {
     Index M = 0, n_eps = 0;
-    const bool sizes_ok = K >= 1 && rows >= 0 && dim >= 1 &&
-                          !__builtin_mul_overflow(rows, K, &M) &&
-                          !__builtin_mul_overflow(dim, M, &n_eps) &&
-                          Index(t.size()) == M && Index(eps.size()) == n_eps;
+    const bool sizes_ok = K >= 1 && rows >= 0 && dim >= 1 && !__builtin_mul_overflow(rows, K, &M) &&
+                          !__builtin_mul_overflow(dim, M, &n_eps) && Index(t.size()) == M &&
+                          Index(eps.size()) == n_eps;
     if (!sizes_ok)
       flowprior::detail::raise<shape_error>(
           std::string("[flowprior.shape] ") + where + ": the draws say rows " +
@@ -213,14 +212,18 @@ void draw(FlowDraws<S>& out, Convention conv, Index rows, Index dim, Index K,
     }
     double tt = 0;
     switch (sampler.kind) {
-      case TimeSampler::Kind::Uniform: tt = uniform01(rng); break;
+      case TimeSampler::Kind::Uniform:
+        tt = uniform01(rng);
+        break;
       case TimeSampler::Kind::LogitNormal:
         tt = math::sigmoid(sampler.mean + sampler.std * normal01(rng));
         break;
       case TimeSampler::Kind::Stratified:
         tt = (double(strata[std::size_t(col / G)]) + uniform01(rng)) / double(n_times);
         break;
-      case TimeSampler::Kind::Grid: tt = (double(k) + 0.5) / double(K); break;
+      case TimeSampler::Kind::Grid:
+        tt = (double(k) + 0.5) / double(K);
+        break;
     }
     out.t[std::size_t(col)] = static_cast<S>(std::min(std::max(tt, 0.0), 1.0));
     if (antithetic && k % 2 == 1) {  // the partner of the previous draw: -eps

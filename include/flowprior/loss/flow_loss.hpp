@@ -4,7 +4,7 @@
 /// and K draws (t, eps) per row, in a stated convention (core/convention.hpp):
 ///
 ///   x_t = a(t) x + b(t) eps,   u = c x + e eps,   r = v(x_t, t) - u          flow_matching.md (4)
-///   loss_b = weight * (1/K) sum_k ||r_bk||^2 / n_c,  loss = (1/N) sum_b loss_b  flow_matching.md (5)
+///   loss_b = weight * (1/K) sum_k ||r_bk||^2 / n_c, loss = (1/N) sum_b loss_b flow_matching.md (5)
 ///
 /// with n_c = dim for Reduction::Mean (the released code's mse_loss(reduction='mean')) and n_c = 1
 /// for Reduction::SumChannels (the paper's L_align). The alignment gradient w.r.t. the rows,
@@ -148,11 +148,10 @@ MatrixView<T> sized(typename Backend::template Buffer<T>& buf, Index rows, Index
 /// work and the reductions are the backend's loss primitives (path_mix, path_residuals), run on
 /// ws.context().
 template <class Field>
-double residuals(const char* where, const char* xname, const Prior<Field>& prior,
-                 Convention conv, ConstMatrixView<typename Field::Scalar> x,
-                 const FlowDraws<typename Field::Scalar>& draws, Reduction reduction,
-                 double weight, VectorView<typename Field::Scalar> loss_per_row,
-                 LossWorkspace<Field>& ws) {
+double residuals(const char* where, const char* xname, const Prior<Field>& prior, Convention conv,
+                 ConstMatrixView<typename Field::Scalar> x,
+                 const FlowDraws<typename Field::Scalar>& draws, Reduction reduction, double weight,
+                 VectorView<typename Field::Scalar> loss_per_row, LossWorkspace<Field>& ws) {
   using S = typename Field::Scalar;
   using Backend = typename LossWorkspace<Field>::Backend;
   const Index d = prior.dim(), N = x.cols, K = draws.K;
@@ -161,10 +160,10 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
   check_shape(where, xname, x, d, N);
   draws.validate(where);
   if (draws.rows != N || draws.dim != d)
-    flowprior::detail::raise<shape_error>(std::string("[flowprior.shape] ") + where + ": draws are for " +
-                               std::to_string(draws.rows) + " rows of dim " +
-                               std::to_string(draws.dim) + ", the rows are (" +
-                               std::to_string(d) + ", " + std::to_string(N) + ")");
+    flowprior::detail::raise<shape_error>(
+        std::string("[flowprior.shape] ") + where + ": draws are for " +
+        std::to_string(draws.rows) + " rows of dim " + std::to_string(draws.dim) +
+        ", the rows are (" + std::to_string(d) + ", " + std::to_string(N) + ")");
   if (loss_per_row.data != nullptr || loss_per_row.size != 0)
     check_size(where, "loss_per_row", loss_per_row, N);
   if (!(std::isfinite(weight) && weight >= 0))
@@ -210,8 +209,8 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
 template <class Field>
 double alignment_loss(const Prior<Field>& prior, Convention conv,
                       ConstMatrixView<typename Field::Scalar> y,
-                      const FlowDraws<typename Field::Scalar>& draws,
-                      const AlignmentOptions& opt, LossWorkspace<Field>& ws,
+                      const FlowDraws<typename Field::Scalar>& draws, const AlignmentOptions& opt,
+                      LossWorkspace<Field>& ws,
                       VectorView<typename Field::Scalar> loss_per_row = {},
                       MatrixView<typename Field::Scalar> d_y = {}) {
   using S = typename Field::Scalar;

@@ -17,12 +17,11 @@
 /// its column. Gradients w.r.t. s and the modulation parameters are summed over each group.
 #pragma once
 
-#include <string>
-
 #include <flowprior/core/activation.hpp>
 #include <flowprior/nn/linear.hpp>
 #include <flowprior/nn/params.hpp>
 #include <flowprior/nn/workspace.hpp>
+#include <string>
 
 namespace flowprior {
 namespace nn {

@@ -17,9 +17,6 @@
 #pragma once
 
 #include <algorithm>
-#include <string>
-#include <vector>
-
 #include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/check.hpp>
@@ -30,19 +27,21 @@
 #include <flowprior/nn/params.hpp>
 #include <flowprior/nn/time_embedding.hpp>
 #include <flowprior/nn/workspace.hpp>
+#include <string>
+#include <vector>
 
 namespace flowprior {
 namespace nn {
 
 /// Configuration of AdaLNMlp. Defaults are the released ImageNet flow head.
 struct AdaLNMlpConfig {
-  Index dim = 32;              ///< latent dimension d (input and output)
-  Index width = 1024;          ///< model channels W
-  Index depth = 6;             ///< number of residual blocks
-  Index cond_dim = 0;          ///< conditioning vector size; 0 = unconditioned
-  Index time_freq_dim = 256;   ///< sinusoidal features (even)
-  double max_period = 10000.0; ///< frequency scale of the time embedding
-  double ln_eps = 1e-6;        ///< LayerNorm epsilon
+  Index dim = 32;                            ///< latent dimension d (input and output)
+  Index width = 1024;                        ///< model channels W
+  Index depth = 6;                           ///< number of residual blocks
+  Index cond_dim = 0;                        ///< conditioning vector size; 0 = unconditioned
+  Index time_freq_dim = 256;                 ///< sinusoidal features (even)
+  double max_period = 10000.0;               ///< frequency scale of the time embedding
+  double ln_eps = 1e-6;                      ///< LayerNorm epsilon
   Activation activation = Activation::SiLU;  ///< activation inside the residual MLPs
   /// Time groups (adaln.md "Time groups"): when consecutive samples share t, evaluate the time
   /// embedding and every adaLN modulation once per run of equal t instead of once per sample.
@@ -58,8 +57,8 @@ struct AdaLNMlpConfig {
     if (depth < 0) raise_config(w, "depth must be >= 0, got " + std::to_string(depth));
     if (cond_dim < 0) raise_config(w, "cond_dim must be >= 0, got " + std::to_string(cond_dim));
     if (time_freq_dim <= 0 || time_freq_dim % 2 != 0)
-      raise_config(w, "time_freq_dim must be positive and even, got " +
-                          std::to_string(time_freq_dim));
+      raise_config(w,
+                   "time_freq_dim must be positive and even, got " + std::to_string(time_freq_dim));
     if (!(max_period > 1.0)) raise_config(w, "max_period must be > 1");
     if (!(ln_eps > 0.0)) raise_config(w, "ln_eps must be > 0");
   }

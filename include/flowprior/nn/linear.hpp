@@ -4,11 +4,10 @@
 #pragma once
 
 #include <cmath>
-#include <string>
-
 #include <flowprior/core/random.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/nn/params.hpp>
+#include <string>
 
 namespace flowprior {
 namespace nn {

@@ -1,6 +1,6 @@
 /// @file
 /// MlpField: a plain MLP velocity field for small problems,
-///   z = [x ; phi(t)],  a_0 = z,  a_{l+1} = act(W_l a_l + b_l) (l < depth),  v = W_out a_depth + b_out,
+///   z = [x ; phi(t)], a_0 = z, a_{l+1} = act(W_l a_l + b_l) (l < depth), v = W_out a_depth + b_out
 /// with phi(t) = t (TimeEncoding::Concat) or the sinusoidal features of time_embedding.md (1)
 /// (TimeEncoding::Sinusoidal). Equations: docs/math/mlp.md. Same API as AdaLNMlp.
 ///
@@ -8,9 +8,6 @@
 #pragma once
 
 #include <algorithm>
-#include <string>
-#include <vector>
-
 #include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/check.hpp>
@@ -19,6 +16,8 @@
 #include <flowprior/nn/linear.hpp>
 #include <flowprior/nn/params.hpp>
 #include <flowprior/nn/workspace.hpp>
+#include <string>
+#include <vector>
 
 namespace flowprior {
 namespace nn {
@@ -35,17 +34,15 @@ struct MlpFieldConfig {
   double max_period = 10000.0;
   Activation activation = Activation::SiLU;
 
-  Index time_features() const {
-    return time_encoding == TimeEncoding::Concat ? 1 : time_freq_dim;
-  }
+  Index time_features() const { return time_encoding == TimeEncoding::Concat ? 1 : time_freq_dim; }
   void validate() const {
     const char* w = "MlpFieldConfig";
     if (dim <= 0) raise_config(w, "dim must be positive, got " + std::to_string(dim));
     if (width <= 0) raise_config(w, "width must be positive, got " + std::to_string(width));
     if (depth <= 0) raise_config(w, "depth must be >= 1, got " + std::to_string(depth));
     if (time_encoding == TimeEncoding::Sinusoidal && (time_freq_dim <= 0 || time_freq_dim % 2))
-      raise_config(w, "time_freq_dim must be positive and even, got " +
-                          std::to_string(time_freq_dim));
+      raise_config(w,
+                   "time_freq_dim must be positive and even, got " + std::to_string(time_freq_dim));
     if (!(max_period > 1.0)) raise_config(w, "max_period must be > 1");
   }
 };

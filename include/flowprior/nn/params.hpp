@@ -5,12 +5,11 @@
 /// registration order (docs/conventions.md "parameter packing").
 #pragma once
 
-#include <string>
-#include <vector>
-
 #include <flowprior/core/error.hpp>
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
+#include <string>
+#include <vector>
 
 namespace flowprior {
 namespace nn {

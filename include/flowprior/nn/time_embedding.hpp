@@ -5,12 +5,11 @@
 /// Equations: docs/math/time_embedding.md. t carries no gradient (it is never optimised).
 #pragma once
 
-#include <string>
-
 #include <flowprior/core/activation.hpp>
 #include <flowprior/nn/linear.hpp>
 #include <flowprior/nn/params.hpp>
 #include <flowprior/nn/workspace.hpp>
+#include <string>
 
 namespace flowprior {
 namespace nn {

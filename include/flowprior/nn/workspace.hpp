@@ -50,8 +50,8 @@ class Arena {
       Backend::resize(mem_, used_);
     } catch (const std::bad_alloc&) {
       detail::raise_size_config(where, what + ": cannot allocate " + std::to_string(used_) +
-                                           " elements (" +
-                                           gib_string(double(used_) * sizeof(S)) + ")");
+                                           " elements (" + gib_string(double(used_) * sizeof(S)) +
+                                           ")");
     }
   }
   Index used() const { return used_; }

@@ -13,15 +13,14 @@
 #pragma once
 
 #include <cmath>
-#include <string>
-#include <vector>
-
 #include <flowprior/core/check.hpp>
-#include <flowprior/core/size.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/random.hpp>
+#include <flowprior/core/size.hpp>
 #include <flowprior/ode/integrate.hpp>
 #include <flowprior/prior.hpp>
+#include <string>
+#include <vector>
 
 namespace flowprior {
 namespace ode {
@@ -36,16 +35,16 @@ enum class Divergence {
 enum class Probe { Rademacher, Gaussian };
 
 struct LikelihoodOptions {
-  SolverOptions solver;                      ///< Dopri5 with atol = rtol = 1e-5 by default
+  SolverOptions solver;  ///< Dopri5 with atol = rtol = 1e-5 by default
   Divergence divergence = Divergence::Exact;
-  Index probes = 1;                          ///< K, for Hutchinson
+  Index probes = 1;  ///< K, for Hutchinson
   Probe probe = Probe::Rademacher;
 
   void validate() const {
     solver.validate();
     if (divergence == Divergence::Hutchinson && probes <= 0)
-      raise_config("ode::LikelihoodOptions", "probes must be positive, got " +
-                                                 std::to_string(probes));
+      raise_config("ode::LikelihoodOptions",
+                   "probes must be positive, got " + std::to_string(probes));
   }
 };
 

@@ -11,13 +11,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
-#include <string>
-#include <vector>
-
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
 
 namespace flowprior {
 
@@ -39,28 +38,32 @@ enum class Method {
 
 inline const char* to_string(Method m) {
   switch (m) {
-    case Method::Euler: return "euler";
-    case Method::Heun: return "heun";
-    case Method::RK4: return "rk4";
-    default: return "dopri5";
+    case Method::Euler:
+      return "euler";
+    case Method::Heun:
+      return "heun";
+    case Method::RK4:
+      return "rk4";
+    default:
+      return "dopri5";
   }
 }
 
 /// Solver options. `steps` is used by the fixed-step methods; the rest by Dopri5.
 struct SolverOptions {
   Method method = Method::Dopri5;
-  Index steps = 100;        ///< fixed-step methods: steps over the whole interval
-  double atol = 1e-5;       ///< Dopri5: absolute tolerance
-  double rtol = 1e-5;       ///< Dopri5: relative tolerance
-  Index max_steps = 100000; ///< Dopri5: accepted + rejected steps before giving up
-  double min_step = 1e-12;  ///< Dopri5: smallest |h| before giving up
-  double first_step = 0;    ///< Dopri5: initial |h|; 0 chooses it automatically
+  Index steps = 100;         ///< fixed-step methods: steps over the whole interval
+  double atol = 1e-5;        ///< Dopri5: absolute tolerance
+  double rtol = 1e-5;        ///< Dopri5: relative tolerance
+  Index max_steps = 100000;  ///< Dopri5: accepted + rejected steps before giving up
+  double min_step = 1e-12;   ///< Dopri5: smallest |h| before giving up
+  double first_step = 0;     ///< Dopri5: initial |h|; 0 chooses it automatically
 
   void validate() const {
     const char* w = "ode::SolverOptions";
     if (method != Method::Dopri5 && steps <= 0)
-      raise_config(w, "steps must be positive for fixed-step methods, got " +
-                          std::to_string(steps));
+      raise_config(w,
+                   "steps must be positive for fixed-step methods, got " + std::to_string(steps));
     if (method == Method::Dopri5) {
       if (!(rtol > 0) || !std::isfinite(rtol)) raise_config(w, "rtol must be > 0");
       if (!(atol > 0) || !std::isfinite(atol)) raise_config(w, "atol must be > 0");
@@ -130,8 +133,8 @@ void copy_into(ConstMatrixView<S> a, MatrixView<S> b) {
 }
 
 template <class S, class F>
-SolveStats fixed(F& f, double t0, double t1, MatrixView<S> z, const SolverOptions& opt,
-                 Index steps, std::vector<S>& work) {
+SolveStats fixed(F& f, double t0, double t1, MatrixView<S> z, const SolverOptions& opt, Index steps,
+                 std::vector<S>& work) {
   const Index n = z.rows, B = z.cols;
   const char* w = "ode::integrate";
   checked_resize(w, "the RK4 stages", work,
@@ -184,8 +187,8 @@ struct Dp {
   static constexpr double a61 = 9017.0 / 3168, a62 = -355.0 / 33, a63 = 46732.0 / 5247,
                           a64 = 49.0 / 176, a65 = -5103.0 / 18656;
   // 5th-order weights (also the last stage row, FSAL)
-  static constexpr double b1 = 35.0 / 384, b3 = 500.0 / 1113, b4 = 125.0 / 192,
-                          b5 = -2187.0 / 6784, b6 = 11.0 / 84;
+  static constexpr double b1 = 35.0 / 384, b3 = 500.0 / 1113, b4 = 125.0 / 192, b5 = -2187.0 / 6784,
+                          b6 = 11.0 / 84;
   // 5th minus 4th-order weights: the error estimate
   static constexpr double e1 = 71.0 / 57600, e3 = -71.0 / 16695, e4 = 71.0 / 1920,
                           e5 = -17253.0 / 339200, e6 = 22.0 / 525, e7 = -1.0 / 40;
@@ -210,8 +213,8 @@ SolveStats dopri5(F& f, double t0, double t1, MatrixView<S> z, const SolverOptio
     double s = 0;
     for (Index j = 0; j < B; ++j)
       for (Index i = 0; i < n; ++i) {
-        const double sc = opt.atol + opt.rtol * std::max(std::abs(double(y0(i, j))),
-                                                         std::abs(double(y1(i, j))));
+        const double sc =
+            opt.atol + opt.rtol * std::max(std::abs(double(y0(i, j))), std::abs(double(y1(i, j))));
         const double r = double(e(i, j)) / sc;
         s += r * r;
       }
@@ -258,8 +261,8 @@ SolveStats dopri5(F& f, double t0, double t1, MatrixView<S> z, const SolverOptio
     }
     if (h < opt.min_step) {
       std::ostringstream os;
-      os << "[flowprior.ode] dopri5: the step size fell to h = " << h << " < min_step = "
-         << opt.min_step << " at t = " << t << " before the end time " << t1
+      os << "[flowprior.ode] dopri5: the step size fell to h = " << h
+         << " < min_step = " << opt.min_step << " at t = " << t << " before the end time " << t1
          << " (the tolerance cannot be met: stiff or non-smooth field, or non-finite values)";
       flowprior::detail::raise<ode_error>(os.str());
     }
@@ -322,7 +325,8 @@ template <class S, class F>
 SolveStats integrate(F&& f, double t0, double t1, MatrixView<S> z, const SolverOptions& opt,
                      std::vector<S>& work) {
   opt.validate();
-  if (!std::isfinite(t0) || !std::isfinite(t1)) raise_config("ode::integrate", "t0, t1 must be finite");
+  if (!std::isfinite(t0) || !std::isfinite(t1))
+    raise_config("ode::integrate", "t0, t1 must be finite");
   detail::check_state("ode::integrate", ConstMatrixView<S>(z), t0);
   if (opt.method == Method::Dopri5) return detail::dopri5(f, t0, t1, z, opt, work);
   if (t0 == t1) return {};
@@ -353,8 +357,8 @@ SolveStats integrate_observed(F&& f, double t0, const std::vector<double>& times
       if (opt.method == Method::Dopri5) {
         detail::add(total, detail::dopri5(f, t, tn, z, opt, work));
       } else {
-        const Index steps = std::max<Index>(
-            1, Index(std::llround(double(opt.steps) * std::abs(tn - t) / span)));
+        const Index steps =
+            std::max<Index>(1, Index(std::llround(double(opt.steps) * std::abs(tn - t) / span)));
         detail::add(total, detail::fixed(f, t, tn, z, opt, steps, work));
       }
     }

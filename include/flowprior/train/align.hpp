@@ -59,7 +59,10 @@ class LatentAligner {
   /// @param prior  frozen prior, in convention `conv`
   /// @param n      number of latents the aligner will move
   LatentAligner(const Prior<Field>& prior, Convention conv, Index n, const AlignConfig& cfg)
-      : prior_(prior), conv_(conv), cfg_((cfg.validate(), cfg)), n_(n),
+      : prior_(prior),
+        conv_(conv),
+        cfg_((cfg.validate(), cfg)),
+        n_(n),
         adam_(checked_mul("LatentAligner", "dim x latents", prior.dim(), n), cfg.adam),
         grad_(static_cast<std::size_t>(prior.dim() * n)) {
     check_convention("LatentAligner", "the prior", prior.convention(), conv);
@@ -76,8 +79,7 @@ class LatentAligner {
     check_shape(w, "y", y, prior_.dim(), n_);
     if (!y.contiguous()) raise_config(w, "y must be a contiguous matrix");
     check_finite(w, "y", ConstMatrixView<S>(y));
-    loss::draw(draws_, conv_, n_, prior_.dim(), cfg_.K, cfg_.sampler, rng, false,
-               cfg_.time_group);
+    loss::draw(draws_, conv_, n_, prior_.dim(), cfg_.K, cfg_.sampler, rng, false, cfg_.time_group);
     Context& ctx = ws_.context();
     MatrixView<S> g(grad_.data(), prior_.dim(), n_);
     Backend::fill(ctx, g, S(0));
@@ -96,8 +98,7 @@ class LatentAligner {
       flowprior::detail::raise<numeric_error>(
           std::string("[flowprior.numeric] ") + w + ": the alignment diverged at step " +
           std::to_string(adam_.steps() + 1) +
-          " (the step was not applied; the latents and the optimizer are unchanged): " +
-          e.what());
+          " (the step was not applied; the latents and the optimizer are unchanged): " + e.what());
     }
     return l / double(n_);
   }

@@ -18,19 +18,18 @@
 #pragma once
 
 #include <cstdint>
-#include <limits>
-#include <map>
-#include <sstream>
-#include <string>
-#include <utility>
-#include <vector>
-
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/random.hpp>
 #include <flowprior/io/safetensors.hpp>
 #include <flowprior/io/state_dict.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <flowprior/version.hpp>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace flowprior {
 namespace train {
@@ -61,11 +60,14 @@ inline std::string schedule_string(const optim::LrSchedule& s) {
 
 inline std::string sampler_string(const loss::TimeSampler& s) {
   switch (s.kind) {
-    case loss::TimeSampler::Kind::Uniform: return "uniform";
+    case loss::TimeSampler::Kind::Uniform:
+      return "uniform";
     case loss::TimeSampler::Kind::LogitNormal:
       return "logit_normal mean=" + exact(s.mean) + " std=" + exact(s.std);
-    case loss::TimeSampler::Kind::Stratified: return "stratified";
-    default: return "grid";
+    case loss::TimeSampler::Kind::Stratified:
+      return "stratified";
+    default:
+      return "grid";
   }
 }
 
@@ -164,15 +166,16 @@ void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& t
   // 1. The format and the integrity of the file.
   const std::string& format = detail::meta(st, "flowprior.format");
   if (format == "checkpoint-1")
-    fail(path, "checkpoint format 'checkpoint-1' (flowprior 0.1.0) has no checksum and does not "
-               "record the trainer configuration, so it cannot be resumed safely; its weights "
-               "still load with load_state_dict (prefix 'ema.' or 'model.')");
+    fail(path,
+         "checkpoint format 'checkpoint-1' (flowprior 0.1.0) has no checksum and does not "
+         "record the trainer configuration, so it cannot be resumed safely; its weights "
+         "still load with load_state_dict (prefix 'ema.' or 'model.')");
   if (format != detail::checkpoint_format())
     fail(path, "not a flowprior checkpoint (format '" + format + "', expected '" +
                    detail::checkpoint_format() + "')");
   if (st.checksum() == ChecksumState::Absent)
-    fail(path, std::string("checkpoint without a checksum ('") + checksum_key() +
-                   "' in __metadata__)");
+    fail(path,
+         std::string("checkpoint without a checksum ('") + checksum_key() + "' in __metadata__)");
   // 2. The trainer must be configured as the one the checkpoint was saved from.
   detail::meta_match(st, "convention", to_string(trainer.convention()));
   detail::meta_match(st, "schedule", detail::schedule_string(trainer.config().schedule));
@@ -190,8 +193,9 @@ void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& t
     std::ostringstream back;
     back << restored;
     if (is.fail() || back.str() != text)
-      fail(path, "checkpoint metadata 'rng' is not a generator state as save_checkpoint writes "
-                 "it (312 numbers separated by single spaces, nothing before or after)");
+      fail(path,
+           "checkpoint metadata 'rng' is not a generator state as save_checkpoint writes "
+           "it (312 numbers separated by single spaces, nothing before or after)");
   }
   // 4. Every tensor, read and checked into temporaries.
   const Index n = field.num_params();

@@ -30,12 +30,12 @@ namespace train {
 /// Options of FlowMatchingTrainer. Defaults follow the released prior where it makes sense on a
 /// CPU (batch 256, K = 4, mean reduction, clip 1.0, EMA 0.9999, betas (0.9, 0.95)).
 struct TrainerConfig {
-  Index batch = 256;                                    ///< target rows per step
-  Index K = 4;                                          ///< draws per row ("flow_mul")
-  loss::Reduction reduction = loss::Reduction::Mean;    ///< released: mean over rows and channels
+  Index batch = 256;                                  ///< target rows per step
+  Index K = 4;                                        ///< draws per row ("flow_mul")
+  loss::Reduction reduction = loss::Reduction::Mean;  ///< released: mean over rows and channels
   loss::TimeSampler sampler = loss::TimeSampler::uniform();
-  bool antithetic = false;                              ///< antithetic eps pairs (K even)
-  Index time_group = 1;  ///< consecutive draws sharing t (time groups; 1 = one t per draw)
+  bool antithetic = false;  ///< antithetic eps pairs (K even)
+  Index time_group = 1;     ///< consecutive draws sharing t (time groups; 1 = one t per draw)
   /// Adam(W) betas, eps and weight decay. Its `lr` is not used: the schedule sets every step's
   /// learning rate.
   optim::AdamConfig adam = {1e-4, 0.9, 0.95, 1e-8, 0.0, true};
@@ -83,9 +83,9 @@ class DivergenceGuard {
   DivergenceGuard(std::string what, double factor, double smoothing)
       : what_(std::move(what)), factor_(factor), smoothing_(smoothing) {
     if (!(factor > 1))
-      raise_config("DivergenceGuard",
-                   "factor must be > 1 (+inf: stop on non-finite losses only), got " +
-                       short_number(factor));
+      raise_config(
+          "DivergenceGuard",
+          "factor must be > 1 (+inf: stop on non-finite losses only), got " + short_number(factor));
     if (!(smoothing >= 0 && smoothing < 1))
       raise_config("DivergenceGuard",
                    "smoothing must lie in [0, 1), got " + short_number(smoothing));
@@ -94,16 +94,14 @@ class DivergenceGuard {
   /// Records the loss of step `step` (for the message only); throws numeric_error if the rule
   /// above says the loop diverged (the state is unchanged then).
   void observe(Index step, double loss) {
-    if (!std::isfinite(loss))
-      fail(step, "the loss is " + short_number(loss));
+    if (!std::isfinite(loss)) fail(step, "the loss is " + short_number(loss));
     const double running = started_ ? smoothing_ * running_ + (1 - smoothing_) * loss : loss;
     const double initial = started_ ? initial_ : loss;
     if (!std::isfinite(running))
       fail(step, "the running mean of the loss overflowed (loss " + short_number(loss) + ")");
     if (initial > 0 && running > factor_ * initial)
-      fail(step, "loss " + short_number(loss) + ", running mean " +
-                     short_number(running) + " > " + short_number(factor_) +
-                     " x the first loss " + short_number(initial) +
+      fail(step, "loss " + short_number(loss) + ", running mean " + short_number(running) + " > " +
+                     short_number(factor_) + " x the first loss " + short_number(initial) +
                      " (divergence factor)");
     running_ = running;
     initial_ = initial;
@@ -138,10 +136,10 @@ class DivergenceGuard {
 
 /// What one step did.
 struct StepStats {
-  Index step = 0;          ///< steps taken so far (after this one)
-  double loss = 0;         ///< flow-matching loss of this batch (before the update)
-  double grad_norm = 0;    ///< gradient norm before clipping
-  double lr = 0;           ///< learning rate used
+  Index step = 0;        ///< steps taken so far (after this one)
+  double loss = 0;       ///< flow-matching loss of this batch (before the update)
+  double grad_norm = 0;  ///< gradient norm before clipping
+  double lr = 0;         ///< learning rate used
 };
 
 /// Trains `field` in place (its parameters() are updated) in convention `conv`.
@@ -180,8 +178,8 @@ class FlowMatchingTrainer {
     if (targets.cols == 0) raise_config(w, "targets must hold at least one sample");
     MatrixView<S> b = batch_view();
     for (Index j = 0; j < cfg_.batch; ++j) {
-      const Index src = std::min<Index>(targets.cols - 1,
-                                        Index(uniform01(rng) * double(targets.cols)));
+      const Index src =
+          std::min<Index>(targets.cols - 1, Index(uniform01(rng) * double(targets.cols)));
       for (Index i = 0; i < field_.dim(); ++i) b(i, j) = targets(i, src);
     }
     return step_on(b, rng);
@@ -204,8 +202,8 @@ class FlowMatchingTrainer {
     const char* w = "FlowMatchingTrainer::step";
     check_shape(w, "batch", batch, field_.dim(), batch.cols);
     check_finite(w, "batch", batch);  // bad data, not a divergence
-    loss::draw(draws_, conv_, batch.cols, field_.dim(), cfg_.K, cfg_.sampler, rng,
-               cfg_.antithetic, cfg_.time_group);
+    loss::draw(draws_, conv_, batch.cols, field_.dim(), cfg_.K, cfg_.sampler, rng, cfg_.antithetic,
+               cfg_.time_group);
     Context& ctx = ws_.context();
     const Index n = Index(grads_.size());
     Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
@@ -226,7 +224,8 @@ class FlowMatchingTrainer {
                                    ": the training diverged at step " +
                                    std::to_string(adam_.steps() + 1) +
                                    " (the step was not applied; parameters, optimizer and EMA "
-                                   "are unchanged): " + e.what());
+                                   "are unchanged): " +
+                                   e.what());
     }
     st.lr = cfg_.schedule.at(adam_.steps());
     {

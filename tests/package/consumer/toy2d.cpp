@@ -1,7 +1,6 @@
 // The optional component flowprior::toy2d, consumed on its own: samples of a 2-D target.
-#include <flowprior/toy2d/targets.hpp>
-
 #include <cmath>
+#include <flowprior/toy2d/targets.hpp>
 #include <iostream>
 #include <vector>
 

@@ -10,13 +10,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <flowprior/plot/figure.hpp>
+#include <flowprior/toy2d/pipeline.hpp>
 #include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include <flowprior/toy2d/pipeline.hpp>
-#include <flowprior/plot/figure.hpp>
 
 namespace flowprior {
 namespace pipeline {
@@ -86,8 +85,7 @@ inline std::vector<std::string> write_toy2d_figures(const Toy2dResult& r,
   }
   {  // landscape.png: a shared colour range for both alignment-loss panels
     const bool ex = !r.grid_align_exact.empty();
-    plot::Figure fig(ex ? 3 : 2, 1, 420, 420,
-                     "alignment-loss landscape vs NLL (" + r.target + ")");
+    plot::Figure fig(ex ? 3 : 2, 1, 420, 420, "alignment-loss landscape vs NLL (" + r.target + ")");
     double lo, hi;
     std::vector<double> both = r.grid_align_trained;
     both.insert(both.end(), r.grid_align_exact.begin(), r.grid_align_exact.end());
@@ -117,8 +115,9 @@ inline std::vector<std::string> write_toy2d_figures(const Toy2dResult& r,
     // The NLL grows quadratically far from the data and would wash out the structure near it:
     // the colour range stops at the 85% quantile (brighter cells are clipped).
     detail::percentile_range(r.grid_nll, nlo, nhi, 0.0, 0.85);
-    panel(r.grid_nll, std::string("NLL of the target (") + (r.exact_density ? "exact" : "KDE") + ")",
-          nlo, nhi, "NLL");
+    panel(r.grid_nll,
+          std::string("NLL of the target (") + (r.exact_density ? "exact" : "KDE") + ")", nlo, nhi,
+          "NLL");
     paths.push_back(out_dir + "/landscape.png");
     fig.save(paths.back());
   }
@@ -151,7 +150,8 @@ inline std::vector<std::string> write_toy2d_figures(const Toy2dResult& r,
     auto curve = [&](plot::Axes& ax, const std::vector<double>& tr, const std::vector<double>& ex,
                      bool log_y) {
       const std::size_t n = std::min(r.track_step.size(), tr.size());
-      std::vector<double> xs(r.track_step.begin(), r.track_step.begin() + long(n)), ys(tr.begin(), tr.begin() + long(n));
+      std::vector<double> xs(r.track_step.begin(), r.track_step.begin() + long(n)),
+          ys(tr.begin(), tr.begin() + long(n));
       std::vector<double> fx, fy;
       for (std::size_t i = 0; i < n; ++i)
         if (std::isfinite(ys[i]) && (!log_y || ys[i] > 0)) {

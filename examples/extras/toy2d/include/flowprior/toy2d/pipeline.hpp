@@ -15,9 +15,9 @@
 /// metrics (toy2d_metrics) and figures (toy2d/figures.hpp).
 #pragma once
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -37,24 +37,23 @@
 #endif
 
 #include <Eigen/Core>
-#include <nlohmann/json.hpp>
-
 #include <flowprior/analytic/gaussian_mixture.hpp>
 #include <flowprior/backend/cpu.hpp>  // the pipeline runs on the CPU backend
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/size.hpp>
-#include <flowprior/toy2d/targets.hpp>
-#include <flowprior/toy2d/stats.hpp>
-#include <flowprior/train/checkpoint.hpp>
 #include <flowprior/io/file.hpp>
 #include <flowprior/io/state_dict.hpp>
 #include <flowprior/loss/flow_loss.hpp>
 #include <flowprior/nn/adaln_mlp.hpp>
 #include <flowprior/ode/flow_ode.hpp>
-#include <flowprior/train/align.hpp>
-#include <flowprior/train/trainer.hpp>
 #include <flowprior/toy2d/progress.hpp>
+#include <flowprior/toy2d/stats.hpp>
+#include <flowprior/toy2d/targets.hpp>
+#include <flowprior/train/align.hpp>
+#include <flowprior/train/checkpoint.hpp>
+#include <flowprior/train/trainer.hpp>
 #include <flowprior/version.hpp>
+#include <nlohmann/json.hpp>
 
 namespace flowprior {
 namespace pipeline {
@@ -71,7 +70,6 @@ inline std::string toy2d_exact(double x) {
   return b;
 }
 
-
 }  // namespace detail
 
 /// Every option of the 2-D pipeline. The defaults finish on the ring in a few minutes on two
@@ -86,10 +84,10 @@ struct Toy2dConfig {
   Index depth = 3;
   Index prior_steps = 4000;
   Index batch = 256;
-  Index prior_draws = 1;       ///< K of flow matching (released: 4)
-  double prior_lr = 2e-3;      ///< peak learning rate
-  bool prior_cosine = true;    ///< cosine decay after a linear warmup (else constant)
-  Index prior_warmup = -1;     ///< linear warmup steps; -1: min(200, prior_steps / 10)
+  Index prior_draws = 1;     ///< K of flow matching (released: 4)
+  double prior_lr = 2e-3;    ///< peak learning rate
+  bool prior_cosine = true;  ///< cosine decay after a linear warmup (else constant)
+  Index prior_warmup = -1;   ///< linear warmup steps; -1: min(200, prior_steps / 10)
   double ema_decay = 0.999;
   /// Train the prior and align the latents in float32 (as the PyTorch reference does); the
   /// evaluation (ODE likelihood, sampling, landscape) always runs in double on the EMA weights.
@@ -97,11 +95,11 @@ struct Toy2dConfig {
   /// Consecutive flow-matching draws sharing t (time groups, stratified t; 1: one t per draw).
   Index prior_time_group = 1;
   // (b) evaluation
-  Index eval_points = 2000;    ///< held-out target samples for the ODE NLL
-  Index prior_samples = 2000;  ///< samples drawn from the prior by the ODE
-  double ode_tol = 1e-5;       ///< Dopri5 atol = rtol
-  Index kde_samples = 20000;   ///< KDE of non-mixture targets and nearest-sample distances
-  double kde_bandwidth = 0.05; ///< in normalised units (docs/toy_targets.md)
+  Index eval_points = 2000;     ///< held-out target samples for the ODE NLL
+  Index prior_samples = 2000;   ///< samples drawn from the prior by the ODE
+  double ode_tol = 1e-5;        ///< Dopri5 atol = rtol
+  Index kde_samples = 20000;    ///< KDE of non-mixture targets and nearest-sample distances
+  double kde_bandwidth = 0.05;  ///< in normalised units (docs/toy_targets.md)
   // (c) the landscape
   Index grid = 50;             ///< grid x grid points
   double pad = 0.2;            ///< padding of the data range on each side (fraction of the extent)
@@ -124,7 +122,7 @@ struct Toy2dConfig {
   /// Continue the prior's training from out_dir/prior.ckpt.safetensors (written by a run with
   /// the same options, checked) instead of starting afresh; bit-exact with an uninterrupted run.
   bool resume = false;
-  bool progress = true;        ///< progress bars on stderr
+  bool progress = true;  ///< progress bars on stderr
   /// Called after every prior step with the number of steps done (after any checkpoint save).
   /// For progress reporting and tests (an exception thrown here stops the run like a kill).
   std::function<void(Index)> on_prior_step;
@@ -164,7 +162,8 @@ struct Toy2dConfig {
   void validate() const {
     const char* w = "Toy2dConfig";
     auto pos = [&](Index v, const char* name) {
-      if (v <= 0) raise_config(w, std::string(name) + " must be positive, got " + std::to_string(v));
+      if (v <= 0)
+        raise_config(w, std::string(name) + " must be positive, got " + std::to_string(v));
     };
     pos(width, "width");
     pos(depth, "depth");
@@ -219,8 +218,7 @@ struct Toy2dConfig {
     auto fits = [&](double bytes, const std::string& what) {
       if (!(bytes <= limit))
         raise_config(w, what + " need at least " + gib_string(bytes) +
-                            ", more than this machine's memory (" + gib_string(limit) +
-                            ")");
+                            ", more than this machine's memory (" + gib_string(limit) + ")");
     };
     auto n = [](Index v) { return std::to_string(v); };
     const double S = single_precision ? 4.0 : 8.0;  // bytes per trained value
@@ -228,9 +226,9 @@ struct Toy2dConfig {
     // (a) AdaLN parameters: >= W^2 (5 per block + 3); training holds the weights, gradients,
     // Adam's two moments and the EMA, and the evaluation a double copy.
     const double params = W * W * (5 * D + 3);
-    fits(params * (5 * S + 8),
-         "width = " + n(width) + ", depth = " + n(depth) + ": about " + short_number(params) +
-             " parameters (weights, gradients, Adam moments, EMA)");
+    fits(params * (5 * S + 8), "width = " + n(width) + ", depth = " + n(depth) + ": about " +
+                                   short_number(params) +
+                                   " parameters (weights, gradients, Adam moments, EMA)");
     // Every column of a forward pass holds at least one hidden vector per block.
     const double prior_cols = double(batch) * double(prior_draws);
     fits(prior_cols * (3 * 8 + W * (D + 1) * S),
@@ -239,12 +237,12 @@ struct Toy2dConfig {
     // (b) held-out points (x, log p) and the prior's samples go through the double prior in one
     // forward pass each; the KDE's reference sample.
     const double eval_col = W * (D + 1) * 8;
-    fits(double(eval_points) * (24 + eval_col),
-         "eval_points = " + n(eval_points) + " held-out points (width " + n(width) + ", depth " +
-             n(depth) + ")");
-    fits(double(prior_samples) * (32 + eval_col),
-         "prior_samples = " + n(prior_samples) + " samples (width " + n(width) + ", depth " +
-             n(depth) + ")");
+    fits(double(eval_points) * (24 + eval_col), "eval_points = " + n(eval_points) +
+                                                    " held-out points (width " + n(width) +
+                                                    ", depth " + n(depth) + ")");
+    fits(double(prior_samples) * (32 + eval_col), "prior_samples = " + n(prior_samples) +
+                                                      " samples (width " + n(width) + ", depth " +
+                                                      n(depth) + ")");
     fits(double(kde_samples) * 32, "kde_samples = " + n(kde_samples) + " target samples");
     // (c) grid^2 points, their values, and landscape_draws (t, eps) draws per point.
     const double points = double(grid) * double(grid);
@@ -257,8 +255,8 @@ struct Toy2dConfig {
          "latents x align_draws = " + n(latents) + " x " + n(align_draws) +
              " alignment draws per step (width " + n(width) + ", depth " + n(depth) + ")");
     const double tracked = double(align_steps) / double(track_every) + 2;
-    fits(tracked * 5 * 8, "align_steps / track_every = " + n(align_steps) + " / " +
-                              n(track_every) + " tracked points of the alignment curves");
+    fits(tracked * 5 * 8, "align_steps / track_every = " + n(align_steps) + " / " + n(track_every) +
+                              " tracked points of the alignment curves");
   }
 };
 
@@ -282,8 +280,8 @@ inline train::TrainerConfig toy2d_trainer_config(const Toy2dConfig& cfg) {
   if (tc.time_group > 1) tc.sampler = loss::TimeSampler::stratified();  // adaln.md "Time groups"
   const Index warmup =
       cfg.prior_warmup >= 0 ? cfg.prior_warmup : std::min<Index>(200, cfg.prior_steps / 10);
-  tc.schedule = cfg.prior_cosine ? optim::LrSchedule::cosine(cfg.prior_lr, warmup,
-                                                             cfg.prior_steps, cfg.prior_lr * 0.01)
+  tc.schedule = cfg.prior_cosine ? optim::LrSchedule::cosine(cfg.prior_lr, warmup, cfg.prior_steps,
+                                                             cfg.prior_lr * 0.01)
                                  : optim::LrSchedule::constant(cfg.prior_lr, warmup);
   return tc;
 }
@@ -347,8 +345,8 @@ struct Toy2dResult {
   bool exact_density = false;
   Index prior_params = 0;
   std::string checkpoint_path, prior_path;
-  std::string run_id;          ///< toy2d_run_id of the options
-  Index resumed_from = -1;     ///< the checkpoint's step when resumed, -1 for a fresh run
+  std::string run_id;       ///< toy2d_run_id of the options
+  Index resumed_from = -1;  ///< the checkpoint's step when resumed, -1 for a fresh run
   // (a)
   std::vector<double> train_step, train_loss;  ///< running mean of the batch loss
   double train_seconds = 0;
@@ -463,9 +461,8 @@ void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cf
 /// and values as one call over all points.
 template <class Field>
 void chunked_alignment_loss(const Prior<Field>& prior, Convention conv, const Eigen::MatrixXd& pts,
-                            const loss::FlowDraws<double>& draws,
-                            const loss::AlignmentOptions& ao, loss::LossWorkspace<Field>& ws,
-                            Eigen::VectorXd& per) {
+                            const loss::FlowDraws<double>& draws, const loss::AlignmentOptions& ao,
+                            loss::LossWorkspace<Field>& ws, Eigen::VectorXd& per) {
   const char* w = "chunked_alignment_loss";
   draws.validate(w);  // the slices below are read from the draws' buffers directly
   check_shape(w, "pts", ConstMatrixView<double>(pts), draws.dim, draws.rows);
@@ -477,8 +474,8 @@ void chunked_alignment_loss(const Prior<Field>& prior, Convention conv, const Ei
     const Index n = std::min(chunk, P - b0);
     part.assign(draws.convention, n, d, K, ConstVectorView<double>(draws.t.data() + b0 * K, n * K),
                 ConstMatrixView<double>(draws.eps.data() + b0 * K * d, d, n * K));
-    loss::alignment_loss(prior, conv, ConstMatrixView<double>(pts.data() + b0 * d, d, n, d),
-                         part, ao, ws, VectorView<double>(per.data() + b0, n));
+    loss::alignment_loss(prior, conv, ConstMatrixView<double>(pts.data() + b0 * d, d, n, d), part,
+                         ao, ws, VectorView<double>(per.data() + b0, n));
   }
 }
 
@@ -562,9 +559,8 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
             std::to_string(trainer.steps()) + ": parameter " + std::to_string(i) +
             " is not finite; the checkpoint " + ckpt + " was not overwritten");
     auto meta = identity;
-    meta["train_guard"] = guard.started() ? toy2d_exact(guard.initial()) + "," +
-                                                toy2d_exact(guard.running())
-                                          : "";
+    meta["train_guard"] =
+        guard.started() ? toy2d_exact(guard.initial()) + "," + toy2d_exact(guard.running()) : "";
     meta["train_curve_step"] = toy2d_join(r.train_step);
     meta["train_curve_loss"] = toy2d_join(r.train_loss);
     meta["train_seconds"] = toy2d_exact(seconds_before + seconds_since(t0));
@@ -573,8 +569,9 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
   };
   if (cfg.resume) {
     if (!std::filesystem::exists(ckpt))
-      io::fail(ckpt, "cannot resume: no checkpoint in the output folder (run without resume "
-                     "first)");
+      io::fail(ckpt,
+               "cannot resume: no checkpoint in the output folder (run without resume "
+               "first)");
     const io::Safetensors st = io::Safetensors::read(ckpt);  // read once: metadata and state
     const auto& meta = st.metadata();
     toy2d_check_resume_options(cfg, ckpt, meta);
@@ -590,8 +587,8 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
       io::fail(ckpt, "checkpoint metadata of the 2-D pipeline is inconsistent");
     train::load_checkpoint(st, trainer, net, rng);  // checks it all; modifies only on success
     if (trainer.steps() > cfg.prior_steps || (g.empty() != (trainer.steps() == 0)))
-      io::fail(ckpt, "checkpoint step " + std::to_string(trainer.steps()) +
-                         " does not fit its metadata");
+      io::fail(ckpt,
+               "checkpoint step " + std::to_string(trainer.steps()) + " does not fit its metadata");
     if (!g.empty()) guard.set_state(g[0], g[1]);
     r.train_step = steps;
     r.train_loss = losses;
@@ -787,13 +784,12 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
       auto pf = prior_f.parameters();
       const auto pd = prior_net.parameters();
       for (Index i = 0; i < pf.size; ++i) pf[i] = static_cast<float>(pd[i]);
-      detail::align_run(Prior<nn::AdaLNMlp<float>>(prior_f, conv), conv, cfg, nll,
-                        r.latents_start, cfg.seed * 7919 + 5, "align  ", r.latents_trained,
-                        r.track_step, r.track_loss_trained, r.track_nll_trained);
+      detail::align_run(Prior<nn::AdaLNMlp<float>>(prior_f, conv), conv, cfg, nll, r.latents_start,
+                        cfg.seed * 7919 + 5, "align  ", r.latents_trained, r.track_step,
+                        r.track_loss_trained, r.track_nll_trained);
     } else {
       detail::align_run(prior, conv, cfg, nll, r.latents_start, cfg.seed * 7919 + 5, "align  ",
-                        r.latents_trained, r.track_step, r.track_loss_trained,
-                        r.track_nll_trained);
+                        r.latents_trained, r.track_step, r.track_loss_trained, r.track_nll_trained);
     }
     if (exact) {
       std::vector<double> steps;
@@ -953,8 +949,8 @@ inline std::string toy2d_summary(const Toy2dResult& r) {
       "  total %.1f s\n",
       r.target.c_str(), r.exact_density ? "exact" : "KDE", r.prior_params, r.train_seconds,
       r.ode_nfe, r.heldout_nll_ode, r.heldout_nll_ref,
-      r.exact_density ? (" (entropy " + std::to_string(r.entropy) + ")").c_str() : "", r.x0,
-      r.x1, r.y0, r.y1, r.grid, r.grid, r.pearson_trained, r.spearman_trained, r.pearson_exact,
+      r.exact_density ? (" (entropy " + std::to_string(r.entropy) + ")").c_str() : "", r.x0, r.x1,
+      r.y0, r.y1, r.grid, r.grid, r.pearson_trained, r.spearman_trained, r.pearson_exact,
       r.spearman_exact, r.pearson_trained_vs_exact, r.latents_start.cols(),
       r.track_step.empty() ? Index(0) : Index(r.track_step.back()),
       r.track_nll_trained.empty() ? 0.0 : r.track_nll_trained.front(),

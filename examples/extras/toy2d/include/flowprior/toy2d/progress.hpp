@@ -4,13 +4,12 @@
 /// elsewhere (a log file, CI) it prints a line every 10% so that logs stay short.
 #pragma once
 
-#include <chrono>
-#include <cstdio>
-#include <string>
-
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdio>
 #include <flowprior/core/types.hpp>
+#include <string>
 
 namespace flowprior {
 namespace util {
@@ -82,11 +81,11 @@ class Progress {
     const double rate = el > 0 ? double(done) / el : 0;
     const double eta = rate > 0 ? double(total_ - done) / rate : 0;
     char b[256];
-    std::snprintf(b, sizeof b, "%s [%s] %3d%% %td/%td %.1f it/s %s %s", label_.c_str(), bar.c_str(),
-                  int(frac * 100 + 1e-9), done, total_, rate,
-                  done >= total_ ? ("in " + clock_string(el)).c_str()
-                                 : ("ETA " + clock_string(eta)).c_str(),
-                  status.c_str());
+    std::snprintf(
+        b, sizeof b, "%s [%s] %3d%% %td/%td %.1f it/s %s %s", label_.c_str(), bar.c_str(),
+        int(frac * 100 + 1e-9), done, total_, rate,
+        done >= total_ ? ("in " + clock_string(el)).c_str() : ("ETA " + clock_string(eta)).c_str(),
+        status.c_str());
     return b;
   }
 
