@@ -1,6 +1,6 @@
 # Private flag targets for flowprior's own tests, examples and benchmarks (CLI11 CLI11Warnings.cmake
 # pattern). None of these is exported or linked by flowprior::flowprior, so a consumer's build never
-# sees our warnings, -Werror, sanitizers or -march=native (B1.4, B14.7).
+# sees our warnings, -Werror, sanitizers or -march=native.
 include_guard(GLOBAL)
 
 # flowprior_warnings: warnings, -Werror, sanitizers. Linked by tests, examples and benchmarks.
@@ -22,7 +22,7 @@ if(FLOWPRIOR_WERROR)
     "$<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Werror;--Werror=all-warnings>")
 endif()
 
-# Sanitizers: host code only (B8.6). FLOWPRIOR_SANITIZE is a list such as "address;undefined".
+# Sanitizers: host code only. FLOWPRIOR_SANITIZE is a list such as "address;undefined".
 if(FLOWPRIOR_SANITIZE)
   list(JOIN FLOWPRIOR_SANITIZE "," _flowprior_sanitizers)
   set(_flowprior_san_flags "-fsanitize=${_flowprior_sanitizers};-fno-omit-frame-pointer")
@@ -43,7 +43,7 @@ if(FLOWPRIOR_SANITIZE)
 endif()
 
 # flowprior_native: -march=native under FLOWPRIOR_NATIVE. Linked by examples and benchmarks only;
-# never by tests (B14.10: results must not depend on the build machine) and never by the library.
+# never by tests (results must not depend on the build machine) and never by the library.
 add_library(flowprior_native INTERFACE)
 if(FLOWPRIOR_NATIVE)
   target_compile_options(flowprior_native INTERFACE "$<${_flowprior_gcc_like}:-march=native>")

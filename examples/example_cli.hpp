@@ -1,5 +1,5 @@
 // Command-line helpers shared by the examples (CLI11, libcli11-dev); not part of the library,
-// which never parses argv (B12).
+// which never parses argv.
 #pragma once
 
 #include <CLI/CLI.hpp>

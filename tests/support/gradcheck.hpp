@@ -1,7 +1,7 @@
 // Test-only helpers for gradient checks (tests/support, never installed).
 //
 // - fd_gradient: central differences of a scalar function in double precision, step
-//   h = 1e-6 max(1, |x_i|) (STYLE.md B10).
+//   h = 1e-6 max(1, |x_i|).
 // - rel_error: ||a - n|| / (||a|| + ||n||), 0 when both vanish.
 // - require_close: reports the tensor name, the relative error and the worst index on failure.
 #pragma once

@@ -2,7 +2,7 @@
 /// Training utilities on flat parameter vectors: Adam / AdamW with PyTorch's bias correction,
 /// global gradient-norm clipping, learning-rate schedules (linear warmup, then constant or
 /// cosine) and an exponential moving average of the weights. Every routine works on one
-/// contiguous vector (a field's `parameters()` / gradient buffer, STYLE.md B3 "Parameters"), and
+/// contiguous vector (a field's `parameters()` / gradient buffer, one flat buffer), and
 /// its per-element work is a primitive of the backend (`adam_update`, `sum_squares`, `max_abs`,
 /// `first_nonfinite`, `scale_vec`, `ema_update`: docs/backends.md), run on a backend context
 /// (docs/backends.md "Context"): this header has no loop over the elements and includes neither

@@ -71,7 +71,7 @@ inline double luminance(Color c) {
 }
 
 /// A colormap sends t in [0, 1] to a colour. A plain function pointer: it is chosen once per
-/// heatmap, never per pixel (STYLE B1.3).
+/// heatmap, never per pixel.
 using Colormap = Color (*)(double t);
 
 namespace detail {
