@@ -10,18 +10,19 @@
 /// velocity). Its Jacobians are negated likewise, and its divergence too. A reversed view copies
 /// no batch: signs are applied in place (or folded into d_x, vjp_x), and callers that form their
 /// own d_v fold sign() into it with the *_field calls (the losses), flow_matching.md "What
-/// Prior::as does".
+/// Prior::as does". The reversal's own element work (the times 1 - t, the negations) runs on
+/// the field's backend (reverse_times, scale, scaled_copy), on the workspace's context.
 ///
 /// The field is held by reference (it must outlive the Prior) and is never modified: a Prior
 /// is frozen as far as the alignment loss is concerned, and parameter gradients of a reversed
 /// prior are those of the underlying field with the sign of d_v flipped.
 #pragma once
 
+#include <flowprior/backend/context.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/nn/field_traits.hpp>
-#include <vector>
 
 namespace flowprior {
 
@@ -34,12 +35,39 @@ class Prior {
   using Scalar = typename Field::Scalar;
   using S = Scalar;
 
-  /// Per-thread memory: the field's workspace plus reversal buffers (sized on first use and
-  /// reused: a warmed-up call allocates nothing).
+  /// The backend of the field (nn::field_backend): the reversal's primitives run on it.
+  using Backend = nn::field_backend_t<Field>;
+  using Context = typename Backend::Context;
+
+  /// Per-thread memory: the field's workspace plus reversal buffers in backend memory (sized on
+  /// first use and reused: a warmed-up call allocates nothing), and the context the prior's
+  /// primitives run on.
   struct Workspace {
     typename Field::Workspace field;
-    std::vector<S> t_rev;  ///< 1 - t for a reversed prior (the field takes its times as a vector)
-    std::vector<S> neg;    ///< -d_v for backward() of a reversed prior (see there)
+    typename Backend::template Buffer<S> t_rev;  ///< 1 - t for a reversed prior
+    typename Backend::template Buffer<S> neg;    ///< -d_v for backward() of a reversed prior
+
+    /// The context: the field workspace's when it has one (nn::FieldWorkspace), else this
+    /// workspace's own. The losses, the trainer, the aligner and the ODE routines run on it.
+    Context& context() {
+      if constexpr (field_has_context)
+        return field.context();
+      else
+        return ctx_.get();
+    }
+    /// Runs on `ctx` from now on (not owned: the caller keeps it alive); nullptr returns to the
+    /// workspace's own. Lent to the field workspace when it has a context.
+    void set_context(Context* ctx) {
+      if constexpr (field_has_context)
+        field.set_context(ctx);
+      else
+        ctx_.lend(ctx);
+    }
+
+   private:
+    static constexpr bool field_has_context =
+        nn::workspace_has_context<typename Field::Workspace, Context>::value;
+    ContextSlot<Backend> ctx_;
   };
 
   /// @param field       the velocity field (kept by reference)
@@ -75,7 +103,7 @@ class Prior {
   void forward(ConstMatrixView<S> x, ConstVectorView<S> t, MatrixView<S> v_out,
                Workspace& ws) const {
     forward_field(x, t, v_out, ws);
-    if (reversed()) negate(v_out);
+    if (reversed()) negate(v_out, ws);
   }
 
   /// d_x += J_x(v)^T d_v for the last forward on ws (d_v, d_x in convention()). Reversed, the
@@ -84,14 +112,14 @@ class Prior {
   /// (exact: negation commutes with rounding). d_x must not alias d_v.
   void vjp_x(Workspace& ws, ConstMatrixView<S> d_v, MatrixView<S> d_x) const {
     if (!reversed()) return f_->vjp_x(ws.field, d_v, d_x);
-    negate(d_x);
+    negate(d_x, ws);
     try {
       f_->vjp_x(ws.field, d_v, d_x);
     } catch (...) {
-      negate(d_x);  // the field throws before accumulating: d_x is the caller's again
+      negate(d_x, ws);  // the field throws before accumulating: d_x is the caller's again
       throw;
     }
-    negate(d_x);
+    negate(d_x, ws);
   }
 
   /// d_params += dL/dparams (and d_x += dL/dx where d_x is non-empty) for the last forward, d_v
@@ -110,7 +138,7 @@ class Prior {
   /// dv_out is negated in place.
   void jvp_x(Workspace& ws, ConstMatrixView<S> dx, MatrixView<S> dv_out, Index K = 1) const {
     f_->jvp_x(ws.field, dx, dv_out, K);
-    if (reversed()) negate(dv_out);
+    if (reversed()) negate(dv_out, ws);
   }
 
   /// v and its exact divergence tr(dv/dx) per sample, in this prior's convention (t in [0, 1]
@@ -120,8 +148,8 @@ class Prior {
                   VectorView<S> div_out, Workspace& ws) const {
     if (!reversed()) return f_->divergence(x, t, v_out, div_out, ws.field);
     f_->divergence(x, reverse_time(t, ws), v_out, div_out, ws.field);
-    negate(v_out);
-    for (Index i = 0; i < div_out.size; ++i) div_out[i] = -div_out[i];
+    negate(v_out, ws);
+    negate(MatrixView<S>(div_out.data, div_out.size, 1), ws);
   }
 
   /// For callers that fold sign() into their own coefficients (the losses): v_field = sign() *
@@ -149,21 +177,18 @@ class Prior {
 
  private:
   static ConstVectorView<S> reverse_time(ConstVectorView<S> t, Workspace& ws) {
-    ws.t_rev.resize(static_cast<std::size_t>(t.size));
-    for (Index i = 0; i < t.size; ++i) ws.t_rev[static_cast<std::size_t>(i)] = S(1) - t[i];
-    return {ws.t_rev.data(), t.size};
-  }
-  static ConstMatrixView<S> negated(ConstMatrixView<S> a, Workspace& ws) {
-    ws.neg.resize(static_cast<std::size_t>(a.rows * a.cols));
-    MatrixView<S> out(ws.neg.data(), a.rows, a.cols);
-    for (Index j = 0; j < a.cols; ++j)
-      for (Index i = 0; i < a.rows; ++i) out(i, j) = -a(i, j);
+    Backend::resize(ws.t_rev, t.size);
+    const VectorView<S> out(ws.t_rev.data(), t.size);
+    Backend::reverse_times(ws.context(), t, out);
     return out;
   }
-  static void negate(MatrixView<S> a) {
-    for (Index j = 0; j < a.cols; ++j)
-      for (Index i = 0; i < a.rows; ++i) a(i, j) = -a(i, j);
+  static ConstMatrixView<S> negated(ConstMatrixView<S> a, Workspace& ws) {
+    Backend::resize(ws.neg, a.rows * a.cols);
+    const MatrixView<S> out(ws.neg.data(), a.rows, a.cols);
+    Backend::scaled_copy(ws.context(), S(-1), a, out);
+    return out;
   }
+  static void negate(MatrixView<S> a, Workspace& ws) { Backend::scale(ws.context(), a, S(-1)); }
 
   const Field* f_;
   Convention trained_;

@@ -172,10 +172,10 @@ TEMPLATE_TEST_CASE("reference: alignment loss and dL/dy match PyTorch autograd",
     SECTION(c.tag) {
       // The paper case takes the same network as trained in the paper convention.
       const Prior<Net> prior(net, c.conv);
-      loss::FlowDraws<S> draws;
-      draws.resize(c.conv, kN, kDim, kK);
-      draws.t = st.get<S>("t_draws");
-      draws.eps = st.get<S>("eps");  // (N*K, d) C order == (d, N*K) column-major, col b*K+k
+      const std::vector<S> t_draws = st.get<S>("t_draws");
+      const std::vector<S> eps = st.get<S>("eps");  // (N*K, d) C order == (d, N*K), col b*K+k
+      const loss::FlowDraws<S> draws(c.conv, kN, kDim, kK, {t_draws.data(), kN * kK},
+                                     {eps.data(), kDim, kN * kK});
       loss::LossWorkspace<Net> ws;
       std::vector<S> d_y(std::size_t(kDim * kN), S(0));
       const double value = loss::alignment_loss(prior, c.conv, {y.data(), kDim, kN}, draws, c.opt,

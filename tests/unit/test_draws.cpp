@@ -28,7 +28,7 @@ TEST_CASE("draws: samplers have the documented distributions", "[loss]") {
   loss::FlowDraws<double> d;
   SECTION("stratified: exactly one draw per stratum") {
     loss::draw(d, Convention::Paper, 50, 1, 4, loss::TimeSampler::stratified(), rng);
-    std::vector<double> t = d.t;
+    std::vector<double> t(d.t.begin(), d.t.end());
     std::sort(t.begin(), t.end());
     for (std::size_t i = 0; i < t.size(); ++i) {
       REQUIRE(t[i] >= double(i) / 200.0);
@@ -69,6 +69,93 @@ TEST_CASE("draws: samplers have the documented distributions", "[loss]") {
     for (Index k = 0; k < 4; ++k) REQUIRE(d.t[std::size_t(4 + k)] == (k + 0.5) / 4);
     REQUIRE(d.noise()(0, 5) == -d.noise()(0, 4));
   }
+}
+
+TEST_CASE("philox4x32-10: the Random123 known answers", "[random]") {
+  // Random123 (D. E. Shaw Research) tests/kat_vectors, "philox4x32 10" lines: counter words 0-3,
+  // key words 0-1, expected output words 0-3.
+  const auto a = flowprior::philox4x32_10(0, 0, 0, 0, 0, 0);
+  REQUIRE(a.w[0] == 0x6627e8d5u);
+  REQUIRE(a.w[1] == 0xe169c58du);
+  REQUIRE(a.w[2] == 0xbc57ac4cu);
+  REQUIRE(a.w[3] == 0x9b00dbd8u);
+  const std::uint32_t f = 0xffffffffu;
+  const auto b = flowprior::philox4x32_10(f, f, f, f, f, f);
+  REQUIRE(b.w[0] == 0x408f276du);
+  REQUIRE(b.w[1] == 0x41c83b0eu);
+  REQUIRE(b.w[2] == 0xa20bc7c6u);
+  REQUIRE(b.w[3] == 0x6d5451fdu);
+  const auto c = flowprior::philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u,
+                                          0xa4093822u, 0x299f31d0u);
+  REQUIRE(c.w[0] == 0xd16cfe09u);
+  REQUIRE(c.w[1] == 0x94fdccebu);
+  REQUIRE(c.w[2] == 0x5001e420u);
+  REQUIRE(c.w[3] == 0x24126ea1u);
+}
+
+TEST_CASE("gaussian_noise: a function of (key, stream, position); N(0, 1) moments", "[random]") {
+  using B = flowprior::CpuBackend;
+  B::Context ctx;
+  Eigen::MatrixXd a(3, 7), big(3, 40), other(3, 7), odd(5, 9);
+  B::gaussian_noise(ctx, 42, 0, flowprior::MatrixView<double>(a), 0);
+  B::gaussian_noise(ctx, 42, 0, flowprior::MatrixView<double>(big), 0);
+  // Position e = i + j * rows only: a prefix of a larger tensor is the smaller tensor.
+  REQUIRE(a == big.leftCols(7));
+  // Element e is pair e / 2's first (even e) or second (odd e) value.
+  for (Index e = 0; e < 21; ++e) {
+    const auto z = flowprior::philox_normal_pair(42, 0, std::uint64_t(e / 2));
+    REQUIRE(a.data()[e] == (e % 2 == 0 ? z.z0 : z.z1));
+  }
+  B::gaussian_noise(ctx, 43, 0, flowprior::MatrixView<double>(other), 0);
+  REQUIRE((other - a).cwiseAbs().minCoeff() > 0);  // another key, other values
+  B::gaussian_noise(ctx, 42, 1, flowprior::MatrixView<double>(other), 0);
+  REQUIRE((other - a).cwiseAbs().minCoeff() > 0);  // another stream, other values
+  // A view with ld > rows: the logical positions, whatever the storage.
+  Eigen::MatrixXd store = Eigen::MatrixXd::Constant(5, 7, 9.0);
+  B::gaussian_noise(ctx, 42, 0, flowprior::MatrixView<double>(store.data(), 3, 7, 5), 0);
+  REQUIRE(store.topRows(3) == a);
+  REQUIRE((store.bottomRows(2).array() == 9.0).all());
+  // Antithetic with K = 4: columns 1 and 3 of every row's four are -columns 0 and 2.
+  B::gaussian_noise(ctx, 7, 0, flowprior::MatrixView<double>(odd), 4);
+  Eigen::MatrixXd plain(5, 9);
+  B::gaussian_noise(ctx, 7, 0, flowprior::MatrixView<double>(plain), 0);
+  for (Index j = 0; j < 9; ++j) {
+    if ((j % 4) % 2 == 1)
+      REQUIRE(odd.col(j) == -plain.col(j - 1));
+    else
+      REQUIRE(odd.col(j) == plain.col(j));
+  }
+  // Moments of 400k values in float: mean 0, variance 1, fourth moment 3, lag-1 correlation 0.
+  std::vector<float> x(400000);
+  B::gaussian_noise(ctx, 2024, 0, flowprior::MatrixView<float>(x.data(), 16, 25000), 0);
+  double m1 = 0, m2 = 0, m4 = 0, lag = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double v = x[i];
+    m1 += v;
+    m2 += v * v;
+    m4 += v * v * v * v;
+    if (i > 0) lag += v * double(x[i - 1]);
+  }
+  const double n = double(x.size());
+  REQUIRE(std::abs(m1 / n) < 5 / std::sqrt(n));
+  REQUIRE(std::abs(m2 / n - 1) < 5 * std::sqrt(2 / n));
+  REQUIRE(std::abs(m4 / n - 3) < 5 * std::sqrt(96 / n));
+  REQUIRE(std::abs(lag / n) < 5 / std::sqrt(n));
+}
+
+TEST_CASE("draws: the noise is keyed by one value of the generator, the times follow", "[loss]") {
+  Rng rng(77), copy(77);
+  loss::FlowDraws<double> d;
+  loss::draw(d, Convention::Paper, 4, 3, 2, loss::TimeSampler::uniform(), rng);
+  const std::uint64_t key = copy();
+  Eigen::MatrixXd eps(3, 8);
+  flowprior::CpuBackend::Context ctx;
+  flowprior::CpuBackend::gaussian_noise(ctx, key, 0, flowprior::MatrixView<double>(eps), 0);
+  for (Index col = 0; col < 8; ++col) {
+    REQUIRE(d.t[std::size_t(col)] == flowprior::uniform01(copy));
+    for (Index i = 0; i < 3; ++i) REQUIRE(d.noise()(i, col) == eps(i, col));
+  }
+  REQUIRE(rng() == copy());  // nothing else was consumed
 }
 
 TEST_CASE("projection: seeded N(0, 1/d2) entries, scale, validation", "[data]") {

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <flowprior/backend/cpu_blas.hpp>
 #include <flowprior/backend/cpu_gemm.hpp>
@@ -28,6 +29,7 @@
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/math.hpp>
+#include <flowprior/core/random.hpp>
 #include <flowprior/core/types.hpp>
 #include <limits>
 #include <vector>
@@ -77,6 +79,16 @@ struct CpuBackend {
   template <class S>
   static void copy_to_host(const Buffer<S>& src, S* dst) {
     std::copy(src.begin(), src.end(), dst);
+  }
+  /// n elements from host memory into backend memory at dst (a Buffer's data() or a view's).
+  template <class S>
+  static void copy_from_host(const S* src, Index n, S* dst) {
+    std::copy(src, src + n, dst);
+  }
+  /// n elements of backend memory at src (a Buffer's data() or a view's) into host memory.
+  template <class S>
+  static void copy_to_host(const S* src, Index n, S* dst) {
+    std::copy(src, src + n, dst);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -309,6 +321,96 @@ struct CpuBackend {
         }
       }
     });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Draws, times and input scans: the noise of the losses from a counter-based generator
+  // (core/random.hpp), the time reversal of a reversed prior, the time groups of a batch, and the
+  // scans behind the argument checks (backend/checks.hpp).
+
+  /// Standard normal noise: out(i, j) = n(i + j * out.rows), where n(e) is element e of the
+  /// Philox stream (key, stream): pair e / 2 of philox_normal_pair, its first value for even e,
+  /// its second for odd e, rounded to S. With antithetic_K > 0, the columns j with j %
+  /// antithetic_K odd hold the negation of column j - 1 instead (antithetic pairs). Every element
+  /// is a function of its position alone: any split of the work gives the same bits.
+  /// docs/math/flow_matching.md "Sampling".
+  template <class S>
+  static void gaussian_noise(Context&, std::uint64_t key, std::uint64_t stream, MatrixView<S> out,
+                             Index antithetic_K) {
+    const Index d = out.rows;
+    // A Philox block with a logarithm, a square root and a sine costs some 20 element copies.
+    detail::for_cols(16 * d, out.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        const bool negated = antithetic_K > 0 && (j % antithetic_K) % 2 == 1;
+        const Index src = negated ? j - 1 : j;
+        S* o = out.col(j);
+        std::uint64_t have = ~std::uint64_t(0);
+        NormalPair z{0, 0};
+        for (Index i = 0; i < d; ++i) {
+          const auto e = static_cast<std::uint64_t>(i + src * d);
+          if ((e >> 1) != have) {
+            have = e >> 1;
+            z = philox_normal_pair(key, stream, have);
+          }
+          const double v = (e & 1) ? z.z1 : z.z0;
+          o[i] = static_cast<S>(negated ? -v : v);
+        }
+      }
+    });
+  }
+
+  /// t_out = 1 - t: the times of the other convention (flow_matching.md (3)). t_out may alias t.
+  template <class S>
+  static void reverse_times(Context&, CVec<S> t, VectorView<S> t_out) {
+    detail::for_cols(1, t.size, [&](Index i0, Index i1) {
+      for (Index i = i0; i < i1; ++i) t_out[i] = S(1) - t[i];
+    });
+  }
+
+  /// Index (i + j * rows) of the first NaN or Inf of A in column order, or -1. A flag scan on
+  /// the thread team first; the index search only when it trips.
+  template <class S>
+  static Index first_nonfinite_cols(Context&, ConstMatrixView<S> A) {
+    const S big = std::numeric_limits<S>::max();
+    std::atomic<unsigned> any{0};
+    detail::for_cols(A.rows, A.cols, [&](Index j0, Index j1) {
+      unsigned bad = 0;
+      for (Index j = j0; j < j1; ++j) {
+        const S* a = A.col(j);
+        for (Index i = 0; i < A.rows; ++i) bad |= static_cast<unsigned>(!(std::abs(a[i]) <= big));
+      }
+      if (bad != 0) any.store(1, std::memory_order_relaxed);
+    });
+    if (any.load(std::memory_order_relaxed) == 0) return -1;
+    for (Index j = 0; j < A.cols; ++j)
+      for (Index i = 0; i < A.rows; ++i)
+        if (!(std::abs(A(i, j)) <= big)) return i + j * A.rows;
+    return -1;
+  }
+
+  /// Index of the first t outside [0, 1] (NaN included), or -1.
+  template <class S>
+  static Index first_outside_unit(Context&, ConstVectorView<S> t) {
+    for (Index i = 0; i < t.size; ++i)
+      if (!(t[i] >= S(0) && t[i] <= S(1))) return i;
+    return -1;
+  }
+
+  /// The time groups of t (adaln.md "Time groups"): runs of equal consecutive times. Writes the
+  /// time of each run to times_out (in order) and, for every b, the run of t[b] to map_out[b];
+  /// returns the number of runs R (0 for an empty t). times_out and map_out hold t.size
+  /// elements.
+  template <class S>
+  static Index time_runs(Context&, CVec<S> t, S* times_out, Index* map_out) {
+    if (t.size == 0) return 0;
+    Index r = 0;
+    times_out[0] = t[0];
+    map_out[0] = 0;
+    for (Index b = 1; b < t.size; ++b) {
+      if (t[b] != t[b - 1]) times_out[++r] = t[b];
+      map_out[b] = r;
+    }
+    return r + 1;
   }
 
   // ---------------------------------------------------------------------------------------------

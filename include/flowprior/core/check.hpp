@@ -64,34 +64,45 @@ inline void check_size(const char* where, const char* name, const View& v, Index
   if (v.size != n) detail::raise_size(where, name, v.size, n);
 }
 
+namespace detail {
+/// numeric_error: argument `name` of `where` holds the non-finite `value` at (i, j).
+template <class S>
+[[noreturn]] FLOWPRIOR_COLD void raise_nonfinite(const char* where, const char* name, S value,
+                                                 Index i, Index j) {
+  std::ostringstream os;
+  os << "[flowprior.numeric] " << where << ": argument '" << name << "' has a non-finite value "
+     << value << " at (" << i << ", " << j << ")";
+  raise<numeric_error>(os.str());
+}
+/// value_error: argument `name` of `where` holds `value` outside [0, 1] at index i.
+template <class S>
+[[noreturn]] FLOWPRIOR_COLD void raise_outside_unit(const char* where, const char* name, S value,
+                                                    Index i) {
+  std::ostringstream os;
+  os << "[flowprior.value] " << where << ": argument '" << name << "' must lie in [0, 1], got "
+     << value << " at index " << i;
+  raise<value_error>(os.str());
+}
+}  // namespace detail
+
 /// Throws numeric_error naming the tensor and the first bad index if m holds NaN or Inf.
-/// (Eigen vectors convert to a one-column view.)
+/// (Eigen vectors convert to a one-column view.) Host memory; backend memory: check_finite_on
+/// (backend/checks.hpp).
 template <class S>
 inline void check_finite(const char* where, const char* name, ConstMatrixView<S> m) {
   for (Index j = 0; j < m.cols; ++j) {
     const S* c = m.col(j);
-    for (Index i = 0; i < m.rows; ++i) {
-      if (!std::isfinite(c[i])) {
-        std::ostringstream os;
-        os << "[flowprior.numeric] " << where << ": argument '" << name
-           << "' has a non-finite value " << c[i] << " at (" << i << ", " << j << ")";
-        detail::raise<numeric_error>(os.str());
-      }
-    }
+    for (Index i = 0; i < m.rows; ++i)
+      if (!std::isfinite(c[i])) detail::raise_nonfinite(where, name, c[i], i, j);
   }
 }
 
-/// Throws value_error unless every t lies in [0, 1] (NaN fails too).
+/// Throws value_error unless every t lies in [0, 1] (NaN fails too). Host memory; backend
+/// memory: check_unit_interval_on (backend/checks.hpp).
 template <class S>
 inline void check_unit_interval(const char* where, const char* name, ConstVectorView<S> t) {
-  for (Index i = 0; i < t.size; ++i) {
-    if (!(t[i] >= S(0) && t[i] <= S(1))) {
-      std::ostringstream os;
-      os << "[flowprior.value] " << where << ": argument '" << name << "' must lie in [0, 1], got "
-         << t[i] << " at index " << i;
-      detail::raise<value_error>(os.str());
-    }
-  }
+  for (Index i = 0; i < t.size; ++i)
+    if (!(t[i] >= S(0) && t[i] <= S(1))) detail::raise_outside_unit(where, name, t[i], i);
 }
 
 /// Throws flowprior::error unless a forward pass of `owner` has filled the workspace whose batch

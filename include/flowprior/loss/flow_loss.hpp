@@ -22,7 +22,7 @@
 #pragma once
 
 #include <cmath>
-#include <flowprior/backend/context.hpp>
+#include <flowprior/backend/checks.hpp>
 #include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
@@ -54,40 +54,22 @@ struct AlignmentOptions {
 };
 
 namespace detail {
-
-/// The backend a field runs on: Field::BackendType when the field names one (the fields on the
-/// shell nn::FieldBase do), else CpuBackend (a field written from scratch runs on the host).
-template <class Field, class = void>
-struct field_backend {
-  using type = CpuBackend;
-};
+/// The backend a field runs on (nn::field_backend; kept under this name for existing callers).
 template <class Field>
-struct field_backend<Field, std::void_t<typename Field::BackendType>> {
-  using type = typename Field::BackendType;
-};
-
-/// Whether a field workspace W carries a backend context (nn::FieldWorkspace does: context(),
-/// set_context).
-template <class W, class Context, class = void>
-struct has_context : std::false_type {};
-template <class W, class Context>
-struct has_context<W, Context, std::void_t<decltype(std::declval<W&>().context())>>
-    : std::is_same<decltype(std::declval<W&>().context()), Context&> {};
-
+using field_backend = nn::field_backend<Field>;
 }  // namespace detail
 
 /// Memory reused across calls (one per thread): the prior's workspace and the loss's buffers, in
 /// memory of the field's backend.
 ///
 /// The context (docs/backends.md "Context"): one context runs the whole loss, the field's
-/// passes and the loss primitives alike. It is the field workspace's (prior.field.context())
-/// when the field's workspace has one, else the loss workspace's own; set_context lends the
-/// caller's to whichever of the two is used. The trainer and the aligner run their optimizer,
-/// clipping and EMA on it too.
+/// passes and the loss primitives alike: the prior workspace's (Prior::Workspace::context(),
+/// which is the field workspace's when the field's workspace has one). set_context lends the
+/// caller's. The trainer and the aligner run their draws, optimizer, clipping and EMA on it too.
 template <class Field>
 struct LossWorkspace {
   using S = typename Field::Scalar;
-  using Backend = typename detail::field_backend<Field>::type;
+  using Backend = nn::field_backend_t<Field>;
   using Context = typename Backend::Context;
   template <class T>
   using Buffer = typename Backend::template Buffer<T>;
@@ -97,25 +79,10 @@ struct LossWorkspace {
   Buffer<double> rows;  ///< each row's loss in double, summed in row order
 
   /// The context the loss runs on.
-  Context& context() {
-    if constexpr (field_has_context)
-      return prior.field.context();
-    else
-      return ctx_.get();
-  }
+  Context& context() { return prior.context(); }
   /// Runs the loss on `ctx` from now on (not owned: the caller keeps it alive); nullptr returns
   /// to the workspace's own.
-  void set_context(Context* ctx) {
-    if constexpr (field_has_context)
-      prior.field.set_context(ctx);
-    else
-      ctx_.lend(ctx);
-  }
-
- private:
-  static constexpr bool field_has_context =
-      detail::has_context<typename Field::Workspace, Context>::value;
-  ContextSlot<Backend> ctx_;
+  void set_context(Context* ctx) { prior.set_context(ctx); }
 };
 
 namespace detail {
@@ -150,7 +117,8 @@ MatrixView<T> sized(typename Backend::template Buffer<T>& buf, Index rows, Index
 template <class Field>
 double residuals(const char* where, const char* xname, const Prior<Field>& prior, Convention conv,
                  ConstMatrixView<typename Field::Scalar> x,
-                 const FlowDraws<typename Field::Scalar>& draws, Reduction reduction, double weight,
+                 const FlowDraws<typename Field::Scalar, nn::field_backend_t<Field>>& draws,
+                 Reduction reduction, double weight,
                  VectorView<typename Field::Scalar> loss_per_row, LossWorkspace<Field>& ws) {
   using S = typename Field::Scalar;
   using Backend = typename LossWorkspace<Field>::Backend;
@@ -168,15 +136,15 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
     check_size(where, "loss_per_row", loss_per_row, N);
   if (!(std::isfinite(weight) && weight >= 0))
     raise_config(where, "weight (lambda) must be finite and >= 0, got " + std::to_string(weight));
-  check_finite(where, xname, x);
+  auto& ctx = ws.context();
+  check_finite_on<Backend>(ctx, where, xname, x);
   const Index M = N * K;
   MatrixView<S> xt = sized<Backend, S>(ws.xt, d, M), v = sized<Backend, S>(ws.v, d, M);
   double* rows = sized<Backend, double>(ws.rows, N, 1).data;
-  auto& ctx = ws.context();
   // x_t = a x + b eps (flow_matching.md (4)); the times are checked in the same pass.
   if (Backend::path_mix(ctx, conv, draws.times(), x, draws.noise(), xt, K) != 0) {
-    check_finite(where, "draws.t", ConstMatrixView<S>(draws.t.data(), M, 1));
-    check_unit_interval(where, "draws.t", draws.times());
+    check_finite_on<Backend>(ctx, where, "draws.t", ConstMatrixView<S>(draws.t.data(), M, 1));
+    check_unit_interval_on<Backend>(ctx, where, "draws.t", draws.times());
   }
   prior.forward_field(xt, draws.times(), v, ws.prior);  // v = sign * (v in convention conv)
   // r = sign v - (c x + e eps) in place, and each row's mean squared residual.
@@ -209,8 +177,8 @@ double residuals(const char* where, const char* xname, const Prior<Field>& prior
 template <class Field>
 double alignment_loss(const Prior<Field>& prior, Convention conv,
                       ConstMatrixView<typename Field::Scalar> y,
-                      const FlowDraws<typename Field::Scalar>& draws, const AlignmentOptions& opt,
-                      LossWorkspace<Field>& ws,
+                      const FlowDraws<typename Field::Scalar, nn::field_backend_t<Field>>& draws,
+                      const AlignmentOptions& opt, LossWorkspace<Field>& ws,
                       VectorView<typename Field::Scalar> loss_per_row = {},
                       MatrixView<typename Field::Scalar> d_y = {}) {
   using S = typename Field::Scalar;
@@ -247,12 +215,11 @@ double alignment_loss(const Prior<Field>& prior, Convention conv,
 /// The prior, the draws and x are in convention `conv`; the draws are checked against the
 /// batch as by alignment_loss.
 template <class Field>
-double flow_matching_loss(const Prior<Field>& prior, Convention conv,
-                          ConstMatrixView<typename Field::Scalar> x,
-                          const FlowDraws<typename Field::Scalar>& draws, Reduction reduction,
-                          LossWorkspace<Field>& ws,
-                          VectorView<typename Field::Scalar> d_params = {},
-                          VectorView<typename Field::Scalar> loss_per_row = {}) {
+double flow_matching_loss(
+    const Prior<Field>& prior, Convention conv, ConstMatrixView<typename Field::Scalar> x,
+    const FlowDraws<typename Field::Scalar, nn::field_backend_t<Field>>& draws, Reduction reduction,
+    LossWorkspace<Field>& ws, VectorView<typename Field::Scalar> d_params = {},
+    VectorView<typename Field::Scalar> loss_per_row = {}) {
   using S = typename Field::Scalar;
   const char* w = "flow_matching_loss";
   const double total =

@@ -10,7 +10,7 @@
 /// - the exact divergence: the dim unit tangents of every sample in one batched JVP, in chunks
 ///   of at most max_tangent_cols columns,
 /// - time groups (adaln.md "Time groups"): runs of equal consecutive t, kept as a map in backend
-///   buffers of the workspace (TimeGroupMap).
+///   buffers of the workspace (TimeGroupMap), written by a backend primitive.
 ///
 /// What the field provides (private members, the base is a friend):
 ///
@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <array>
+#include <flowprior/backend/checks.hpp>
 #include <flowprior/backend/context.hpp>
 #include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/check.hpp>
@@ -57,31 +58,19 @@ struct FieldNames {
 };
 
 /// Time groups of a batch: runs of equal consecutive t. Holds, in backend buffers, one time per
-/// run and the map sample -> run. update() scans t once: it counts the runs and copies their
-/// times, and rebuilds the map only when the run structure (the batch or where runs start)
-/// differs from the one it holds. Neither buffer shrinks; a batch no larger than one seen
-/// before allocates nothing.
+/// run and the map sample -> run, both written by the backend's time_runs primitive in one pass
+/// over t. Neither buffer shrinks; a batch no larger than one seen before allocates nothing.
 template <class S, class Backend>
 class TimeGroupMap {
  public:
   /// Returns the number of runs R of t, or t.size when grouping would not halve the work
   /// (2 R > B); the map and times() then describe the runs. Time convention: none (t as given).
-  Index update(ConstVectorView<S> t) {
+  Index update(typename Backend::Context& ctx, ConstVectorView<S> t) {
     const Index B = t.size;
     Backend::resize(times_, B);
-    S* tg = times_.data();
-    const Index* g = map_.data();
-    bool same = map_batch_ == B;  // the map holds B samples: compare its runs with t's
-    Index R = 1;
-    tg[0] = t[0];
-    for (Index b = 1; b < B; ++b) {
-      const bool edge = t[b] != t[b - 1];
-      if (edge) tg[R++] = t[b];
-      same = same && edge == (g[b] != g[b - 1]);
-    }
-    if (2 * R > B) return B;  // too few repeats to pay for the indirection
-    if (!same) rebuild(t);
-    return R;
+    Backend::resize(map_, B);
+    const Index R = Backend::time_runs(ctx, t, times_.data(), map_.data());
+    return 2 * R > B ? B : R;  // too few repeats to pay for the indirection
   }
   /// Sample b belongs to run map()[b] (valid after an update that returned R < B).
   const Index* map() const { return map_.data(); }
@@ -89,22 +78,8 @@ class TimeGroupMap {
   ConstVectorView<S> times(Index R) const { return {times_.data(), R}; }
 
  private:
-  void rebuild(ConstVectorView<S> t) {
-    const Index B = t.size;
-    Backend::resize(map_, B);
-    Index* g = map_.data();
-    Index r = 0;
-    g[0] = 0;
-    for (Index b = 1; b < B; ++b) {
-      r += t[b] != t[b - 1];
-      g[b] = r;
-    }
-    map_batch_ = B;
-  }
-
   typename Backend::template Buffer<Index> map_;
   typename Backend::template Buffer<S> times_;
-  Index map_batch_ = -1;
 };
 
 /// The workspace of a field built on FieldBase: per-thread memory for activations (forward
@@ -240,7 +215,7 @@ class FieldBase {
     const Index B = x.cols;
     check_size(w, "t", t, B);
     check_shape(w, "v", v_out, dim_, B);
-    check_unit_interval(w, "t", t);
+    check_unit_interval_on<Backend>(ws.context(), w, "t", t);
     check_cond(w, cond, B);
     run_forward(x, t, v_out, ws, cond);
   }
@@ -262,7 +237,7 @@ class FieldBase {
     check_size(w, "t", t, B);
     check_shape(w, "v", v_out, dim_, B);
     check_size(w, "div", div_out, B);
-    check_unit_interval(w, "t", t);
+    check_unit_interval_on<Backend>(ws.context(), w, "t", t);
     check_cond(w, cond, B);
     const Index d = dim_;
     const Index chunk = std::max<Index>(1, std::min<Index>(B, max_tangent_cols / d));
@@ -356,7 +331,7 @@ class FieldBase {
                    ConstMatrixView<S> cond) const {
     const Index B = x.cols;
     // Time groups: runs of equal consecutive t share the t-dependent work.  adaln.md (17)
-    const Index R = field().group_times() && B > 1 ? ws.groups_map_.update(t) : B;
+    const Index R = field().group_times() && B > 1 ? ws.groups_map_.update(ws.context(), t) : B;
     prepare_forward(ws, B, R);
     ws.owner_ = this;
     ws.batch_ = B;

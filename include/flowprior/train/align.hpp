@@ -79,8 +79,12 @@ class LatentAligner {
     check_shape(w, "y", y, prior_.dim(), n_);
     if (!y.contiguous()) raise_config(w, "y must be a contiguous matrix");
     check_finite(w, "y", ConstMatrixView<S>(y));
-    loss::draw(draws_, conv_, n_, prior_.dim(), cfg_.K, cfg_.sampler, rng, false, cfg_.time_group);
     Context& ctx = ws_.context();
+    {
+      const LentContext<loss::FlowDraws<S, Backend>, Context> lend_draws(draws_, ctx);
+      loss::draw(draws_, conv_, n_, prior_.dim(), cfg_.K, cfg_.sampler, rng, false,
+                 cfg_.time_group);
+    }
     MatrixView<S> g(grad_.data(), prior_.dim(), n_);
     Backend::fill(ctx, g, S(0));
     const loss::AlignmentOptions opt{cfg_.reduction, double(n_), cfg_.detach_pred_v};
@@ -119,7 +123,7 @@ class LatentAligner {
   Index n_;
   optim::Adam<S, Backend> adam_;
   typename Backend::template Buffer<S> grad_;
-  loss::FlowDraws<S> draws_;
+  loss::FlowDraws<S, Backend> draws_;
   loss::LossWorkspace<Field> ws_;
 };
 

@@ -202,9 +202,12 @@ class FlowMatchingTrainer {
     const char* w = "FlowMatchingTrainer::step";
     check_shape(w, "batch", batch, field_.dim(), batch.cols);
     check_finite(w, "batch", batch);  // bad data, not a divergence
-    loss::draw(draws_, conv_, batch.cols, field_.dim(), cfg_.K, cfg_.sampler, rng, cfg_.antithetic,
-               cfg_.time_group);
     Context& ctx = ws_.context();
+    {
+      const LentContext<loss::FlowDraws<S, Backend>, Context> lend_draws(draws_, ctx);
+      loss::draw(draws_, conv_, batch.cols, field_.dim(), cfg_.K, cfg_.sampler, rng,
+                 cfg_.antithetic, cfg_.time_group);
+    }
     const Index n = Index(grads_.size());
     Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
     VectorView<S> g(grads_.data(), n);
@@ -270,7 +273,7 @@ class FlowMatchingTrainer {
   optim::Ema<S, Backend> ema_;
   typename Backend::template Buffer<S> grads_;
   std::vector<S> batch_;
-  loss::FlowDraws<S> draws_;
+  loss::FlowDraws<S, Backend> draws_;
   loss::LossWorkspace<Field> ws_;
 };
 
