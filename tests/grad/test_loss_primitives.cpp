@@ -137,3 +137,81 @@ TEST_CASE("loss primitives: path_grad is the gradient of the path and the target
   B::path_grad(ctx, conv, sign, tv, dv, dxt_view, MatrixView<double>(g2), K);
   REQUIRE((g2 - 2 * g).norm() <= 1e-15 * g.norm());
 }
+
+TEST_CASE("scan primitives: reverse_times, first_nonfinite_cols, first_outside_unit, time_runs",
+          "[op][loss]") {
+  B::Context ctx;
+  Rng rng(41);
+  SECTION("reverse_times: 1 - t, in place too") {
+    const Vec t = unit_times(9, rng);
+    Vec r(9);
+    B::reverse_times(ctx, flowprior::ConstVectorView<double>(t), flowprior::VectorView<double>(r));
+    for (Index i = 0; i < 9; ++i) REQUIRE(r[i] == 1.0 - t[i]);
+    Vec same = t;
+    B::reverse_times(ctx, flowprior::ConstVectorView<double>(same),
+                     flowprior::VectorView<double>(same));
+    REQUIRE(same == r);
+  }
+  SECTION("first_nonfinite_cols: logical index i + j rows of the first bad element, -1 if none") {
+    Mat store = fpt::random_mat(5, 6, rng);
+    const flowprior::ConstMatrixView<double> A(store.data(), 3, 6, 5);  // rows 3, ld 5
+    store(4, 0) = std::numeric_limits<double>::quiet_NaN();             // outside the view
+    REQUIRE(B::first_nonfinite_cols(ctx, A) == -1);
+    store(2, 4) = std::numeric_limits<double>::infinity();
+    store(1, 5) = std::numeric_limits<double>::quiet_NaN();
+    REQUIRE(B::first_nonfinite_cols(ctx, A) == 2 + 4 * 3);
+    store(0, 1) = -std::numeric_limits<double>::infinity();
+    REQUIRE(B::first_nonfinite_cols(ctx, A) == 0 + 1 * 3);
+    REQUIRE(B::first_nonfinite_cols(ctx, flowprior::ConstMatrixView<double>()) == -1);
+    // A large float tensor (the threaded flag scan), its last element bad.
+    std::vector<float> big(1 << 18, 1.0f);
+    const flowprior::ConstMatrixView<float> F(big.data(), 64, Index(big.size() / 64));
+    REQUIRE(B::first_nonfinite_cols(ctx, F) == -1);
+    big.back() = std::numeric_limits<float>::infinity();
+    REQUIRE(B::first_nonfinite_cols(ctx, F) == Index(big.size()) - 1);
+  }
+  SECTION("first_outside_unit: NaN and both ends") {
+    Vec t(5);
+    t << 0.0, 1.0, 0.5, 1.0, 0.0;
+    REQUIRE(B::first_outside_unit(ctx, flowprior::ConstVectorView<double>(t)) == -1);
+    t[3] = std::nextafter(1.0, 2.0);
+    REQUIRE(B::first_outside_unit(ctx, flowprior::ConstVectorView<double>(t)) == 3);
+    t[1] = std::numeric_limits<double>::quiet_NaN();
+    REQUIRE(B::first_outside_unit(ctx, flowprior::ConstVectorView<double>(t)) == 1);
+    t[0] = -0.0;  // -0 lies in [0, 1]
+    t[1] = -1e-300;
+    REQUIRE(B::first_outside_unit(ctx, flowprior::ConstVectorView<double>(t)) == 1);
+  }
+  SECTION("time_runs: runs of equal consecutive times, their times and the map") {
+    Vec t(8);
+    t << 0.3, 0.3, 0.3, 0.7, 0.7, 0.3, 0.1, 0.1;
+    Vec times(8);
+    std::vector<Index> map(8, -7);
+    const Index R =
+        B::time_runs(ctx, flowprior::ConstVectorView<double>(t), times.data(), map.data());
+    REQUIRE(R == 4);
+    REQUIRE(times.head(4) == (Vec(4) << 0.3, 0.7, 0.3, 0.1).finished());
+    REQUIRE(map == std::vector<Index>{0, 0, 0, 1, 1, 2, 3, 3});
+    REQUIRE(B::time_runs(ctx, flowprior::ConstVectorView<double>(t.data(), 0), times.data(),
+                         map.data()) == 0);
+  }
+}
+
+TEST_CASE("backend checks: the messages of the host checks, the value read on the error path",
+          "[op][error]") {
+  B::Context ctx;
+  Mat x = Mat::Zero(2, 3);
+  REQUIRE_NOTHROW(
+      flowprior::check_finite_on<B>(ctx, "f", "x", flowprior::ConstMatrixView<double>(x)));
+  x(1, 2) = -std::numeric_limits<double>::infinity();
+  REQUIRE_THROWS_MATCHES(
+      flowprior::check_finite_on<B>(ctx, "f", "x", flowprior::ConstMatrixView<double>(x)),
+      flowprior::numeric_error,
+      Catch::Message("[flowprior.numeric] f: argument 'x' has a non-finite value -inf at (1, 2)"));
+  Vec t(3);
+  t << 0.5, 1.5, 0.25;
+  REQUIRE_THROWS_MATCHES(
+      flowprior::check_unit_interval_on<B>(ctx, "g", "t", flowprior::ConstVectorView<double>(t)),
+      flowprior::value_error,
+      Catch::Message("[flowprior.value] g: argument 't' must lie in [0, 1], got 1.5 at index 1"));
+}
