@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <flowprior/backend/batch_args.hpp>
 #include <flowprior/backend/cpu_blas.hpp>
 #include <flowprior/backend/cpu_gemm.hpp>
 #include <flowprior/backend/optim_args.hpp>
@@ -411,6 +412,78 @@ struct CpuBackend {
       map_out[b] = r;
     }
     return r + 1;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Attention primitives: batched products over the (batch, head) grid and the column softmax
+  // (docs/math/attention.md).
+
+  /// For every problem of `batch` (batch_args.hpp): C = alpha op(A) op(B) + beta C, with the
+  /// shapes and leading dimensions of the views A, B, C (those of problem (0, 0)); beta = 0
+  /// ignores C's content. The problems run in parallel on the thread team, each on one thread
+  /// with Eigen's serial kernel and that thread's packing buffers (no allocation once warmed
+  /// up); the products of attention are small (head_dim x tokens), so one thread per product
+  /// beats splitting each. The C blocks of different problems must not overlap.
+  template <class S>
+  static void gemm_batched(Context&, bool trans_a, bool trans_b, S alpha, CView<S> A, CView<S> B,
+                           S beta, MatrixView<S> C, const GemmBatch& batch) {
+    const Index count = batch.count();
+    if (C.empty() || count <= 0) return;
+    const Index m = C.rows, n = C.cols, k = trans_a ? A.rows : A.cols;
+    const double macs = double(m) * double(n) * double(k) * double(count);
+    std::atomic<bool> failed{false};
+    detail::run_chunks(
+        detail::team_size(macs, count, detail::kParallelMacs), count, 1, [&](Index p0, Index p1) {
+          for (Index p = p0; p < p1; ++p) {
+            const Index o = p / batch.inner, i = p % batch.inner;
+            const S* a = A.data + o * batch.a_outer + i * batch.a_inner;
+            const S* b = B.data + o * batch.b_outer + i * batch.b_inner;
+            S* c = C.data + o * batch.c_outer + i * batch.c_inner;
+            for (Index j = 0; j < n; ++j) {
+              S* cj = c + j * C.ld;
+              if (beta == S(0))
+                std::fill(cj, cj + m, S(0));
+              else if (beta != S(1))
+                for (Index r = 0; r < m; ++r) cj[r] *= beta;
+            }
+            try {
+              detail::gemm_serial(trans_a, trans_b, m, n, k, alpha, a, A.ld, b, B.ld, c, C.ld);
+            } catch (...) {  // only a thread's first growth of its scratch
+              failed.store(true);
+            }
+          }
+        });
+    if (failed.load()) throw std::bad_alloc();
+  }
+
+  /// In place, per column: a <- softmax(a) = exp(a - max a) / sum exp(a - max a)
+  /// (attention.md (2)). A column of -inf entries only is not expected (no masking here).
+  template <class S>
+  static void softmax_cols(Context&, MatrixView<S> A) {
+    using Arr = Eigen::Array<S, Eigen::Dynamic, 1>;
+    detail::for_cols(8 * A.rows, A.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        Eigen::Map<Arr> a(A.col(j), A.rows);
+        const S top = a.maxCoeff();
+        a = (a - top).exp();
+        a *= S(1) / a.sum();
+      }
+    });
+  }
+
+  /// In place, per column, the backward of softmax_cols given its output P:
+  /// d <- P * (d - <P, d>)  (attention.md (5)).
+  template <class S>
+  static void softmax_backward_cols(Context&, CView<S> P, MatrixView<S> D) {
+    using Arr = Eigen::Array<S, Eigen::Dynamic, 1>;
+    detail::for_cols(4 * P.rows, P.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        const Eigen::Map<const Arr> p(P.col(j), P.rows);
+        Eigen::Map<Arr> d(D.col(j), P.rows);
+        const S dot = (p * d).sum();
+        d = p * (d - dot);
+      }
+    });
   }
 
   // ---------------------------------------------------------------------------------------------
