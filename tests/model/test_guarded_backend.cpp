@@ -8,6 +8,7 @@
 
 #include <csignal>
 #include <flowprior/flowprior.hpp>
+#include <flowprior/nn/attention.hpp>
 
 #include "catch.hpp"
 #include "field_checks.hpp"
@@ -213,4 +214,50 @@ TEST_CASE("guarded backend: draws, the reversed prior and both losses equal CpuB
   Dev YB(ybad);
   REQUIRE_THROWS_WITH(loss::alignment_loss(dprior, conv, YB.cview(), dd, opt, dws),
                       Catch::Contains("argument 'y' has a non-finite value nan at (2, 3)"));
+}
+
+TEST_CASE("guarded backend: attention equals CpuBackend's bit for bit", "[backend][guarded]") {
+  const bool qk_norm = GENERATE(false, true);
+  CAPTURE(qk_norm);
+  const Index C = 8, H = 2, B = 2, T = 3;
+  nn::ParamLayout layout, same;  // the same parameters: one layout each
+  const auto ca =
+      nn::MultiHeadAttention<double, flowprior::CpuBackend>::make(layout, "a", C, H, qk_norm);
+  const auto ga = nn::MultiHeadAttention<double, GuardedBackend>::make(same, "a", C, H, qk_norm);
+  Rng rng(12);
+  const Mat p = fpt::random_mat(layout.total(), 1, rng), x = fpt::random_mat(C, B * T, rng),
+            dy = fpt::random_mat(C, B * T, rng);
+  nn::Arena<double, flowprior::CpuBackend> cf, cb;
+  nn::Arena<double, GuardedBackend> gf, gb;
+  typename nn::MultiHeadAttention<double, flowprior::CpuBackend>::Cache cc;
+  typename nn::MultiHeadAttention<double, flowprior::CpuBackend>::Scratch cs;
+  typename nn::MultiHeadAttention<double, GuardedBackend>::Cache gc;
+  typename nn::MultiHeadAttention<double, GuardedBackend>::Scratch gs;
+  for (int pass = 0; pass < 2; ++pass) {
+    cf.begin(pass == 0);
+    cb.begin(pass == 0);
+    gf.begin(pass == 0);
+    gb.begin(pass == 0);
+    cc = ca.carve(cf, B, T);
+    cs = ca.carve_scratch(cb, B, T);
+    gc = ga.carve(gf, B, T);
+    gs = ga.carve_scratch(gb, B, T);
+    if (pass == 0) {
+      cf.reserve_counted();
+      cb.reserve_counted();
+      gf.reserve_counted();
+      gb.reserve_counted();
+    }
+  }
+  flowprior::CpuBackend::Context cctx;
+  GuardedBackend::Context gctx;
+  Mat y(C, B * T), dx = Mat::Zero(C, B * T), dp = Mat::Zero(p.rows(), 1);
+  ca.forward(cctx, p.data(), x, y, cc);
+  ca.backward(cctx, p.data(), x, cc, dy, dx, dp.data(), cs);
+  Dev P(p), X(x), DY(dy), Y(C, B * T), DX(C, B * T), DP(p.rows(), 1);
+  ga.forward(gctx, P.buf.data(), X.cview(), Y.view(), gc);
+  ga.backward(gctx, P.buf.data(), X.cview(), gc, DY.cview(), DX.view(), DP.buf.data(), gs);
+  REQUIRE(Y.host() == y);
+  REQUIRE(DX.host() == dx);
+  REQUIRE(DP.host() == dp);
 }
