@@ -29,6 +29,7 @@
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/loss/draws.hpp>
+#include <flowprior/nn/field_context.hpp>
 #include <flowprior/prior.hpp>
 #include <new>
 #include <string>
@@ -55,24 +56,13 @@ struct AlignmentOptions {
 
 namespace detail {
 
-/// The backend a field runs on: Field::BackendType when the field names one (the fields on the
-/// shell nn::FieldBase do), else CpuBackend (a field written from scratch runs on the host).
-template <class Field, class = void>
-struct field_backend {
-  using type = CpuBackend;
-};
+/// The backend a field runs on (nn::field_backend, nn/field_context.hpp; the old name).
 template <class Field>
-struct field_backend<Field, std::void_t<typename Field::BackendType>> {
-  using type = typename Field::BackendType;
-};
+using field_backend = nn::field_backend<Field>;
 
-/// Whether a field workspace W carries a backend context (nn::FieldWorkspace does: context(),
-/// set_context).
-template <class W, class Context, class = void>
-struct has_context : std::false_type {};
+/// Whether a field workspace W carries a backend context (nn::has_context; the old name).
 template <class W, class Context>
-struct has_context<W, Context, std::void_t<decltype(std::declval<W&>().context())>>
-    : std::is_same<decltype(std::declval<W&>().context()), Context&> {};
+using has_context = nn::has_context<W, Context>;
 
 }  // namespace detail
 
@@ -97,25 +87,13 @@ struct LossWorkspace {
   Buffer<double> rows;  ///< each row's loss in double, summed in row order
 
   /// The context the loss runs on.
-  Context& context() {
-    if constexpr (field_has_context)
-      return prior.field.context();
-    else
-      return ctx_.get();
-  }
+  Context& context() { return ctx_.get(prior.field); }
   /// Runs the loss on `ctx` from now on (not owned: the caller keeps it alive); nullptr returns
   /// to the workspace's own.
-  void set_context(Context* ctx) {
-    if constexpr (field_has_context)
-      prior.field.set_context(ctx);
-    else
-      ctx_.lend(ctx);
-  }
+  void set_context(Context* ctx) { ctx_.lend(prior.field, ctx); }
 
  private:
-  static constexpr bool field_has_context =
-      detail::has_context<typename Field::Workspace, Context>::value;
-  ContextSlot<Backend> ctx_;
+  nn::FieldContext<Field> ctx_;  // the field workspace's context, or a slot of its own
 };
 
 namespace detail {
