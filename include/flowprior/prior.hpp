@@ -18,10 +18,10 @@
 /// prior are those of the underlying field with the sign of d_v flipped.
 #pragma once
 
-#include <flowprior/backend/context.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/types.hpp>
+#include <flowprior/nn/field_context.hpp>
 #include <flowprior/nn/field_traits.hpp>
 
 namespace flowprior {
@@ -49,25 +49,13 @@ class Prior {
 
     /// The context: the field workspace's when it has one (nn::FieldWorkspace), else this
     /// workspace's own. The losses, the trainer, the aligner and the ODE routines run on it.
-    Context& context() {
-      if constexpr (field_has_context)
-        return field.context();
-      else
-        return ctx_.get();
-    }
+    Context& context() { return ctx_.get(field); }
     /// Runs on `ctx` from now on (not owned: the caller keeps it alive); nullptr returns to the
     /// workspace's own. Lent to the field workspace when it has a context.
-    void set_context(Context* ctx) {
-      if constexpr (field_has_context)
-        field.set_context(ctx);
-      else
-        ctx_.lend(ctx);
-    }
+    void set_context(Context* ctx) { ctx_.lend(field, ctx); }
 
    private:
-    static constexpr bool field_has_context =
-        nn::workspace_has_context<typename Field::Workspace, Context>::value;
-    ContextSlot<Backend> ctx_;
+    nn::FieldContext<Field> ctx_;  // the field workspace's context, or a slot of its own
   };
 
   /// @param field       the velocity field (kept by reference)

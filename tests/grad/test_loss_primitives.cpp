@@ -138,8 +138,7 @@ TEST_CASE("loss primitives: path_grad is the gradient of the path and the target
   REQUIRE((g2 - 2 * g).norm() <= 1e-15 * g.norm());
 }
 
-TEST_CASE("scan primitives: reverse_times, first_nonfinite_cols, first_outside_unit, time_runs",
-          "[op][loss]") {
+TEST_CASE("scan primitives: reverse_times, first_outside_unit, time_runs", "[op][loss]") {
   B::Context ctx;
   Rng rng(41);
   SECTION("reverse_times: 1 - t, in place too") {
@@ -151,24 +150,6 @@ TEST_CASE("scan primitives: reverse_times, first_nonfinite_cols, first_outside_u
     B::reverse_times(ctx, flowprior::ConstVectorView<double>(same),
                      flowprior::VectorView<double>(same));
     REQUIRE(same == r);
-  }
-  SECTION("first_nonfinite_cols: logical index i + j rows of the first bad element, -1 if none") {
-    Mat store = fpt::random_mat(5, 6, rng);
-    const flowprior::ConstMatrixView<double> A(store.data(), 3, 6, 5);  // rows 3, ld 5
-    store(4, 0) = std::numeric_limits<double>::quiet_NaN();             // outside the view
-    REQUIRE(B::first_nonfinite_cols(ctx, A) == -1);
-    store(2, 4) = std::numeric_limits<double>::infinity();
-    store(1, 5) = std::numeric_limits<double>::quiet_NaN();
-    REQUIRE(B::first_nonfinite_cols(ctx, A) == 2 + 4 * 3);
-    store(0, 1) = -std::numeric_limits<double>::infinity();
-    REQUIRE(B::first_nonfinite_cols(ctx, A) == 0 + 1 * 3);
-    REQUIRE(B::first_nonfinite_cols(ctx, flowprior::ConstMatrixView<double>()) == -1);
-    // A large float tensor (the threaded flag scan), its last element bad.
-    std::vector<float> big(1 << 18, 1.0f);
-    const flowprior::ConstMatrixView<float> F(big.data(), 64, Index(big.size() / 64));
-    REQUIRE(B::first_nonfinite_cols(ctx, F) == -1);
-    big.back() = std::numeric_limits<float>::infinity();
-    REQUIRE(B::first_nonfinite_cols(ctx, F) == Index(big.size()) - 1);
   }
   SECTION("first_outside_unit: NaN and both ends") {
     Vec t(5);

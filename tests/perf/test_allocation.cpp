@@ -4,7 +4,9 @@
 // rounding: one thread and two give the same losses and gradients.
 #include <Eigen/Core>
 #include <flowprior/flowprior.hpp>
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "catch.hpp"
 #include "malloc_counter.hpp"
@@ -236,4 +238,105 @@ TEST_CASE("one thread and two give the same losses and gradients", "[perf][threa
   REQUIRE((one.d_y - two.d_y).norm() <= 1e-12 * one.d_y.norm());
   REQUIRE((one.d_p - two.d_p).norm() <= 1e-12 * one.d_p.norm());
   REQUIRE(one.d_p.norm() > 0);
+}
+
+TEST_CASE("a warmed-up sample and log-likelihood allocate nothing", "[perf][alloc]") {
+  if (!can_count()) return;
+  namespace ode = flowprior::ode;
+  using Net = nn::AdaLNMlp<float>;
+  Net net(config());
+  Rng rng(17);
+  randomize(net, rng);
+  const Prior<Net> prior(net, Convention::Code);
+  const Index B = 64;
+  const auto x = normal_mat<float>(4, B, rng);
+  Eigen::MatrixXf z(4, B), z_noise(4, B);
+  Eigen::VectorXf logp(B);
+  ode::OdeWorkspace<Net> ws;
+  ode::SolverOptions dopri;
+  dopri.atol = dopri.rtol = 1e-2;
+  ode::LikelihoodOptions exact;
+  exact.solver.method = ode::Method::RK4;
+  exact.solver.steps = 2;
+  ode::LikelihoodOptions hutch = exact;
+  hutch.divergence = ode::Divergence::Hutchinson;
+  hutch.probes = 2;
+  Index nfe = 0;
+  REQUIRE(allocations_after_warmup([&] {
+            z = x;
+            nfe = ode::sample(prior, Convention::Code, z, dopri, ws).nfe;
+            ode::log_likelihood(prior, Convention::Code, x, logp, exact, ws, nullptr, z_noise);
+            ode::log_likelihood(prior, Convention::Code, x, logp, hutch, ws, &rng);
+          }) == 0);
+  REQUIRE(nfe >= 7);  // Dopri5 took at least one step after its starting-step probe
+}
+
+TEMPLATE_TEST_CASE("the ODE primitives and a solve give the same bits on one thread and two",
+                   "[perf][threads]", float, double) {
+  // Big enough that every column pass takes the threaded path (over 16k elements).
+  using S = TestType;
+  using B = flowprior::CpuBackend;
+  using M = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+  namespace ode = flowprior::ode;
+  Rng rng(18);
+  const Index d = 64, N = 300, K = 2;
+  const M z = normal_mat<S>(d + 1, N * K, rng), eps = normal_mat<S>(d, N * K, rng);
+  std::vector<M> k;
+  for (int i = 0; i < 6; ++i) k.push_back(normal_mat<S>(d + 1, N * K, rng));
+  M bad = z;
+  bad(7, 450) = std::numeric_limits<S>::quiet_NaN();
+  bad(3, 451) = std::numeric_limits<S>::infinity();
+  struct Result {
+    M comb, dots;
+    Eigen::Matrix<S, Eigen::Dynamic, 1> logp;
+    double err = 0, start = 0;
+    flowprior::NonFinite found;
+    M sampled;
+  };
+  auto run = [&](int threads) {
+    Eigen::setNbThreads(threads);
+    B::Context ctx;
+    Result r;
+    r.comb.resize(d + 1, N * K);
+    flowprior::StageTerms<S> terms;
+    for (int i = 0; i < 6; ++i) terms.add(0.1 * i - 0.25, k[i]);
+    B::lincomb(ctx, z, -0.3, terms, flowprior::MatrixView<S>(r.comb));
+    r.err = B::error_sq_sum(ctx, z, r.comb, 0.3, terms, 1e-4, 1e-3);
+    r.start = B::scaled_sq_sum<S>(ctx, z, k[0], k[1], 1e-4, 1e-3);
+    r.found = B::find_nonfinite(ctx, flowprior::ConstMatrixView<S>(bad));
+    r.dots = M::Zero(d + 1, N);
+    const flowprior::MatrixView<S> dots(r.dots);
+    B::probe_dots(ctx, eps, flowprior::ConstMatrixView<S>(k[2]).row_block(0, d), K,
+                  dots.row_block(d, 1));
+    r.logp.resize(N);
+    B::normal_logpdf(ctx, flowprior::ConstMatrixView<S>(z).row_block(0, d).col_block(0, N),
+                     dots.row_block(d, 1), flowprior::VectorView<S>(r.logp.data(), N));
+    // A whole solve of the analytic mixture field (host loops in the field, primitives around).
+    using Gmm = flowprior::analytic::GaussianMixtureField<S>;
+    Eigen::MatrixXd means(2, 2);
+    means << -1.0, 1.0, 0.5, -0.5;
+    Gmm field(flowprior::analytic::GaussianMixture(means, {0.4, 0.6}, {0.5, 0.3}));
+    const Prior<Gmm> prior(field, Convention::Paper);
+    r.sampled = normal_mat<S>(2, 10000, rng);
+    ode::OdeWorkspace<Gmm> ws;
+    ode::SolverOptions opt;
+    opt.atol = opt.rtol = 1e-4;
+    ode::sample(prior, Convention::Paper, r.sampled, opt, ws);
+    return r;
+  };
+  const Rng start = rng;
+  const Result one = run(1);
+  rng = start;
+  const Result two = run(2);
+  Eigen::setNbThreads(0);  // back to the OpenMP default
+  REQUIRE(one.comb == two.comb);
+  REQUIRE(one.err == two.err);
+  REQUIRE(one.start == two.start);
+  REQUIRE(one.found.i == 7);
+  REQUIRE(one.found.j == 450);
+  REQUIRE(two.found.i == 7);
+  REQUIRE(two.found.j == 450);
+  REQUIRE(one.dots == two.dots);
+  REQUIRE(one.logp == two.logp);
+  REQUIRE(one.sampled == two.sampled);
 }

@@ -25,6 +25,7 @@
 #include <flowprior/backend/batch_args.hpp>
 #include <flowprior/backend/cpu_blas.hpp>
 #include <flowprior/backend/cpu_gemm.hpp>
+#include <flowprior/backend/ode_args.hpp>
 #include <flowprior/backend/optim_args.hpp>
 #include <flowprior/backend/parallel.hpp>
 #include <flowprior/core/activation.hpp>
@@ -366,27 +367,6 @@ struct CpuBackend {
     detail::for_cols(1, t.size, [&](Index i0, Index i1) {
       for (Index i = i0; i < i1; ++i) t_out[i] = S(1) - t[i];
     });
-  }
-
-  /// Index (i + j * rows) of the first NaN or Inf of A in column order, or -1. A flag scan on
-  /// the thread team first; the index search only when it trips.
-  template <class S>
-  static Index first_nonfinite_cols(Context&, ConstMatrixView<S> A) {
-    const S big = std::numeric_limits<S>::max();
-    std::atomic<unsigned> any{0};
-    detail::for_cols(A.rows, A.cols, [&](Index j0, Index j1) {
-      unsigned bad = 0;
-      for (Index j = j0; j < j1; ++j) {
-        const S* a = A.col(j);
-        for (Index i = 0; i < A.rows; ++i) bad |= static_cast<unsigned>(!(std::abs(a[i]) <= big));
-      }
-      if (bad != 0) any.store(1, std::memory_order_relaxed);
-    });
-    if (any.load(std::memory_order_relaxed) == 0) return -1;
-    for (Index j = 0; j < A.cols; ++j)
-      for (Index i = 0; i < A.rows; ++i)
-        if (!(std::abs(A(i, j)) <= big)) return i + j * A.rows;
-    return -1;
   }
 
   /// Index of the first t outside [0, 1] (NaN included), or -1.
@@ -770,6 +750,150 @@ struct CpuBackend {
         const S* x = dz.col(col);
         S* o = dh.col(col);
         for (Index i = 0; i < dh.rows; ++i) o[i] += g[i] * x[i];
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // ODE primitives: the stages, the error norms and the state checks of the solvers
+  // (ode/integrate.hpp), and the per-sample reductions of the likelihood (ode/flow_ode.hpp),
+  // docs/math/ode.md. Coefficients are doubles; every element is evaluated in double and rounded
+  // to S once. Views may have ld > rows (the likelihood's state is a row block of its augmented
+  // state). Element-wise work runs by columns on the thread team; the sums that steer the step
+  // size are added serially in column-major order (column by column, each column top to bottom),
+  // so they are the same bits for any thread count.
+
+  /// out = z + h sum_k c_k k_k over the terms (ode.md (1)-(4)): per element, acc = 0 plus each
+  /// c_k double(k_k) in the order of the terms, out = S(double(z) + h acc). out may alias z or a
+  /// stage (each element is read before it is written).
+  template <class S>
+  static void lincomb(Context&, CView<S> z, double h, const StageTerms<S>& terms,
+                      MatrixView<S> out) {
+    const Index n = out.rows;
+    const int nt = terms.count;
+    detail::for_cols(n, out.cols, [&](Index j0, Index j1) {
+      const S* kc[StageTerms<S>::kMax] = {};
+      for (Index j = j0; j < j1; ++j) {
+        for (int t = 0; t < nt; ++t) kc[t] = terms.stage[t].col(j);
+        const S* zc = z.col(j);
+        S* o = out.col(j);
+        for (Index i = 0; i < n; ++i) {
+          double acc = 0;
+          for (int t = 0; t < nt; ++t) acc += terms.coef[t] * double(kc[t][i]);
+          o[i] = static_cast<S>(double(zc[i]) + h * acc);
+        }
+      }
+    });
+  }
+
+  /// The embedded error of an adaptive step, as a sum of squares (ode.md (5)): over every element,
+  /// (double(e) / (atol + rtol max(|y0|, |y1|)))^2 with e = S(h acc) and acc the terms' sum as in
+  /// lincomb (the estimate rounded to S, as a stored one would be; it is not stored). y0, y1 and
+  /// the stages have one shape. Added serially in column-major order; NaN or Inf when an element
+  /// is not finite. The caller's RMS is sqrt(sum / max(1, rows cols)).
+  template <class S>
+  static double error_sq_sum(Context&, CView<S> y0, CView<S> y1, double h,
+                             const StageTerms<S>& terms, double atol, double rtol) {
+    const int nt = terms.count;
+    double s = 0;
+    for (Index j = 0; j < y0.cols; ++j) {
+      const S* a = y0.col(j);
+      const S* b = y1.col(j);
+      for (Index i = 0; i < y0.rows; ++i) {
+        double acc = 0;
+        for (int t = 0; t < nt; ++t) acc += terms.coef[t] * double(terms.stage[t](i, j));
+        const double e = double(static_cast<S>(h * acc));
+        const double sc = atol + rtol * std::max(std::abs(double(a[i])), std::abs(double(b[i])));
+        const double r = e / sc;
+        s += r * r;
+      }
+    }
+    return s;
+  }
+
+  /// sum over every element of ((a - b) / (atol + rtol |y|))^2, the difference taken in double (an
+  /// empty b: a alone). The norms of the automatic starting step (ode.md (6)): |z|, |f(z)| and
+  /// |f(z + h0 f) - f(z)| with y = z. Added serially in column-major order.
+  template <class S>
+  static double scaled_sq_sum(Context&, CView<S> y, CView<S> a, CView<S> b, double atol,
+                              double rtol) {
+    const bool diff = !b.empty();
+    double s = 0;
+    for (Index j = 0; j < y.cols; ++j) {
+      const S* yc = y.col(j);
+      const S* ac = a.col(j);
+      const S* bc = diff ? b.col(j) : nullptr;
+      for (Index i = 0; i < y.rows; ++i) {
+        const double sc = atol + rtol * std::abs(double(yc[i]));
+        const double v = diff ? double(ac[i]) - double(bc[i]) : double(ac[i]);
+        s += std::pow(v / sc, 2);
+      }
+    }
+    return s;
+  }
+
+  /// The first NaN or Inf of A in column-major order, with its position and value (NonFinite,
+  /// backend/ode_args.hpp; not found: i = j = -1). A flag scan by columns on the thread team; the
+  /// position search only when it trips. The input checks and the state checks of ode/.
+  template <class S>
+  static NonFinite find_nonfinite(Context&, ConstMatrixView<S> A) {
+    const S big = std::numeric_limits<S>::max();
+    std::atomic<unsigned> flagged{0};
+    detail::for_cols(A.rows, A.cols, [&](Index j0, Index j1) {
+      unsigned bad = 0;
+      for (Index j = j0; j < j1; ++j) {
+        const S* c = A.col(j);
+        for (Index i = 0; i < A.rows; ++i) bad |= static_cast<unsigned>(!(std::abs(c[i]) <= big));
+      }
+      if (bad != 0) flagged.fetch_or(1u, std::memory_order_relaxed);
+    });
+    NonFinite r;
+    if (flagged.load(std::memory_order_relaxed) == 0) return r;
+    for (Index j = 0; j < A.cols; ++j)
+      for (Index i = 0; i < A.rows; ++i)
+        if (!std::isfinite(A(i, j))) {
+          r.i = i;
+          r.j = j;
+          r.value = double(A(i, j));
+          return r;
+        }
+    return r;
+  }
+
+  /// Hutchinson's divergence estimate from K probes a sample (ode.md (9)): div_out(0, b) =
+  /// S(acc / K), acc = sum over k, then i, of double(eps(i, c)) double(jv(i, c)), c = b*K + k,
+  /// in that order. div_out is a 1 x B view (a row of a matrix: any ld); eps and jv are (d, B*K).
+  template <class S>
+  static void probe_dots(Context&, CView<S> eps, CView<S> jv, Index K, MatrixView<S> div_out) {
+    const Index d = eps.rows;
+    detail::for_cols(d * K, div_out.cols, [&](Index b0, Index b1) {
+      for (Index b = b0; b < b1; ++b) {
+        double acc = 0;
+        for (Index k = 0; k < K; ++k) {
+          const S* e = eps.col(b * K + k);
+          const S* p = jv.col(b * K + k);
+          for (Index i = 0; i < d; ++i) acc += double(e[i]) * double(p[i]);
+        }
+        div_out(0, b) = static_cast<S>(acc / double(K));
+      }
+    });
+  }
+
+  /// The log-density of a standard normal plus an accumulated term, per column (ode.md (7)):
+  /// logp_out[b] = S(-r2 / 2 - (d / 2) log(2 pi) + double(l(0, b))), r2 = sum_i double(z(i, b))^2
+  /// in order, d = z.rows. l is a 1 x B view (a row of a matrix: any ld); empty adds nothing.
+  template <class S>
+  static void normal_logpdf(Context&, CView<S> z, CView<S> l, VectorView<S> logp_out) {
+    const double log2pi = std::log(2.0 * 3.14159265358979323846);
+    const Index d = z.rows;
+    const bool with_l = !l.empty();
+    detail::for_cols(d, logp_out.size, [&](Index b0, Index b1) {
+      for (Index b = b0; b < b1; ++b) {
+        const S* zc = z.col(b);
+        double r2 = 0;
+        for (Index i = 0; i < d; ++i) r2 += double(zc[i]) * double(zc[i]);
+        const double base = -0.5 * r2 - 0.5 * double(d) * log2pi;
+        logp_out[b] = static_cast<S>(with_l ? base + double(l(0, b)) : base);
       }
     });
   }

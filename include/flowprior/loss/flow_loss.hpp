@@ -29,6 +29,7 @@
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/loss/draws.hpp>
+#include <flowprior/nn/field_context.hpp>
 #include <flowprior/prior.hpp>
 #include <new>
 #include <string>
@@ -54,9 +55,15 @@ struct AlignmentOptions {
 };
 
 namespace detail {
-/// The backend a field runs on (nn::field_backend; kept under this name for existing callers).
+
+/// The backend a field runs on (nn::field_backend, nn/field_context.hpp; the old name).
 template <class Field>
 using field_backend = nn::field_backend<Field>;
+
+/// Whether a field workspace W carries a backend context (nn::has_context; the old name).
+template <class W, class Context>
+using has_context = nn::has_context<W, Context>;
+
 }  // namespace detail
 
 /// Memory reused across calls (one per thread): the prior's workspace and the loss's buffers, in

@@ -31,7 +31,6 @@
 /// the build with a message naming it.
 #pragma once
 
-#include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/types.hpp>
 #include <type_traits>
 #include <utility>
@@ -191,28 +190,6 @@ constexpr bool check_trainable_field() {
   }
   return is_trainable_field<F>::value;
 }
-
-/// The backend a field runs on: F::BackendType when the field names one (the fields on the shell
-/// nn::FieldBase do), else CpuBackend (a field written from scratch runs on the host). Prior, the
-/// losses, the trainer, the aligner and the ODE routines run their own primitives on it.
-template <class F, class = void>
-struct field_backend {
-  using type = CpuBackend;
-};
-template <class F>
-struct field_backend<F, std::void_t<typename F::BackendType>> {
-  using type = typename F::BackendType;
-};
-template <class F>
-using field_backend_t = typename field_backend<F>::type;
-
-/// Whether a field workspace W carries a backend context of type Context (context() returning
-/// Context&, and set_context: nn::FieldWorkspace does).
-template <class W, class Context, class = void>
-struct workspace_has_context : std::false_type {};
-template <class W, class Context>
-struct workspace_has_context<W, Context, std::void_t<decltype(std::declval<W&>().context())>>
-    : std::is_same<decltype(std::declval<W&>().context()), Context&> {};
 
 }  // namespace nn
 }  // namespace flowprior

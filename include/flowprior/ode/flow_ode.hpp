@@ -10,15 +10,26 @@
 /// The divergence is exact (the field's own divergence: about dim x-path passes) or a Hutchinson
 /// estimate eps^T J eps averaged over K probes held fixed during one solve (K JVPs). Memory does
 /// not grow with the number of steps.
+///
+/// Everything runs on the field's backend (nn::field_backend: Field::BackendType, else CpuBackend)
+/// on one context, the workspace's (the field workspace's when it has one): the solvers and the
+/// per-element work of the likelihood (the augmented state, the Hutchinson dot products, the
+/// final log-density, the input check) are backend primitives (docs/backends.md "ODE
+/// primitives") on buffers of the backend. Only draw_noise and the drawing of the Hutchinson
+/// probes use the host (the caller's Rng); the probes are uploaded once per solve.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <flowprior/backend/ode_args.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/random.hpp>
 #include <flowprior/core/size.hpp>
+#include <flowprior/nn/field_context.hpp>
 #include <flowprior/ode/integrate.hpp>
 #include <flowprior/prior.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -48,17 +59,38 @@ struct LikelihoodOptions {
   }
 };
 
-/// Reused memory of the ODE routines (one per thread).
+/// Reused memory of the ODE routines (one per thread): the prior's workspace and buffers of the
+/// field's backend (grown on first use, then reused: a warmed-up call allocates nothing).
+///
+/// The context (docs/backends.md "Context"): one context runs a whole solve, the field's passes,
+/// the prior's and the ODE primitives alike: the prior workspace's (Prior::Workspace::context(),
+/// the field workspace's when the field's workspace has one). set_context lends the caller's.
 template <class Field>
 struct OdeWorkspace {
   static_assert(nn::check_velocity_field<Field>(),
                 "ode::OdeWorkspace<Field>: Field is not a velocity field (docs/fields.md)");
   using S = typename Field::Scalar;
+  using Backend = nn::field_backend_t<Field>;
+  using Context = typename Backend::Context;
+  template <class T>
+  using Buffer = typename Backend::template Buffer<T>;
+
   typename Prior<Field>::Workspace prior;
-  std::vector<S> t, div, state, work, probes, jv;
+  /// Backend memory: the times of an evaluation, the exact divergences, the likelihood's
+  /// augmented state, the solver's stages (`work`), the Hutchinson probes and their products.
+  Buffer<S> t, div, state, work, probes, jv;
+  std::vector<S> host_probes;  ///< the Hutchinson probes as drawn on the host, before the upload
+
+  /// The context the ODE routines run on.
+  Context& context() { return prior.context(); }
+  /// Runs on `ctx` from now on (not owned: the caller keeps it alive); nullptr returns to the
+  /// workspace's own.
+  void set_context(Context* ctx) { prior.set_context(ctx); }
 };
 
-/// Fills z with standard normal noise.
+/// Fills z with standard normal noise from the caller's generator. A host helper: it writes the
+/// elements of z on the host, so z must be host memory (for a device backend, draw into a host
+/// matrix and upload it with Backend::copy_from_host).
 template <class S>
 void draw_noise(MatrixView<S> z, Rng& rng) {
   for (Index j = 0; j < z.cols; ++j)
@@ -67,12 +99,28 @@ void draw_noise(MatrixView<S> z, Rng& rng) {
 
 namespace detail {
 
-template <class S>
-ConstVectorView<S> fill_time(std::vector<S>& buf, Index B, double t) {
+/// The times of one evaluation: B copies of t (clamped to [0, 1]) in `buf`, by Backend::fill.
+template <class Backend, class S>
+ConstVectorView<S> fill_time(typename Backend::Context& ctx,
+                             typename Backend::template Buffer<S>& buf, Index B, double t) {
   // Stage times of the solvers stay inside [t0, t1]; clamp the last rounding error.
   const S tt = static_cast<S>(std::min(1.0, std::max(0.0, t)));
-  buf.assign(static_cast<std::size_t>(B), tt);
-  return {buf.data(), B};
+  S* p = grow<Backend, S>("ode", "the times of an evaluation", buf, B);
+  Backend::fill(ctx, MatrixView<S>(p, B, 1), tt);
+  return {p, B};
+}
+
+/// Throws numeric_error naming the argument, the position (i, j) and the value of the first NaN
+/// or Inf of m (a backend scan: Backend::find_nonfinite).
+template <class Backend, class S>
+void check_finite_on(typename Backend::Context& ctx, const char* where, const char* name,
+                     ConstMatrixView<S> m) {
+  const NonFinite bad = Backend::find_nonfinite(ctx, m);
+  if (!bad.found()) return;
+  std::ostringstream os;
+  os << "[flowprior.numeric] " << where << ": argument '" << name << "' has a non-finite value "
+     << bad.value << " at (" << bad.i << ", " << bad.j << ")";
+  flowprior::detail::raise<numeric_error>(os.str());
 }
 
 }  // namespace detail
@@ -85,10 +133,12 @@ SolveStats sample(const Prior<Field>& prior, Convention conv, MatrixView<typenam
   using S = typename Field::Scalar;
   check_convention("ode::sample", "the prior", prior.convention(), conv);
   check_shape("ode::sample", "z", z, prior.dim(), z.cols);
+  using Backend = typename OdeWorkspace<Field>::Backend;
+  auto& ctx = ws.context();
   auto f = [&](double t, ConstMatrixView<S> x, MatrixView<S> dx) {
-    prior.forward(x, detail::fill_time(ws.t, x.cols, t), dx, ws.prior);
+    prior.forward(x, detail::fill_time<Backend, S>(ctx, ws.t, x.cols, t), dx, ws.prior);
   };
-  return integrate(f, noise_time(conv), data_time(conv), z, opt, ws.work);
+  return integrate_on<Backend>(ctx, ws.work, f, noise_time(conv), data_time(conv), z, opt);
 }
 
 /// As sample, also reporting the state at `times` (monotone from the noise time towards the data
@@ -103,10 +153,12 @@ SolveStats sample_trajectory(const Prior<Field>& prior, Convention conv,
   for (double t : times)
     if (!(t >= 0 && t <= 1))
       raise_config("ode::sample_trajectory", "requested times must lie in [0, 1]");
+  using Backend = typename OdeWorkspace<Field>::Backend;
+  auto& ctx = ws.context();
   auto f = [&](double t, ConstMatrixView<S> x, MatrixView<S> dx) {
-    prior.forward(x, detail::fill_time(ws.t, x.cols, t), dx, ws.prior);
+    prior.forward(x, detail::fill_time<Backend, S>(ctx, ws.t, x.cols, t), dx, ws.prior);
   };
-  return integrate_observed(f, noise_time(conv), times, z, opt, ws.work, observe);
+  return integrate_observed_on<Backend>(ctx, ws.work, f, noise_time(conv), times, z, opt, observe);
 }
 
 /// log p(x) per column of x (dim, B) under the prior, in nats, by the likelihood ODE.
@@ -127,58 +179,51 @@ SolveStats log_likelihood(const Prior<Field>& prior, Convention conv,
   check_shape(w, "x", x, d, B);
   check_size(w, "logp", logp, B);
   if (!z_noise.empty()) check_shape(w, "z_noise", z_noise, d, B);
-  check_finite(w, "x", x);
+  using Backend = typename OdeWorkspace<Field>::Backend;
+  auto& ctx = ws.context();
+  detail::check_finite_on<Backend, S>(ctx, w, "x", x);
   const bool hutch = opt.divergence == Divergence::Hutchinson;
   const Index K = opt.probes;
   if (hutch) {
     if (rng == nullptr) raise_config(w, "Hutchinson estimates need a random generator");
     const Index n_probes =
         checked_mul(w, "dim x rows x probes", checked_mul(w, "dim x rows", d, B), K);
-    checked_resize(w, "the Hutchinson probes", ws.probes, n_probes);
-    checked_resize(w, "the Hutchinson products", ws.jv, n_probes);
-    for (auto& e : ws.probes)  // drawn once: fixed during the solve
+    checked_resize(w, "the Hutchinson probes", ws.host_probes, n_probes);
+    for (auto& e : ws.host_probes)  // drawn once on the host: fixed during the solve
       e = opt.probe == Probe::Rademacher ? (uniform01(*rng) < 0.5 ? S(-1) : S(1))
                                          : static_cast<S>(normal01(*rng));
+    detail::grow<Backend, S>(w, "the Hutchinson probes", ws.probes, n_probes);
+    Backend::copy_from_host(ws.host_probes.data(), n_probes, ws.probes);
+    detail::grow<Backend, S>(w, "the Hutchinson products", ws.jv, n_probes);
   }
   // Augmented state (d + 1, B): rows 0..d-1 the point, row d the accumulated divergence.
-  ws.state.resize(static_cast<std::size_t>((d + 1) * B));
-  MatrixView<S> s(ws.state.data(), d + 1, B);
-  for (Index b = 0; b < B; ++b) {
-    for (Index i = 0; i < d; ++i) s(i, b) = x(i, b);
-    s(d, b) = S(0);
-  }
-  ws.div.resize(static_cast<std::size_t>(B));
+  const Index n_state = checked_mul(w, "(dim + 1) x rows", checked_add(w, "dim + 1", d, 1), B);
+  MatrixView<S> s(detail::grow<Backend, S>(w, "the augmented state", ws.state, n_state), d + 1, B);
+  Backend::copy(ctx, x, s.row_block(0, d));
+  Backend::fill(ctx, s.row_block(d, 1), S(0));
+  S* div_mem = detail::grow<Backend, S>(w, "the divergences", ws.div, B);
   auto f = [&](double t, ConstMatrixView<S> st, MatrixView<S> ds) {
     const ConstMatrixView<S> xz = st.row_block(0, d);
     MatrixView<S> v = ds.row_block(0, d);
     const Index n = st.cols;
-    VectorView<S> div(ws.div.data(), n);
-    const auto tv = detail::fill_time(ws.t, n, t);
+    const auto tv = detail::fill_time<Backend, S>(ctx, ws.t, n, t);
     if (!hutch) {
-      prior.divergence(xz, tv, v, div, ws.prior);
+      prior.divergence(xz, tv, v, VectorView<S>(div_mem, n), ws.prior);
+      Backend::copy(ctx, ConstMatrixView<S>(div_mem, 1, n), ds.row_block(d, 1));
     } else {
       prior.forward(xz, tv, v, ws.prior);
       const ConstMatrixView<S> eps(ws.probes.data(), d, n * K);
-      MatrixView<S> jv(ws.jv.data(), d, n * K);
+      const MatrixView<S> jv(ws.jv.data(), d, n * K);
       prior.jvp_x(ws.prior, eps, jv, K);
-      for (Index b = 0; b < n; ++b) {  // (1/K) sum_k eps_k . (J eps_k)           ode.md (9)
-        double acc = 0;
-        for (Index k = 0; k < K; ++k)
-          for (Index i = 0; i < d; ++i) acc += double(eps(i, b * K + k)) * double(jv(i, b * K + k));
-        div[b] = static_cast<S>(acc / double(K));
-      }
+      // (1/K) sum_k eps_k . (J eps_k) into the last row                    ode.md (9)
+      Backend::probe_dots(ctx, eps, jv, K, ds.row_block(d, 1));
     }
-    for (Index b = 0; b < n; ++b) ds(d, b) = div[b];
   };
-  const SolveStats st = integrate(f, data_time(conv), noise_time(conv), s, opt.solver, ws.work);
-  const double log2pi = std::log(2.0 * 3.14159265358979323846);
-  for (Index b = 0; b < B; ++b) {
-    double r2 = 0;
-    for (Index i = 0; i < d; ++i) r2 += double(s(i, b)) * double(s(i, b));
-    logp[b] = static_cast<S>(-0.5 * r2 - 0.5 * double(d) * log2pi + double(s(d, b)));
-    if (!z_noise.empty())
-      for (Index i = 0; i < d; ++i) z_noise(i, b) = s(i, b);
-  }
+  const SolveStats st =
+      integrate_on<Backend>(ctx, ws.work, f, data_time(conv), noise_time(conv), s, opt.solver);
+  // log N(z; 0, I) + l per column                                                  ode.md (7)
+  Backend::normal_logpdf(ctx, s.row_block(0, d), s.row_block(d, 1), logp);
+  if (!z_noise.empty()) Backend::copy(ctx, s.row_block(0, d), z_noise);
   return st;
 }
 
