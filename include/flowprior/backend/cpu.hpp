@@ -724,6 +724,64 @@ struct CpuBackend {
     });
   }
 
+  // ---------------------------------------------------------------------------------------------
+  // Gather and state primitives: the trainer's batch gather and the finiteness scan of a matrix
+  // view (train/), and the view forms of the host transfers, by which the optimizer state and a
+  // field's parameters reach checkpoints and come back (optim/, train/checkpoint.hpp).
+
+  /// Host transfer into backend memory seen through a view (no context, as copy_from_host on a
+  /// Buffer): dst.size elements from the host array src (a checkpoint's parameters into a
+  /// field's parameters()).
+  template <class S>
+  static void copy_from_host(const S* src, VectorView<S> dst) {
+    if (dst.size > 0) std::memcpy(dst.data, src, sizeof(S) * std::size_t(dst.size));
+  }
+
+  /// Host transfer out of backend memory seen through a view (no context): src.size elements
+  /// into the host array dst (a field's parameters to a checkpoint; one element read back to
+  /// name a bad value in an error message).
+  template <class S>
+  static void copy_to_host(CVec<S> src, S* dst) {
+    if (src.size > 0) std::memcpy(dst, src.data, sizeof(S) * std::size_t(src.size));
+  }
+
+  /// B_out(:, j) = A(:, idx[j]) for the B_out.cols columns of B_out (the trainer's batch drawn
+  /// from its targets). idx is backend memory (a Buffer<Index> filled with copy_from_host).
+  /// @pre A.rows == B_out.rows and 0 <= idx[j] < A.cols for every j: the indices are not checked
+  /// (the caller draws them in range; a device backend could not report one without a
+  /// reduction). B_out must not overlap A.
+  template <class S>
+  static void gather_cols(Context&, CView<S> A, const Index* idx, MatrixView<S> B_out) {
+    detail::for_cols(B_out.rows, B_out.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j)
+        std::memcpy(B_out.col(j), A.col(idx[j]), sizeof(S) * std::size_t(B_out.rows));
+    });
+  }
+
+  /// The position k = i + j * A.rows (column-major order of the elements, whatever A.ld) of the
+  /// first NaN or Inf of A, or -1 if every element is finite (an empty A included). A flag scan
+  /// of the columns on the thread team first; the position search only when it trips.
+  template <class S>
+  static Index first_nonfinite_cols(Context&, ConstMatrixView<S> A) {
+    const S big = std::numeric_limits<S>::max();
+    std::atomic<unsigned> flagged{0};
+    detail::for_cols(A.rows, A.cols, [&](Index j0, Index j1) {
+      unsigned bad = 0;
+      for (Index j = j0; j < j1; ++j) {
+        const S* a = A.col(j);
+        for (Index i = 0; i < A.rows; ++i) bad |= static_cast<unsigned>(!(std::abs(a[i]) <= big));
+      }
+      if (bad != 0) flagged.fetch_or(bad, std::memory_order_relaxed);
+    });
+    if (flagged.load(std::memory_order_relaxed) == 0) return -1;
+    for (Index j = 0; j < A.cols; ++j) {
+      const S* a = A.col(j);
+      for (Index i = 0; i < A.rows; ++i)
+        if (!std::isfinite(a[i])) return i + j * A.rows;
+    }
+    return -1;
+  }
+
  private:
   /// SiLU on packets: a = z / (1 + exp(-z)). Same limits as math::silu (0 as z -> -inf, z as
   /// z -> +inf: exp overflows to inf or underflows to 0, never NaN for finite z); within a few
