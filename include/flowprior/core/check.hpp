@@ -81,6 +81,23 @@ inline void check_finite(const char* where, const char* name, ConstMatrixView<S>
   }
 }
 
+/// check_finite for a view of backend memory (device memory on a device backend): the scan is
+/// Backend::first_nonfinite_cols on ctx, and only on the error path is the bad element copied
+/// to the host (one value, Backend::copy_to_host) to name it. Same message as check_finite.
+template <class Backend, class S>
+inline void check_finite_on(typename Backend::Context& ctx, const char* where, const char* name,
+                            ConstMatrixView<S> m) {
+  const Index k = Backend::first_nonfinite_cols(ctx, m);
+  if (k < 0) return;
+  const Index i = k % m.rows, j = k / m.rows;
+  S value{};
+  Backend::copy_to_host(ConstVectorView<S>(m.col(j) + i, 1), &value);
+  std::ostringstream os;
+  os << "[flowprior.numeric] " << where << ": argument '" << name << "' has a non-finite value "
+     << value << " at (" << i << ", " << j << ")";
+  detail::raise<numeric_error>(os.str());
+}
+
 /// Throws value_error unless every t lies in [0, 1] (NaN fails too).
 template <class S>
 inline void check_unit_interval(const char* where, const char* name, ConstVectorView<S> t) {
