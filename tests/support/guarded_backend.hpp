@@ -202,6 +202,7 @@ struct GuardedBackend {
   FPT_GUARDED(reverse_times)
   FPT_GUARDED(first_outside_unit)
   FPT_GUARDED(time_runs)
+  FPT_GUARDED(gather_cols)
   FPT_GUARDED(gemm_batched)
   FPT_GUARDED(softmax_cols)
   FPT_GUARDED(softmax_backward_cols)

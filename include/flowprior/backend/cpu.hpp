@@ -1023,6 +1023,22 @@ struct CpuBackend {
     });
   }
 
+  // ---------------------------------------------------------------------------------------------
+  // Gather primitive: the trainer's batch drawn from its targets (train/trainer.hpp).
+
+  /// B_out(:, j) = A(:, idx[j]) for the B_out.cols columns of B_out (the trainer's batch drawn
+  /// from its targets). idx is backend memory (a Buffer<Index> filled with copy_from_host).
+  /// @pre A.rows == B_out.rows and 0 <= idx[j] < A.cols for every j: the indices are not checked
+  /// (the caller draws them in range; a device backend could not report one without a
+  /// reduction). B_out must not overlap A.
+  template <class S>
+  static void gather_cols(Context&, CView<S> A, const Index* idx, MatrixView<S> B_out) {
+    detail::for_cols(B_out.rows, B_out.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j)
+        std::memcpy(B_out.col(j), A.col(idx[j]), sizeof(S) * std::size_t(B_out.rows));
+    });
+  }
+
  private:
   /// SiLU on packets: a = z / (1 + exp(-z)). Same limits as math::silu (0 as z -> -inf, z as
   /// z -> +inf: exp overflows to inf or underflows to 0, never NaN for finite z); within a few

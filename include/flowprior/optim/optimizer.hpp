@@ -5,9 +5,10 @@
 /// contiguous vector (a field's `parameters()` / gradient buffer, one flat buffer), and
 /// its per-element work is a primitive of the backend (`adam_update`, `sum_squares`, `max_abs`,
 /// `first_nonfinite`, `scale_vec`, `ema_update`: docs/backends.md), run on a backend context
-/// (docs/backends.md "Context"): this header has no loop over the elements and includes neither
-/// Eigen nor OpenMP (host code gets the default backend, CpuBackend, included at the end, as the
-/// fields do). Equations: docs/math/optim.md.
+/// (docs/backends.md "Context"): this header reads no element of backend memory (the only loops
+/// check a restored state on the host, where it arrives) and includes neither Eigen nor OpenMP
+/// (host code gets the default backend, CpuBackend, included at the end, as the fields do).
+/// Equations: docs/math/optim.md.
 ///
 /// Contexts: Adam and Ema own a context of their backend, or use the caller's (set_context);
 /// grad_norm and clip_grad_norm take one as their first argument, or make an empty one of their
@@ -16,6 +17,13 @@
 /// Scalars: `S` is float or double. Optimizer moments and EMA weights are stored in `S`; the
 /// scalar coefficients (betas, bias corrections, step size, decay) are doubles and each
 /// element's update is evaluated in double before it is rounded back to `S`.
+///
+/// State: the moments and the averaged weights are `Backend::Buffer<S>` (device memory on a
+/// device backend). They are read as views of that memory (m_view(), v_view(), weights_view():
+/// for primitives) or copied to the host (copy_m_to, copy_v_to, copy_weights_to into a caller's
+/// array; m(), v(), weights() into a new std::vector): the latter is how the state reaches a
+/// checkpoint. set_state takes host data, checks it on the host and uploads it
+/// (Backend::copy_from_host).
 #pragma once
 
 #include <cmath>
@@ -48,6 +56,32 @@ inline std::string optim_num(double x) {
   os << "[flowprior.numeric] " << where << ": argument '" << name << "' has a non-finite value "
      << value << " at index " << i;
   raise<numeric_error>(os.str());
+}
+
+/// The element i of a vector in backend memory, copied to the host (one element: for the value
+/// an error message names).
+template <class Backend, class S>
+double optim_element(ConstVectorView<S> x, Index i) {
+  S value{};
+  Backend::copy_to_host(x.data + i, 1, &value);
+  return static_cast<double>(value);
+}
+
+/// Index of the first NaN/Inf of x, or -1. x is host memory: restored state is checked on the
+/// host, before it is uploaded.
+template <class S>
+Index host_first_nonfinite(ConstVectorView<S> x) {
+  for (Index i = 0; i < x.size; ++i)
+    if (!std::isfinite(x[i])) return i;
+  return -1;
+}
+
+/// Index of the first negative entry of x (host memory), or -1.
+template <class S>
+Index host_first_negative(ConstVectorView<S> x) {
+  for (Index i = 0; i < x.size; ++i)
+    if (x[i] < S(0)) return i;
+  return -1;
 }
 
 }  // namespace detail
@@ -103,12 +137,15 @@ struct AdamConfig {
 ///   adam.step(params, grads, schedule.at(adam.steps()));
 /// @endcode
 /// The update runs on the backend primitive Backend::adam_update, on context() (the optimizer's
-/// own context, or the caller's: set_context). The moments live in host memory (std::vector).
+/// own context, or the caller's: set_context). The moments are Backend::Buffer<S> (device memory
+/// on a device backend): m_view() / v_view() for primitives, copy_m_to / copy_v_to (or m() /
+/// v()) for a host copy, set_state to restore one.
 template <class S, class Backend = CpuBackend>
 class Adam {
  public:
   using Scalar = S;
   using Context = typename Backend::Context;
+  using Buffer = typename Backend::template Buffer<S>;
 
   /// An optimizer for n parameters. @pre n >= 0 (else config_error); cfg.validate() is called.
   Adam(Index n, AdamConfig cfg) : cfg_(cfg) {
@@ -117,8 +154,9 @@ class Adam {
     check_allocation("Adam", "the moments of " + std::to_string(n) + " parameters",
                      checked_mul("Adam", "2 x parameters", 2, n), sizeof(S));
     n_ = n;
-    m_.assign(static_cast<std::size_t>(n), S(0));
-    v_.assign(static_cast<std::size_t>(n), S(0));
+    Backend::resize(m_, n);
+    Backend::resize(v_, n);
+    zero_moments();
   }
 
   /// One Adam step at learning rate `lr` (this step's rate, e.g. LrSchedule::at(steps())):
@@ -140,7 +178,8 @@ class Adam {
     Context& ctx = context();
     const Index bad = Backend::first_nonfinite(ctx, grads);
     if (bad >= 0)
-      detail::optim_raise_nonfinite("Adam::step", "grads", static_cast<double>(grads[bad]), bad);
+      detail::optim_raise_nonfinite("Adam::step", "grads",
+                                    detail::optim_element<Backend, S>(grads, bad), bad);
 
     ++t_;
     AdamStep a;
@@ -170,10 +209,26 @@ class Adam {
   Index size() const { return n_; }
   /// The hyper-parameters.
   const AdamConfig& config() const { return cfg_; }
-  /// First moment m (size n), docs/math/optim.md (1); for checkpoints.
-  const std::vector<S>& m() const { return m_; }
-  /// Second moment v (size n), docs/math/optim.md (1); for checkpoints.
-  const std::vector<S>& v() const { return v_; }
+  /// First moment m (size n), docs/math/optim.md (1), as a view of backend memory.
+  ConstVectorView<S> m_view() const { return {m_.data(), n_}; }
+  /// Second moment v (size n), docs/math/optim.md (1), as a view of backend memory.
+  ConstVectorView<S> v_view() const { return {v_.data(), n_}; }
+  /// Copies m to the host array `host` (n elements; Backend::copy_to_host): for checkpoints.
+  void copy_m_to(S* host) const { Backend::copy_to_host(m_view().data, n_, host); }
+  /// Copies v to the host array `host` (n elements; Backend::copy_to_host): for checkpoints.
+  void copy_v_to(S* host) const { Backend::copy_to_host(v_view().data, n_, host); }
+  /// A host copy of m (allocates n elements).
+  std::vector<S> m() const {
+    std::vector<S> host(static_cast<std::size_t>(n_));
+    copy_m_to(host.data());
+    return host;
+  }
+  /// A host copy of v (allocates n elements).
+  std::vector<S> v() const {
+    std::vector<S> host(static_cast<std::size_t>(n_));
+    copy_v_to(host.data());
+    return host;
+  }
 
   /// The context the updates run on: the optimizer's own, or the one lent by set_context.
   Context& context() { return ctx_.get(); }
@@ -181,15 +236,16 @@ class Adam {
   /// optimizer steps); nullptr returns to the optimizer's own context.
   void set_context(Context* ctx) { ctx_.lend(ctx); }
 
-  /// Zeroes the step count and both moments (a fresh optimizer).
+  /// Zeroes the step count and both moments (a fresh optimizer), on context().
   void reset() {
     t_ = 0;
-    m_.assign(m_.size(), S(0));
-    v_.assign(v_.size(), S(0));
+    zero_moments();
   }
 
   /// Restores a checkpointed state (steps(), m(), v() of the saved optimizer), so that the next
-  /// step is bit-identical to the one the saved optimizer would have taken.
+  /// step is bit-identical to the one the saved optimizer would have taken. m and v are host
+  /// memory (as m() and v() return it): they are checked on the host, then uploaded
+  /// (Backend::copy_from_host).
   /// Throws shape_error if m or v has a size other than n, value_error if steps < 0, numeric_error
   /// if m or v holds NaN/Inf, value_error if v has a negative entry; the state is unchanged then.
   void set_state(Index steps, ConstVectorView<S> m, ConstVectorView<S> v) {
@@ -198,27 +254,32 @@ class Adam {
     if (steps < 0)
       detail::raise<value_error>("[flowprior.value] Adam::set_state: steps must be >= 0, got " +
                                  std::to_string(steps));
-    Context& ctx = context();
-    Index bad = Backend::first_nonfinite(ctx, m);
+    Index bad = detail::host_first_nonfinite(m);
     if (bad >= 0) detail::optim_raise_nonfinite("Adam::set_state", "m", double(m[bad]), bad);
-    bad = Backend::first_nonfinite(ctx, v);
+    bad = detail::host_first_nonfinite(v);
     if (bad >= 0) detail::optim_raise_nonfinite("Adam::set_state", "v", double(v[bad]), bad);
-    for (Index i = 0; i < n_; ++i)
-      if (v[i] < S(0))
-        detail::raise<value_error>(
-            "[flowprior.value] Adam::set_state: argument 'v' must be >= 0, got " +
-            detail::optim_num(double(v[i])) + " at index " + std::to_string(i));
+    bad = detail::host_first_negative(v);
+    if (bad >= 0)
+      detail::raise<value_error>(
+          "[flowprior.value] Adam::set_state: argument 'v' must be >= 0, got " +
+          detail::optim_num(double(v[bad])) + " at index " + std::to_string(bad));
     t_ = steps;
-    m_.assign(m.data, m.data + n_);
-    v_.assign(v.data, v.data + n_);
+    Backend::copy_from_host(m.data, n_, m_);
+    Backend::copy_from_host(v.data, n_, v_);
   }
 
  private:
+  void zero_moments() {
+    Context& ctx = context();
+    Backend::fill(ctx, MatrixView<S>(m_.data(), n_, 1), S(0));
+    Backend::fill(ctx, MatrixView<S>(v_.data(), n_, 1), S(0));
+  }
+
   AdamConfig cfg_;
   Index n_ = 0;
   Index t_ = 0;
-  std::vector<S> m_;
-  std::vector<S> v_;
+  Buffer m_;
+  Buffer v_;
   ContextSlot<Backend> ctx_;
 };
 
@@ -265,7 +326,7 @@ double clip_grad_norm(typename Backend::Context& ctx, VectorView<S> g, double ma
   if (!std::isfinite(norm)) {
     const Index bad = Backend::first_nonfinite(ctx, ConstVectorView<S>(g));
     detail::optim_raise_nonfinite("clip_grad_norm", "g",
-                                  bad >= 0 ? static_cast<double>(g[bad]) : norm, bad);
+                                  bad >= 0 ? detail::optim_element<Backend, S>(g, bad) : norm, bad);
   }
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0) Backend::scale_vec(ctx, g, coef);
@@ -370,28 +431,35 @@ struct LrSchedule {
 /// e <- decay e + (1 - decay) p at every update(), starting from e = the parameters given to the
 /// constructor (as the released code's EMA copy of the model). No warmup of the decay.
 /// The update runs on the backend primitive Backend::ema_update, on context() (the average's own
-/// context, or the caller's: set_context). The weights live in host memory (std::vector).
+/// context, or the caller's: set_context). The weights are a Backend::Buffer<S> (device memory
+/// on a device backend): weights_view() for primitives, copy_weights_to (or weights()) for a host
+/// copy, set_state to restore one.
 template <class S, class Backend = CpuBackend>
 class Ema {
  public:
   using Scalar = S;
   using Context = typename Backend::Context;
+  using Buffer = typename Backend::template Buffer<S>;
 
-  /// Starts the average at a copy of params (size n). Throws config_error unless
-  /// 0 <= decay < 1 (NaN fails).
+  /// Starts the average at a copy of params (size n; backend memory, e.g. a field's
+  /// parameters()), made by Backend::copy on the average's own context. Throws config_error
+  /// unless 0 <= decay < 1 (NaN fails).
   Ema(ConstVectorView<S> params, double decay) : decay_(decay) {
     if (!(decay >= 0 && decay < 1))
       raise_config("Ema", "decay must lie in [0, 1), got " + detail::optim_num(decay));
     if (params.size < 0)
       raise_config("Ema", "params must have size >= 0, got " + std::to_string(params.size));
-    w_.assign(params.data, params.data + params.size);
+    n_ = params.size;
+    Backend::resize(w_, n_);
+    Backend::copy(context(), ConstMatrixView<S>(params.data, n_, 1),
+                  MatrixView<S>(w_.data(), n_, 1));
   }
 
   /// e <- decay e + (1 - decay) p, elementwise in double with double coefficients, (8).
-  /// Throws shape_error if params has a size other than weights().size() (state unchanged).
+  /// Throws shape_error if params has a size other than size() (state unchanged).
   void update(ConstVectorView<S> params) {
     check_size("Ema::update", "params", params, size());
-    Backend::ema_update(context(), VectorView<S>(w_.data(), size()), params, decay_);
+    Backend::ema_update(context(), VectorView<S>(w_.data(), n_), params, decay_);
     ++updates_;
   }
 
@@ -401,16 +469,25 @@ class Ema {
   /// average is updated); nullptr returns to the average's own context.
   void set_context(Context* ctx) { ctx_.lend(ctx); }
 
-  /// The averaged weights e (size n).
-  const std::vector<S>& weights() const { return w_; }
+  /// The averaged weights e (size n), as a view of backend memory.
+  ConstVectorView<S> weights_view() const { return {w_.data(), n_}; }
+  /// Copies e to the host array `host` (n elements; Backend::copy_to_host): for checkpoints.
+  void copy_weights_to(S* host) const { Backend::copy_to_host(weights_view().data, n_, host); }
+  /// A host copy of e (allocates n elements).
+  std::vector<S> weights() const {
+    std::vector<S> host(static_cast<std::size_t>(n_));
+    copy_weights_to(host.data());
+    return host;
+  }
   /// The decay in [0, 1).
   double decay() const { return decay_; }
   /// Number of update() calls since construction (or as restored by set_state).
   Index updates() const { return updates_; }
   /// Number of parameters n.
-  Index size() const { return static_cast<Index>(w_.size()); }
+  Index size() const { return n_; }
 
-  /// Restores a checkpointed average: updates() and weights() of the saved Ema.
+  /// Restores a checkpointed average: updates() and weights() of the saved Ema. weights is host
+  /// memory (as weights() returns it), uploaded with Backend::copy_from_host.
   /// Throws shape_error if weights has a size other than n, value_error if updates < 0 (state
   /// unchanged then).
   void set_state(Index updates, ConstVectorView<S> weights) {
@@ -419,13 +496,14 @@ class Ema {
       detail::raise<value_error>("[flowprior.value] Ema::set_state: updates must be >= 0, got " +
                                  std::to_string(updates));
     updates_ = updates;
-    w_.assign(weights.data, weights.data + weights.size);
+    Backend::copy_from_host(weights.data, n_, w_);
   }
 
  private:
   double decay_;
   Index updates_ = 0;
-  std::vector<S> w_;
+  Index n_ = 0;
+  Buffer w_;
   ContextSlot<Backend> ctx_;
 };
 

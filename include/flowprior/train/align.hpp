@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cmath>
+#include <flowprior/backend/checks.hpp>
 #include <flowprior/backend/context.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
@@ -44,7 +45,9 @@ struct AlignConfig {
 
 /// Moves latents with Adam on the alignment loss. One context runs the step (docs/backends.md
 /// "Context"): the loss workspace's (its field workspace's), to which the aligner also hands the
-/// gradient zeroing and the Adam step; set_context lends the caller's instead.
+/// finiteness check of the latents, the gradient zeroing and the Adam step; set_context lends the
+/// caller's instead. The latents y are backend memory: the aligner reads their elements only
+/// through backend primitives.
 template <class Field>
 class LatentAligner {
   static_assert(nn::check_velocity_field<Field>(),
@@ -78,8 +81,8 @@ class LatentAligner {
     const char* w = "LatentAligner::step";
     check_shape(w, "y", y, prior_.dim(), n_);
     if (!y.contiguous()) raise_config(w, "y must be a contiguous matrix");
-    check_finite(w, "y", ConstMatrixView<S>(y));
     Context& ctx = ws_.context();
+    check_finite_on<Backend, S>(ctx, w, "y", y);
     {
       const LentContext<loss::FlowDraws<S, Backend>, Context> lend_draws(draws_, ctx);
       loss::draw(draws_, conv_, n_, prior_.dim(), cfg_.K, cfg_.sampler, rng, false,
@@ -97,7 +100,7 @@ class LatentAligner {
         flowprior::detail::raise<numeric_error>("[flowprior.numeric] the loss is not finite");
       const LentContext<optim::Adam<S, Backend>, Context> lend(adam_, ctx);
       adam_.step(VectorView<S>(y.data, prior_.dim() * n_),
-                 ConstVectorView<S>(grad_.data(), Index(grad_.size())));
+                 ConstVectorView<S>(grad_.data(), prior_.dim() * n_));
     } catch (const numeric_error& e) {
       flowprior::detail::raise<numeric_error>(
           std::string("[flowprior.numeric] ") + w + ": the alignment diverged at step " +

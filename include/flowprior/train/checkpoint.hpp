@@ -122,23 +122,35 @@ inline void meta_match(const Safetensors& st, const std::string& key, const std:
 }  // namespace detail
 
 /// Saves the trainer's state, its field and the generator `rng` atomically to `path`, with a
-/// CRC-32 of the whole file in its metadata.
+/// CRC-32 of the whole file in its metadata. The parameters, the EMA weights and Adam's moments
+/// live in backend memory: they reach the file through host copies (Backend::copy_to_host,
+/// Ema::copy_weights_to, Adam::copy_m_to / copy_v_to).
 template <class Field>
 void save_checkpoint(const std::string& path, const train::FlowMatchingTrainer<Field>& trainer,
                      const Field& field, const Rng& rng,
                      const std::map<std::string, std::string>& extra_metadata = {},
                      WriteFaults faults = {}) {
   using S = typename Field::Scalar;
+  using Backend = typename train::FlowMatchingTrainer<Field>::Backend;
+  const auto n = static_cast<std::size_t>(field.num_params());
+  const auto& adam = trainer.optimizer();
+  std::vector<S> params(n), ema(n), m(n), v(n);
+  Backend::copy_to_host(field.parameters().data, field.num_params(), params.data());
+  trainer.ema().copy_weights_to(ema.data());
+  adam.copy_m_to(m.data());
+  adam.copy_v_to(v.data());
   SafetensorsWriter w;
   const Dtype dt = dtype_of<S>();
-  add_state_dict(w, field, "model.", dt);
-  const auto& ema = trainer.ema().weights();
-  for (const auto& t : field.layout().tensors())
-    w.add("ema." + t.name, ema.data() + t.offset,
-          std::vector<std::int64_t>(t.shape.begin(), t.shape.end()), dt);
-  const auto& adam = trainer.optimizer();
-  w.add("optim.m", adam.m().data(), {std::int64_t(adam.m().size())}, dt);
-  w.add("optim.v", adam.v().data(), {std::int64_t(adam.v().size())}, dt);
+  // The field's tensors by their PyTorch names and shapes, as add_state_dict writes them.
+  const auto add_field = [&](const std::string& prefix, const std::vector<S>& values) {
+    for (const auto& t : field.layout().tensors())
+      w.add(prefix + t.name, values.data() + t.offset,
+            std::vector<std::int64_t>(t.shape.begin(), t.shape.end()), dt);
+  };
+  add_field("model.", params);
+  add_field("ema.", ema);
+  w.add("optim.m", m.data(), {std::int64_t(n)}, dt);
+  w.add("optim.v", v.data(), {std::int64_t(n)}, dt);
   for (const auto& kv : extra_metadata) w.set_metadata("user." + kv.first, kv.second);
   w.set_metadata("flowprior.format", detail::checkpoint_format());
   w.set_metadata("flowprior.version", FLOWPRIOR_VERSION_STRING);
@@ -162,6 +174,7 @@ template <class Field>
 void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& trainer,
                      Field& field, Rng& rng) {
   using S = typename Field::Scalar;
+  using Backend = typename train::FlowMatchingTrainer<Field>::Backend;
   const std::string& path = st.source();
   // 1. The format and the integrity of the file.
   const std::string& format = detail::meta(st, "flowprior.format");
@@ -243,11 +256,11 @@ void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& t
   } catch (const flowprior::error& e) {
     fail(path, std::string("invalid optimizer or EMA state: ") + e.what());
   }
-  // 6. Everything is read and checked: commit (nothing below throws).
+  // 6. Everything is read and checked: commit (nothing below throws). The parameters are
+  //    uploaded into the field's backend memory.
   trainer.optimizer() = std::move(adam);
   trainer.ema() = std::move(avg);
-  auto p = field.parameters();
-  for (Index i = 0; i < p.size; ++i) p[i] = params[std::size_t(i)];
+  Backend::copy_from_host(params.data(), field.num_params(), field.parameters().data);
   rng = restored;
 }
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <flowprior/backend/checks.hpp>
 #include <flowprior/backend/context.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/convention.hpp>
@@ -145,8 +146,10 @@ struct StepStats {
 /// Trains `field` in place (its parameters() are updated) in convention `conv`.
 ///
 /// One context runs the step (docs/backends.md "Context"): the loss workspace's (its field
-/// workspace's), to which the trainer also hands the gradient zeroing, the clipping, the Adam
-/// step and the EMA update. set_context lends the caller's instead.
+/// workspace's), to which the trainer also hands the batch gather and check, the gradient
+/// zeroing, the clipping, the Adam step and the EMA update. set_context lends the caller's
+/// instead. Matrices passed to the steps (targets, batches) are backend memory, as the field's
+/// parameters are: the trainer reads their elements only through backend primitives.
 template <class Field>
 class FlowMatchingTrainer {
   static_assert(nn::check_trainable_field<Field>(),
@@ -167,21 +170,26 @@ class FlowMatchingTrainer {
         cfg_((cfg.validate(), cfg)),
         adam_(field.num_params(), cfg.adam),
         ema_(field.parameters(), cfg.ema_decay),
-        grads_(static_cast<std::size_t>(field.num_params())),
-        batch_(static_cast<std::size_t>(
-            checked_mul("FlowMatchingTrainer", "dim x batch", field.dim(), cfg.batch))) {}
+        batch_index_host_(static_cast<std::size_t>(cfg.batch)) {
+    Backend::resize(grads_, field.num_params());
+    Backend::resize(batch_,
+                    checked_mul("FlowMatchingTrainer", "dim x batch", field.dim(), cfg.batch));
+    Backend::resize(batch_index_, cfg.batch);
+  }
 
-  /// One step on a batch drawn uniformly with replacement from the columns of `targets`.
+  /// One step on a batch drawn uniformly with replacement from the columns of `targets`: the
+  /// column indices are drawn on the host from rng (one uniform01 per row of the batch), uploaded
+  /// (Backend::copy_from_host) and gathered by Backend::gather_cols; no allocation once warmed.
   StepStats step(ConstMatrixView<S> targets, Rng& rng) {
     const char* w = "FlowMatchingTrainer::step";
     check_shape(w, "targets", targets, field_.dim(), targets.cols);
     if (targets.cols == 0) raise_config(w, "targets must hold at least one sample");
-    MatrixView<S> b = batch_view();
-    for (Index j = 0; j < cfg_.batch; ++j) {
-      const Index src =
+    for (Index j = 0; j < cfg_.batch; ++j)  // host data: the indices, not the targets
+      batch_index_host_[static_cast<std::size_t>(j)] =
           std::min<Index>(targets.cols - 1, Index(uniform01(rng) * double(targets.cols)));
-      for (Index i = 0; i < field_.dim(); ++i) b(i, j) = targets(i, src);
-    }
+    Backend::copy_from_host(batch_index_host_.data(), cfg_.batch, batch_index_);
+    MatrixView<S> b = batch_view();
+    Backend::gather_cols(ws_.context(), targets, batch_index_.data(), b);
     return step_on(b, rng);
   }
 
@@ -201,14 +209,14 @@ class FlowMatchingTrainer {
   StepStats step_on(ConstMatrixView<S> batch, Rng& rng) {
     const char* w = "FlowMatchingTrainer::step";
     check_shape(w, "batch", batch, field_.dim(), batch.cols);
-    check_finite(w, "batch", batch);  // bad data, not a divergence
     Context& ctx = ws_.context();
+    check_finite_on<Backend, S>(ctx, w, "batch", batch);  // bad data, not a divergence
     {
       const LentContext<loss::FlowDraws<S, Backend>, Context> lend_draws(draws_, ctx);
       loss::draw(draws_, conv_, batch.cols, field_.dim(), cfg_.K, cfg_.sampler, rng,
                  cfg_.antithetic, cfg_.time_group);
     }
-    const Index n = Index(grads_.size());
+    const Index n = field_.num_params();
     Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
     VectorView<S> g(grads_.data(), n);
     const Prior<Field> prior(field_, conv_);
@@ -256,11 +264,12 @@ class FlowMatchingTrainer {
   void set_context(Context* ctx) { ws_.set_context(ctx); }
 
   /// Copies the EMA weights into `target` (a field of the same configuration): the prior.
-  void copy_ema_to(Field& target) const {
-    check_size("FlowMatchingTrainer::copy_ema_to", "target parameters", target.parameters(),
-               Index(ema_.weights().size()));
-    auto p = target.parameters();
-    for (Index i = 0; i < p.size; ++i) p[i] = ema_.weights()[std::size_t(i)];
+  /// Backend::copy on context(); throws shape_error if the parameter counts differ.
+  void copy_ema_to(Field& target) {
+    const VectorView<S> p = target.parameters();
+    check_size("FlowMatchingTrainer::copy_ema_to", "target parameters", p, ema_.size());
+    Backend::copy(ws_.context(), ConstMatrixView<S>(ema_.weights_view().data, p.size, 1),
+                  MatrixView<S>(p.data, p.size, 1));
   }
 
  private:
@@ -272,7 +281,9 @@ class FlowMatchingTrainer {
   optim::Adam<S, Backend> adam_;
   optim::Ema<S, Backend> ema_;
   typename Backend::template Buffer<S> grads_;
-  std::vector<S> batch_;
+  typename Backend::template Buffer<S> batch_;            ///< the batch step() gathers
+  std::vector<Index> batch_index_host_;                   ///< its column indices, drawn on the host
+  typename Backend::template Buffer<Index> batch_index_;  ///< the same, uploaded
   loss::FlowDraws<S, Backend> draws_;
   loss::LossWorkspace<Field> ws_;
 };

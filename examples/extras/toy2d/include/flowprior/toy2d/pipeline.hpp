@@ -551,7 +551,7 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
   auto t0 = std::chrono::steady_clock::now();
   auto save = [&] {
     const auto p = net.parameters();
-    const auto& e = trainer.ema().weights();
+    const auto e = trainer.ema().weights();  // a host copy
     for (Index i = 0; i < p.size; ++i)
       if (!std::isfinite(double(p[i])) || !std::isfinite(double(e[std::size_t(i)])))
         flowprior::detail::raise<numeric_error>(
@@ -632,7 +632,7 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
   if (first < cfg.prior_steps) save();
   bar.finish();
   r.train_seconds = seconds_before + seconds_since(t0);
-  const auto& ema = trainer.ema().weights();
+  const auto ema = trainer.ema().weights();  // a host copy
   auto p = prior.parameters();
   for (Index i = 0; i < p.size; ++i) p[i] = static_cast<double>(ema[std::size_t(i)]);
 }
