@@ -261,3 +261,99 @@ TEST_CASE("guarded backend: attention equals CpuBackend's bit for bit", "[backen
   REQUIRE(DX.host() == dx);
   REQUIRE(DP.host() == dp);
 }
+
+TEST_CASE("guarded backend: trainer, aligner and EMA copy equal CpuBackend's bit for bit",
+          "[backend][guarded]") {
+  using CpuNet = nn::AdaLNMlp<double>;
+  using DevNet = nn::AdaLNMlp<double, GuardedBackend>;
+  Pair p(small_config());
+  const Index d = 3, N = 11;
+  Rng r0(13);
+  const Mat targets = fpt::random_mat(d, N, r0);
+  flowprior::train::TrainerConfig tc;
+  tc.batch = 7;
+  tc.K = 2;
+  tc.time_group = 2;
+  tc.antithetic = true;
+  tc.schedule = flowprior::optim::LrSchedule::constant(1e-2, 2);
+  tc.ema_decay = 0.9;
+  flowprior::train::FlowMatchingTrainer<CpuNet> ct(p.cpu, Convention::Code, tc);
+  flowprior::train::FlowMatchingTrainer<DevNet> dt(p.dev, Convention::Code, tc);
+  Dev TG(targets);
+  Rng r1(14), r2(14);
+  for (int s = 0; s < 3; ++s) {
+    const auto a = ct.step(targets, r1);
+    const auto b = dt.step(TG.cview(), r2);
+    REQUIRE(b.loss == a.loss);
+    REQUIRE(b.grad_norm == a.grad_norm);
+  }
+  REQUIRE(
+      fpt::host_copy(p.dev.parameters().data, p.dev.num_params()) ==
+      std::vector<double>(p.cpu.parameters().data, p.cpu.parameters().data + p.cpu.num_params()));
+  REQUIRE(dt.optimizer().m() == ct.optimizer().m());
+  REQUIRE(dt.optimizer().v() == ct.optimizer().v());
+  REQUIRE(dt.ema().weights() == ct.ema().weights());
+  CpuNet ce(small_config());
+  DevNet de(small_config());
+  ct.copy_ema_to(ce);
+  dt.copy_ema_to(de);
+  REQUIRE(fpt::host_copy(de.parameters().data, de.num_params()) == ct.ema().weights());
+  // The aligner on the (frozen) EMA prior, in the other convention (reversed view).
+  const Prior<CpuNet> cprior = Prior<CpuNet>(ce, Convention::Code).as(Convention::Paper);
+  const Prior<DevNet> dprior = Prior<DevNet>(de, Convention::Code).as(Convention::Paper);
+  flowprior::train::AlignConfig ac;
+  ac.time_group = 2;
+  flowprior::train::LatentAligner<CpuNet> ca(cprior, Convention::Paper, N, ac);
+  flowprior::train::LatentAligner<DevNet> da(dprior, Convention::Paper, N, ac);
+  Mat y = targets;
+  Dev Y(targets);
+  for (int s = 0; s < 3; ++s) REQUIRE(da.step(Y.view(), r2) == ca.step(y, r1));
+  REQUIRE(Y.host() == y);
+  // Bad data is named with its value.
+  Mat bad = targets;
+  bad(1, 4) = std::numeric_limits<double>::infinity();
+  Dev BAD(bad);
+  REQUIRE_THROWS_WITH(dt.step_on(BAD.cview(), r2),
+                      Catch::Contains("argument 'batch' has a non-finite value inf at (1, 4)"));
+}
+
+TEST_CASE("guarded backend: sampling and likelihoods equal CpuBackend's bit for bit",
+          "[backend][guarded]") {
+  using CpuNet = nn::AdaLNMlp<double>;
+  using DevNet = nn::AdaLNMlp<double, GuardedBackend>;
+  namespace ode = flowprior::ode;
+  const auto method = GENERATE(ode::Method::RK4, ode::Method::Dopri5);
+  const auto div = GENERATE(ode::Divergence::Exact, ode::Divergence::Hutchinson);
+  CAPTURE(int(method), int(div));
+  Pair p(small_config());
+  const Prior<CpuNet> cprior = Prior<CpuNet>(p.cpu, Convention::Code).as(Convention::Paper);
+  const Prior<DevNet> dprior = Prior<DevNet>(p.dev, Convention::Code).as(Convention::Paper);
+  const Index d = 3, B = 4;
+  Rng r0(15);
+  const Mat z0 = fpt::random_mat(d, B, r0);
+  ode::SolverOptions so;
+  so.method = method;
+  so.steps = 8;
+  so.atol = so.rtol = 1e-4;
+  ode::OdeWorkspace<CpuNet> cws;
+  ode::OdeWorkspace<DevNet> dws;
+  Mat z = z0;
+  Dev Z(z0);
+  const auto cs = ode::sample(cprior, Convention::Paper, MatrixView<double>(z), so, cws);
+  const auto ds = ode::sample(dprior, Convention::Paper, Z.view(), so, dws);
+  REQUIRE(ds.nfe == cs.nfe);
+  REQUIRE(Z.host() == z);
+  ode::LikelihoodOptions lo;
+  lo.solver = so;
+  lo.divergence = div;
+  lo.probes = 2;
+  Vec lp(B);
+  Mat zn(d, B);
+  Dev LP(B, 1), ZN(d, B);
+  Rng r1(16), r2(16);
+  ode::log_likelihood(cprior, Convention::Paper, z0, lp, lo, cws, &r1, zn);
+  ode::log_likelihood(dprior, Convention::Paper, Dev(z0).cview(), LP.vec(), lo, dws, &r2,
+                      ZN.view());
+  REQUIRE(LP.host() == Mat(lp));
+  REQUIRE(ZN.host() == zn);
+}

@@ -141,12 +141,14 @@ class GuardedBuffer {
   std::size_t size_ = 0, cap_ = 0;
 };
 
-#define FPT_GUARDED(name)                                             \
-  template <class... A>                                               \
-  static decltype(auto) name(Context& c, A&&... a) {                  \
-    const Unlocked open;                                              \
-    ++c.calls;                                                        \
-    return flowprior::CpuBackend::name(c.cpu, std::forward<A>(a)...); \
+// Explicit template arguments (a primitive whose S is not deducible, called as name<S>(...))
+// go to the pack T; the arguments are deduced into A.
+#define FPT_GUARDED(name)                                                            \
+  template <class... T, class... A>                                                  \
+  static decltype(auto) name(Context& c, A&&... a) {                                 \
+    const Unlocked open;                                                             \
+    ++c.calls;                                                                       \
+    return flowprior::CpuBackend::template name<T...>(c.cpu, std::forward<A>(a)...); \
   }
 
 struct GuardedBackend {

@@ -66,9 +66,9 @@ class LatentAligner {
         conv_(conv),
         cfg_((cfg.validate(), cfg)),
         n_(n),
-        adam_(checked_mul("LatentAligner", "dim x latents", prior.dim(), n), cfg.adam),
-        grad_(static_cast<std::size_t>(prior.dim() * n)) {
+        adam_(checked_mul("LatentAligner", "dim x latents", prior.dim(), n), cfg.adam) {
     check_convention("LatentAligner", "the prior", prior.convention(), conv);
+    Backend::resize(grad_, prior.dim() * n);
   }
 
   /// One Adam step on y (dim, N) in place; returns the mean alignment loss per latent before
