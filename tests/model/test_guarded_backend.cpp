@@ -357,3 +357,19 @@ TEST_CASE("guarded backend: sampling and likelihoods equal CpuBackend's bit for 
   REQUIRE(LP.host() == Mat(lp));
   REQUIRE(ZN.host() == zn);
 }
+
+TEST_CASE("guarded backend: state dicts save and load through host copies", "[backend][guarded]") {
+  Pair p(small_config());
+  const std::string path = "guarded_state_dict.safetensors";
+  flowprior::io::save_state_dict(p.dev, path);
+  nn::AdaLNMlp<double> cpu(small_config());
+  nn::AdaLNMlp<double, GuardedBackend> dev(small_config());
+  flowprior::io::load_state_dict(cpu, flowprior::io::Safetensors::read(path));
+  flowprior::io::load_state_dict(dev, flowprior::io::Safetensors::read(path));
+  std::remove(path.c_str());
+  const std::vector<double> want(p.cpu.parameters().data,
+                                 p.cpu.parameters().data + p.cpu.num_params());
+  REQUIRE(std::vector<double>(cpu.parameters().data, cpu.parameters().data + cpu.num_params()) ==
+          want);
+  REQUIRE(fpt::host_copy(dev.parameters().data, dev.num_params()) == want);
+}

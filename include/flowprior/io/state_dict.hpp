@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <flowprior/backend/fwd.hpp>
 #include <flowprior/io/safetensors.hpp>
 #include <map>
 #include <string>
@@ -117,8 +118,8 @@ template <class Field>
 std::string load_state_dict(Field& field, const Safetensors& st, const LoadOptions& opt = {}) {
   std::vector<typename Field::Scalar> staged;
   const std::string prefix = stage_state_dict(field, st, opt, staged);
-  auto p = field.parameters();
-  for (Index i = 0; i < p.size; ++i) p[i] = staged[std::size_t(i)];
+  using Backend = backend_of_t<Field>;
+  Backend::copy_from_host(staged.data(), field.num_params(), field.parameters().data);
   return prefix;
 }
 
@@ -126,9 +127,11 @@ std::string load_state_dict(Field& field, const Safetensors& st, const LoadOptio
 template <class Field>
 void add_state_dict(SafetensorsWriter& w, const Field& field, const std::string& prefix,
                     Dtype dtype) {
-  const auto p = field.parameters();
+  using Backend = backend_of_t<Field>;
+  std::vector<typename Field::Scalar> host(static_cast<std::size_t>(field.num_params()));
+  Backend::copy_to_host(field.parameters().data, field.num_params(), host.data());
   for (const auto& t : field.layout().tensors())
-    w.add(prefix + t.name, p.data + t.offset,
+    w.add(prefix + t.name, host.data() + t.offset,
           std::vector<std::int64_t>(t.shape.begin(), t.shape.end()), dtype);
 }
 
@@ -149,3 +152,7 @@ void save_state_dict(const Field& field, const std::string& path,
 
 }  // namespace io
 }  // namespace flowprior
+
+#if !defined(__CUDACC__)
+#include <flowprior/backend/cpu.hpp>  // the default backend of host code
+#endif

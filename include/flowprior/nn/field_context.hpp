@@ -17,14 +17,8 @@ namespace nn {
 
 /// The backend a field runs on: Field::BackendType when the field names one (the fields on the
 /// shell nn::FieldBase do), else CpuBackend (a field written from scratch runs on the host).
-template <class Field, class = void>
-struct field_backend {
-  using type = CpuBackend;
-};
 template <class Field>
-struct field_backend<Field, std::void_t<typename Field::BackendType>> {
-  using type = typename Field::BackendType;
-};
+using field_backend = backend_of<Field>;
 template <class Field>
 using field_backend_t = typename field_backend<Field>::type;
 
