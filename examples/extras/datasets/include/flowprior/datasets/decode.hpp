@@ -46,11 +46,91 @@ inline ImageFormat sniff_format(const std::uint8_t* data, std::size_t size) {
   return ImageFormat::Unknown;
 }
 
+/// Walks the marker segments of a JPEG the way stb_image reads them and refuses a Huffman table
+/// (DHT) that declares more than 256 codes. stb_image 2.27 (Debian 12's libstb) does not check
+/// this and writes past its tables (found by fuzz_image; stb_image 2.28 added the check), so the
+/// check must come first. The walk is strict where stb would be lenient and the two could part:
+/// bytes between segments other than 0xff fill, a segment length below 2, a DHT whose tables do
+/// not fill its length. Entropy-coded data after a start of scan (SOS) runs to the next 0xff that
+/// is followed by neither 0x00 (a stuffed byte) nor a restart marker. The walk stops at the end of
+/// image (EOI) or at the end of the data (a truncated file, which stb decodes or refuses itself;
+/// every table before the cut was checked, and stb reads zeros past the end).
+/// @throws io_error naming `name` and the byte offset.
+inline void check_jpeg_segments(const std::uint8_t* d, std::size_t n, const std::string& name) {
+  std::size_t p = 2;  // after the start of image
+  for (;;) {
+    if (p >= n) return;
+    if (d[p] != 0xff)
+      io::fail(name, p, "expected a JPEG marker (0xff), found byte " + std::to_string(d[p]));
+    while (p < n && d[p] == 0xff) ++p;  // fill bytes
+    if (p >= n) return;
+    const std::uint8_t m = d[p++];
+    if (m == 0xd9) return;                                // end of image
+    if (m == 0x01 || (m >= 0xd0 && m <= 0xd7)) continue;  // no length
+    if (m == 0x00 || m == 0xd8)
+      io::fail(name, p - 1, "expected a JPEG marker, found 0xff " + std::to_string(m));
+    if (p + 2 > n) return;
+    const std::size_t len = (std::size_t{d[p]} << 8) | d[p + 1];
+    if (len < 2) io::fail(name, p, "a JPEG segment length of " + std::to_string(len) + " (< 2)");
+    if (m == 0xc4) {  // define Huffman tables: [class/id][16 counts][sum of counts values]...
+      long long left = static_cast<long long>(len) - 2;
+      std::size_t q = p + 2;
+      while (left > 0) {
+        std::size_t codes = 0;
+        for (std::size_t i = 1; i <= 16; ++i)
+          if (q + i < n) codes += d[q + i];
+        if (codes > 256)
+          io::fail(name, q,
+                   "a JPEG Huffman table declares " + std::to_string(codes) +
+                       " codes, more than 256 (refused before decoding)");
+        if (q + 17 > n) return;
+        q += 17 + codes;
+        left -= 17 + static_cast<long long>(codes);
+      }
+      if (left != 0)
+        io::fail(name, p, "a JPEG Huffman table segment whose tables overrun its length");
+    }
+    p += len;
+    if (m == 0xda) {  // start of scan: skip the entropy-coded data
+      while (p + 1 < n &&
+             !(d[p] == 0xff && d[p + 1] != 0x00 && !(d[p + 1] >= 0xd0 && d[p + 1] <= 0xd7)))
+        ++p;
+      if (p + 1 >= n) return;
+    }
+  }
+}
+
+/// Walks the chunks of a PNG ([u32 length][4-byte type][data][u32 CRC], big-endian) from the
+/// signature to IEND and refuses a chunk whose declared length runs past the end of the data.
+/// stb_image 2.27 allocates an IDAT chunk's declared length before reading it (found by
+/// fuzz_image: a 100-byte file asked for 2 GiB), so the lengths are checked first; a truncated
+/// PNG is refused here with its offset.
+/// @throws io_error naming `name` and the byte offset.
+inline void check_png_chunks(const std::uint8_t* d, std::size_t n, const std::string& name) {
+  std::size_t p = 8;
+  for (;;) {
+    if (n - p < 8)
+      io::fail(name, p, "expected a PNG chunk header, found the end of the file (truncated)");
+    const std::uint64_t len = (std::uint64_t{d[p]} << 24) | (std::uint64_t{d[p + 1]} << 16) |
+                              (std::uint64_t{d[p + 2]} << 8) | d[p + 3];
+    if (len > 0x7fffffffu || len + 12 > n - p)
+      io::fail(name, p,
+               "a PNG chunk declares " + std::to_string(len) + " data bytes, only " +
+                   std::to_string(n - p < 12 ? 0 : n - p - 12) +
+                   " remain (the file is truncated or corrupt)");
+    const bool iend = d[p + 4] == 'I' && d[p + 5] == 'E' && d[p + 6] == 'N' && d[p + 7] == 'D';
+    p += 12 + static_cast<std::size_t>(len);
+    if (iend) return;
+  }
+}
+
 /// Decodes a PNG or JPEG held in memory into `channels` (1: grey, 3: RGB) interleaved 8-bit
 /// values (stb converts: grey is replicated to RGB, RGB becomes luma, alpha is dropped, 16-bit
 /// PNG is scaled to 8 bits). `name` identifies the source in messages.
 /// @throws io_error "[flowprior.io] <name>: ..." for an empty input, an input that is neither a
-///         PNG nor a JPEG, a header stb cannot read, a size above `limits`, or a decode failure
+///         PNG nor a JPEG, a JPEG whose segments are malformed (check_jpeg_segments), a PNG whose
+///         chunks run past its end (check_png_chunks), a header
+///         stb cannot read, a size above `limits`, or a decode failure
 ///         (stb's reason quoted); config_error for channels other than 1 or 3.
 inline Image8 decode_image(const std::uint8_t* data, std::size_t size, const std::string& name,
                            int channels = 3, const DecodeLimits& limits = {}) {
@@ -62,8 +142,11 @@ inline Image8 decode_image(const std::uint8_t* data, std::size_t size, const std
   if (size > static_cast<std::size_t>(INT_MAX))
     io::fail(name, "the file has " + std::to_string(size) +
                        " bytes, more than the 2^31 - 1 the decoder accepts");
-  if (sniff_format(data, size) == ImageFormat::Unknown)
+  const ImageFormat format = sniff_format(data, size);
+  if (format == ImageFormat::Unknown)
     io::fail(name, 0, "expected a PNG or JPEG signature, found neither");
+  if (format == ImageFormat::Jpeg) check_jpeg_segments(data, size, name);
+  if (format == ImageFormat::Png) check_png_chunks(data, size, name);
   const int len = static_cast<int>(size);
   int w = 0, h = 0, comp = 0;
   if (!stbi_info_from_memory(data, len, &w, &h, &comp)) {
