@@ -170,9 +170,13 @@ class Loader {
       if (it->second.error) std::rethrow_exception(it->second.error);
       b = std::move(it->second.batch);
       ready_.erase(it);
+      ++next_out_;  // under the lock: the workers read it
     }
-    ++next_out_;
-    if (cfg_.threads > 0) cv_work_.notify_all();
+    if (cfg_.threads == 0) {
+      ++next_out_;
+    } else {
+      cv_work_.notify_all();
+    }
     for (const Skipped& s : b.skipped) {
       ++skipped_count_;
       if (reports_.size() < cfg_.max_reported) reports_.push_back(s.reason);
