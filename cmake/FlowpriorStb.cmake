@@ -1,11 +1,13 @@
-# stb_image_write from the system (Debian libstb-dev) for flowprior::plot (docs/plotting.md "PNG
-# encoding"). Used by flowprior's own build and, installed beside flowpriorConfig.cmake, by
-# find_package(flowprior COMPONENTS plot).
+# stb_image_write and stb_image from the system (Debian libstb-dev) for flowprior::plot
+# (docs/plotting.md "PNG encoding") and flowprior::datasets (docs/data.md "Decoding"). Used by
+# flowprior's own build and, installed beside flowpriorConfig.cmake, by
+# find_package(flowprior COMPONENTS plot datasets).
 #
 # flowprior_find_stb(<out-var>)
 #   stb ships no CMake package. This looks for the header <stb/stb_image_write.h> and the
-#   compiled library libstb, which holds stb_image_write's implementation (Debian builds it with
-#   STB_IMAGE_WRITE_IMPLEMENTATION, so no program that links it may define that macro again).
+#   compiled library libstb, which holds the implementations of stb_image_write and stb_image
+#   (Debian builds it with STB_IMAGE_WRITE_IMPLEMENTATION and STB_IMAGE_IMPLEMENTATION, so no
+#   program that links it may define either macro again).
 #   When both are found it creates the imported target flowprior_stb and sets <out-var> to TRUE;
 #   otherwise it sets <out-var> to FALSE.
 

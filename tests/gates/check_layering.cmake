@@ -15,7 +15,7 @@ set(_layers
   "loss ode"                         # 5  flow-matching and alignment losses, ODE solvers
   "train"                            # 6  trainer, aligner, checkpoints
   "flowprior.hpp"                    # 7  the umbrella header of the numerics library
-  "plot"                             # 8  optional component flowprior::plot (examples/extras)
+  "plot datasets"                    # 8  optional components flowprior::plot, flowprior::datasets
   "toy2d")                           # 9  optional component flowprior::toy2d (examples/extras)
 
 set(_rank 0)
