@@ -4,6 +4,7 @@
 // qk-norm; the batched product and the column softmax primitives against their definitions.
 #include <flowprior/flowprior.hpp>
 #include <flowprior/nn/attention.hpp>
+#include <flowprior/nn/transformer.hpp>
 
 #include "catch.hpp"
 #include "gradcheck.hpp"
@@ -189,4 +190,57 @@ TEST_CASE("attention primitives: gemm_batched over a two-level grid, softmax col
     const Mat J = Mat(s.col(j).asDiagonal()) - s.col(j) * s.col(j).transpose();
     REQUIRE((d.col(j) - J * d0.col(j)).norm() < 1e-14);
   }
+}
+
+TEST_CASE(
+    "transformer block: gradients against central differences; zero branches are the identity",
+    "[attention][grad]") {
+  using Block = nn::TransformerBlock<double, CpuBackend>;
+  const bool qk_norm = GENERATE(false, true);
+  CAPTURE(qk_norm);
+  Rng rng(74);
+  const Index C = 8, H = 2, B = 2, T = 3, hidden = 12;
+  nn::ParamLayout layout;
+  const Block blk = Block::make(layout, "blocks.0", C, H, hidden, qk_norm);
+  Vec p = fpt::random_vec(layout.total(), rng, -0.5, 0.5);
+  for (const auto& t : layout.tensors())  // LayerNorm gains around 1
+    if (t.name.find("norm") != std::string::npos && t.name.find("weight") != std::string::npos)
+      for (Index i = 0; i < t.size(); ++i) p[t.offset + i] += 1.0;
+  nn::Arena<double, CpuBackend> fwd, bwd;
+  Block::Cache c;
+  Block::Scratch s;
+  for (int pass = 0; pass < 2; ++pass) {
+    fwd.begin(pass == 0);
+    c = blk.carve(fwd, B, T);
+    if (pass == 0) fwd.reserve_counted();
+    bwd.begin(pass == 0);
+    s = blk.carve_scratch(bwd, B, T);
+    if (pass == 0) bwd.reserve_counted();
+  }
+  CpuBackend::Context ctx;
+  Mat x = fpt::random_mat(C, B * T, rng);
+  const Mat w = fpt::random_mat(C, B * T, rng);
+  Mat h(C, B * T);
+  auto loss = [&] {
+    h = x;
+    blk.forward(ctx, p.data(), h, c);
+    return fpt::dot(w, h);
+  };
+  loss();
+  Mat dh = w;
+  Vec dp = Vec::Constant(p.size(), 0.25);
+  blk.backward(ctx, p.data(), c, dh, dp.data(), s);
+  dp.array() -= 0.25;
+  const auto gx = fpt::fd_gradient(loss, x.data(), x.size());
+  fpt::require_close("d_h", dh.data(), gx, 1e-7);
+  const auto gp = fpt::fd_gradient(loss, p.data(), p.size());
+  fpt::require_close("d_params", dp.data(), gp, 1e-7);
+  // With the attention's output projection and fc2 zero, both branches add nothing.
+  Vec z = p;
+  for (const auto& t : layout.tensors())
+    if (t.name.find("attn.proj") != std::string::npos || t.name.find("fc2") != std::string::npos)
+      for (Index i = 0; i < t.size(); ++i) z[t.offset + i] = 0;
+  h = x;
+  blk.forward(ctx, z.data(), h, c);
+  REQUIRE(h == x);
 }
