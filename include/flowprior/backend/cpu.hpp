@@ -467,6 +467,86 @@ struct CpuBackend {
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Image token primitives: images as columns of (channels height width) values in CHW order,
+  // tokens as the patches of a p x p grid (docs/math/patches.md).
+
+  /// tokens_out (C p p, B T) <- the patches of images (C H W, B): token t = gy (W / p) + gx of
+  /// image b is column b T + t, element c p^2 + i p + j of it the pixel (c, gy p + i, gx p + j)
+  /// (the order of a PyTorch Conv2d patch embedding's flattened weight). H and W are multiples
+  /// of p (the caller checks).                                                  patches.md (1)
+  template <class S>
+  static void patchify(Context&, CView<S> images, Index channels, Index height, Index width,
+                       Index patch, MatrixView<S> tokens_out) {
+    const Index gw = width / patch, T = (height / patch) * gw;
+    detail::for_cols(images.rows, images.cols, [&](Index b0, Index b1) {
+      for (Index b = b0; b < b1; ++b) {
+        const S* img = images.col(b);
+        for (Index t = 0; t < T; ++t) {
+          S* o = tokens_out.col(b * T + t);
+          const Index y0 = (t / gw) * patch, x0 = (t % gw) * patch;
+          for (Index c = 0; c < channels; ++c)
+            for (Index i = 0; i < patch; ++i) {
+              const S* row = img + c * height * width + (y0 + i) * width + x0;
+              std::copy(row, row + patch, o + (c * patch + i) * patch);
+            }
+        }
+      }
+    });
+  }
+
+  /// images_out (C H W, B) <- the image whose patches tokens (C p p, B T) are: the inverse of
+  /// patchify (a permutation, so its adjoint too).                                patches.md (2)
+  template <class S>
+  static void unpatchify(Context&, CView<S> tokens, Index channels, Index height, Index width,
+                         Index patch, MatrixView<S> images_out) {
+    const Index gw = width / patch, T = (height / patch) * gw;
+    detail::for_cols(images_out.rows, images_out.cols, [&](Index b0, Index b1) {
+      for (Index b = b0; b < b1; ++b) {
+        S* img = images_out.col(b);
+        for (Index t = 0; t < T; ++t) {
+          const S* o = tokens.col(b * T + t);
+          const Index y0 = (t / gw) * patch, x0 = (t % gw) * patch;
+          for (Index c = 0; c < channels; ++c)
+            for (Index i = 0; i < patch; ++i) {
+              const S* src = o + (c * patch + i) * patch;
+              std::copy(src, src + patch, img + c * height * width + (y0 + i) * width + x0);
+            }
+        }
+      }
+    });
+  }
+
+  /// tokens(:, b T + j) += table(:, j) for every sequence b (positional embeddings, learned or
+  /// fixed, added to B sequences of T tokens); table is (D, T).                  patches.md (3)
+  template <class S>
+  static void add_per_token(Context&, CView<S> table, MatrixView<S> tokens) {
+    const Index T = table.cols;
+    detail::for_cols(tokens.rows, tokens.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        const S* a = table.col(j % T);
+        S* o = tokens.col(j);
+        for (Index i = 0; i < tokens.rows; ++i) o[i] += a[i];
+      }
+    });
+  }
+
+  /// d_table(:, j) += sum_b d_tokens(:, b T + j): the gradient of add_per_token's table, summed
+  /// over the sequences in order (a row pass: one writer per element).             patches.md (3)
+  template <class S>
+  static void sum_per_token(Context&, CView<S> d_tokens, MatrixView<S> d_table) {
+    const Index T = d_table.cols, B = T == 0 ? 0 : d_tokens.cols / T;
+    detail::for_rows(d_table.rows, T * B, [&](Index i0, Index i1) {
+      for (Index j = 0; j < T; ++j) {
+        S* o = d_table.col(j);
+        for (Index b = 0; b < B; ++b) {
+          const S* g = d_tokens.col(b * T + j);
+          for (Index i = i0; i < i1; ++i) o[i] += g[i];
+        }
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // Activations: docs/math/activations.md.
 
   /// a = act(z).
