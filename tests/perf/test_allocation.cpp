@@ -4,6 +4,7 @@
 // rounding: one thread and two give the same losses and gradients.
 #include <Eigen/Core>
 #include <flowprior/flowprior.hpp>
+#include <flowprior/nn/tokenizer.hpp>
 #include <limits>
 #include <string>
 #include <vector>
@@ -142,6 +143,37 @@ TEST_CASE("a warmed-up forward, VJP, JVP and divergence allocate nothing", "[per
             net.vjp_x(ws, u, dx);
             net.jvp_x(ws, u, dv);
             net.divergence(x, t, v, div, ws);
+          }) == 0);
+}
+
+TEST_CASE("a warmed-up tokenizer forward and backward allocate nothing", "[perf][alloc]") {
+  if (!can_count()) return;
+  // Big enough for the threaded paths: 16 images of 8 x 8 patches plus 16 latent tokens, width 128.
+  nn::TokenizerConfig cfg;
+  cfg.image_size = 32;
+  cfg.channels = 3;
+  cfg.patch = 4;
+  cfg.width = 128;
+  cfg.heads = 4;
+  cfg.depth = 2;
+  cfg.dec_depth = 1;
+  cfg.latent_tokens = 16;
+  cfg.latent_dim = 8;
+  cfg.qk_norm = true;
+  nn::TokenizerAE<float> ae(cfg);
+  Rng rng(14);
+  ae.init(rng);
+  const Index B = 16, D = ae.image_dim(), d = cfg.latent_dim, BT = B * cfg.latent_tokens;
+  const auto x = normal_mat<float>(D, B, rng), w = normal_mat<float>(D, B, rng),
+             g = normal_mat<float>(d, BT, rng);
+  Eigen::MatrixXf y(d, BT), recon(D, B), dx = Eigen::MatrixXf::Zero(D, B);
+  Eigen::VectorXf dp = Eigen::VectorXf::Zero(ae.num_params());
+  nn::TokenizerAE<float>::Workspace ws;
+  REQUIRE(allocations_after_warmup([&] {
+            ae.encode(x, y, ws);
+            ae.decode(y, recon, ws);
+            ae.forward(x, y, recon, ws);
+            ae.backward(ws, w, g, dp, dx);
           }) == 0);
 }
 
