@@ -3,6 +3,7 @@
 // parameters, the extra gradient on y entering exactly, encode + decode equal to forward, images
 // of a batch independent of each other, typed errors, the state dict round trip, the
 // initialisation, and the guarded backend (no host access to backend memory, same bits).
+#include <cmath>
 #include <flowprior/flowprior.hpp>
 #include <flowprior/io/state_dict.hpp>
 #include <flowprior/nn/tokenizer.hpp>
@@ -235,6 +236,11 @@ TEST_CASE("tokenizer: typed errors for bad configurations and shapes", "[tokeniz
   bad([](nn::TokenizerConfig& c) { c.latent_tokens = 0; }, "latent_tokens");
   bad([](nn::TokenizerConfig& c) { c.latent_dim = 0; }, "latent_dim");
   bad([](nn::TokenizerConfig& c) { c.mlp_ratio = 0.0; }, "mlp_ratio");
+  bad([](nn::TokenizerConfig& c) { c.mlp_ratio = 1e30; }, "mlp_ratio");
+  bad([](nn::TokenizerConfig& c) { c.mlp_ratio = std::nan(""); }, "mlp_ratio");
+  nn::TokenizerConfig huge = tiny();
+  huge.width = Index(1) << 40;  // valid, but not in memory
+  REQUIRE_THROWS_WITH(Model(huge), Contains("too large"));
   bad([](nn::TokenizerConfig& c) { c.ln_eps = 0.0; }, "ln_eps");
   REQUIRE_NOTHROW(tiny().validate());
 

@@ -81,7 +81,7 @@ struct TokenizerConfig {
     if (width % 4 != 0)
       raise_config(w, "width must be a multiple of 4 (the 2-D sine-cosine table), got " +
                           std::to_string(width));
-    if (!(mlp_ratio > 0.0) || mlp_hidden() < 1)
+    if (!(mlp_ratio > 0.0) || !(double(width) * mlp_ratio < 1e18) || mlp_hidden() < 1)
       raise_config(w, "mlp_ratio must give an MLP hidden width >= 1, got mlp_ratio " +
                           std::to_string(mlp_ratio));
     if (!(ln_eps > 0.0)) raise_config(w, "ln_eps must be > 0");
