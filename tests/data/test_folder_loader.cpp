@@ -195,13 +195,17 @@ TEST_CASE("decode: PNG and JPEG decode; broken files are io_errors naming the fi
   const Bytes jpg = read_bytes(root / "cat/b.jpg");
   CHECK_THROWS_AS(ds::decode_image(jpg.data(), 40, "cut.jpg"), io_error);
   CHECK_THROWS_AS(ds::decode_image(jpg.data(), jpg.size(), "x.jpg", 2), config_error);
-  // The two fuzz findings in stb_image 2.27, refused before stb sees them: a JPEG Huffman table
-  // of 257 codes (stb writes past its table) and a PNG chunk claiming 2 GiB (stb allocates it).
+  // The fuzz findings in stb_image 2.27, refused before stb sees them: a JPEG Huffman table of
+  // 257 codes (stb writes past its table) and a PNG chunk claiming 2 GiB (stb allocates it).
   const std::string corpus = std::string(FLOWPRIOR_TEST_SOURCE_DIR) + "/fuzz/corpus/image/";
   CHECK_THROWS_WITH(ds::read_image(corpus + "crash-jpeg-dht-257-codes"),
                     Catch::Contains("Huffman table declares"));
   CHECK_THROWS_WITH(ds::read_image(corpus + "png-idat-length-2gib"),
                     Catch::Contains("PNG chunk declares"));
+  // The third: a scan that uses an AC table no DHT defined (stb decodes with uninitialised heap
+  // memory and aborts on an assertion of libstb).
+  CHECK_THROWS_WITH(ds::read_image(corpus + "jpeg-scan-undefined-huffman-table"),
+                    Catch::Contains("AC Huffman table 0, which no DHT segment before it defines"));
 }
 
 TEST_CASE("loader: broken images are skipped and counted, never a crash", "[data]") {

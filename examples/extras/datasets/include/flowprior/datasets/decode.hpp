@@ -46,6 +46,44 @@ inline ImageFormat sniff_format(const std::uint8_t* data, std::size_t size) {
   return ImageFormat::Unknown;
 }
 
+/// A start of scan (SOS segment at p: [length][Ns][Ns x (component, DC table << 4 | AC table)]
+/// [Ss][Se][Ah Al]) must use only Huffman tables that a DHT defined before it. stb_image 2.27
+/// decodes with whatever an undefined table's memory holds (uninitialised heap), which trips an
+/// assertion in its decoder (abort) or decodes garbage (found by fuzz_image:
+/// corpus/image/jpeg-scan-undefined-huffman-table). The tables a scan reads: DC and AC for a
+/// sequential JPEG; for a progressive one, DC on a first DC scan (Ss = 0, Ah = 0), AC on an AC
+/// scan (Ss > 0). Ids above 3 are left to stb, which refuses them.
+/// @throws io_error naming `name` and the byte offset of the scan header.
+inline void check_jpeg_scan_tables(const std::uint8_t* d, std::size_t n, std::size_t p,
+                                   const std::string& name, const bool (&defined)[2][4],
+                                   bool progressive) {
+  if (p + 3 > n) return;
+  const std::size_t ns = d[p + 2];
+  const std::size_t tail = p + 3 + 2 * ns;  // Ss, Se, Ah Al
+  if (tail + 3 > n) return;                 // truncated: stb refuses it
+  const bool first_dc = d[tail] == 0 && (d[tail + 2] >> 4) == 0;
+  const bool uses_dc = !progressive || first_dc;
+  const bool uses_ac = !progressive || d[tail] > 0;
+  for (std::size_t i = 0; i < ns; ++i) {
+    const int dc = d[p + 4 + 2 * i] >> 4, ac = d[p + 4 + 2 * i] & 15;
+    const char* kind = nullptr;
+    int id = 0;
+    if (uses_dc && dc <= 3 && !defined[0][dc]) {
+      kind = "DC";
+      id = dc;
+    } else if (uses_ac && ac <= 3 && !defined[1][ac]) {
+      kind = "AC";
+      id = ac;
+    }
+    if (kind != nullptr)
+      io::fail(name, p,
+               std::string("a JPEG scan uses the ") + kind + " Huffman table " +
+                   std::to_string(id) +
+                   ", which no DHT segment before it defines (refused "
+                   "before decoding)");
+  }
+}
+
 /// Walks the marker segments of a JPEG the way stb_image reads them and refuses a Huffman table
 /// (DHT) that declares more than 256 codes. stb_image 2.27 (Debian 12's libstb) does not check
 /// this and writes past its tables (found by fuzz_image; stb_image 2.28 added the check), so the
@@ -57,7 +95,9 @@ inline ImageFormat sniff_format(const std::uint8_t* data, std::size_t size) {
 /// every table before the cut was checked, and stb reads zeros past the end).
 /// @throws io_error naming `name` and the byte offset.
 inline void check_jpeg_segments(const std::uint8_t* d, std::size_t n, const std::string& name) {
-  std::size_t p = 2;  // after the start of image
+  std::size_t p = 2;        // after the start of image
+  bool defined[2][4] = {};  // Huffman tables seen so far: [DC 0 / AC 1][id]
+  bool progressive = false;
   for (;;) {
     if (p >= n) return;
     if (d[p] != 0xff)
@@ -84,12 +124,15 @@ inline void check_jpeg_segments(const std::uint8_t* d, std::size_t n, const std:
                    "a JPEG Huffman table declares " + std::to_string(codes) +
                        " codes, more than 256 (refused before decoding)");
         if (q + 17 > n) return;
+        if ((d[q] >> 4) <= 1) defined[d[q] >> 4][d[q] & 3] = true;  // stb refuses other classes
         q += 17 + codes;
         left -= 17 + static_cast<long long>(codes);
       }
       if (left != 0)
         io::fail(name, p, "a JPEG Huffman table segment whose tables overrun its length");
     }
+    if (m == 0xc2) progressive = true;
+    if (m == 0xda) check_jpeg_scan_tables(d, n, p, name, defined, progressive);
     p += len;
     if (m == 0xda) {  // start of scan: skip the entropy-coded data
       while (p + 1 < n &&
