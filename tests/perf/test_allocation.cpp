@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 #include <flowprior/flowprior.hpp>
 #include <flowprior/nn/tokenizer.hpp>
+#include <flowprior/train/reconstruction.hpp>
 #include <limits>
 #include <string>
 #include <vector>
@@ -174,6 +175,22 @@ TEST_CASE("a warmed-up tokenizer forward and backward allocate nothing", "[perf]
             ae.decode(y, recon, ws);
             ae.forward(x, y, recon, ws);
             ae.backward(ws, w, g, dp, dx);
+          }) == 0);
+  // The reconstruction training step on the same model, with a latent loss, two batch sizes:
+  // forward, loss, backward, clip, AdamW, EMA.
+  train::ReconstructionConfig rc;
+  rc.schedule = flowprior::optim::LrSchedule::cosine(1e-3, 2, 100);
+  train::ReconstructionTrainer<nn::TokenizerAE<float>> tr(ae, rc);
+  const train::ReconstructionTrainer<nn::TokenizerAE<float>>::LatentLoss latent =
+      [](flowprior::ConstMatrixView<float>, flowprior::MatrixView<float> d_y,
+         flowprior::CpuBackend::Context&) {
+        d_y(0, 0) = 1e-3f;
+        return 0.0;
+      };
+  const auto x8 = x.leftCols(8).eval();
+  REQUIRE(allocations_after_warmup([&] {
+            tr.step(x, latent);
+            tr.step(x8);
           }) == 0);
 }
 

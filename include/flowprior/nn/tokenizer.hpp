@@ -15,6 +15,7 @@
 #pragma once
 
 #include <array>
+#include <cstdio>
 #include <flowprior/backend/context.hpp>
 #include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/check.hpp>
@@ -27,6 +28,7 @@
 #include <flowprior/nn/transformer.hpp>
 #include <flowprior/nn/workspace.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace flowprior {
@@ -87,6 +89,29 @@ struct TokenizerConfig {
     if (!(ln_eps > 0.0)) raise_config(w, "ln_eps must be > 0");
     (void)num_patches();  // overflow
     checked_mul(w, "image size", checked_mul(w, "image size", channels, image_size), image_size);
+  }
+
+  /// Every field as (name, value) text, exact (17 significant digits for the doubles): the
+  /// entries a checkpoint records and checks on load (train/checkpoint.hpp), since two models
+  /// with different heads or epsilons can have the same parameter shapes.
+  std::vector<std::pair<std::string, std::string>> entries() const {
+    auto num = [](double v) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.17g", v);
+      return std::string(buf);
+    };
+    return {{"image_size", std::to_string(image_size)},
+            {"channels", std::to_string(channels)},
+            {"patch", std::to_string(patch)},
+            {"width", std::to_string(width)},
+            {"depth", std::to_string(depth)},
+            {"dec_depth", std::to_string(decoder_depth())},
+            {"heads", std::to_string(heads)},
+            {"mlp_ratio", num(mlp_ratio)},
+            {"latent_tokens", std::to_string(latent_tokens)},
+            {"latent_dim", std::to_string(latent_dim)},
+            {"qk_norm", qk_norm ? "true" : "false"},
+            {"ln_eps", num(ln_eps)}};
   }
 };
 

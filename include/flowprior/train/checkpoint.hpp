@@ -15,6 +15,11 @@
 /// Loads validate the whole file (checksum, metadata, trainer configuration, every tensor and
 /// the optimizer state) before anything is modified; every failure is an io_error.
 /// The ema./model. names also let load_state_dict read the prior straight from a checkpoint.
+///
+/// The same layout holds a ReconstructionTrainer's state (an autoencoder: format
+/// "reconstruction-checkpoint-1", with its configuration and every field of the model's
+/// configuration as model.config.* instead of the flow entries); each load refuses the other
+/// kind by name.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +27,7 @@
 #include <flowprior/core/random.hpp>
 #include <flowprior/io/safetensors.hpp>
 #include <flowprior/io/state_dict.hpp>
+#include <flowprior/train/reconstruction.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <flowprior/version.hpp>
 #include <limits>
@@ -44,6 +50,8 @@ namespace detail {
 
 /// The format tag of the checkpoints written now.
 inline const char* checkpoint_format() { return "checkpoint-2"; }
+/// The format tag of ReconstructionTrainer checkpoints.
+inline const char* reconstruction_format() { return "reconstruction-checkpoint-1"; }
 
 inline std::string exact(double x) {
   std::ostringstream os;
@@ -119,48 +127,53 @@ inline void meta_match(const Safetensors& st, const std::string& key, const std:
                           "' (resume with the configuration the checkpoint was saved with)");
 }
 
-}  // namespace detail
-
-/// Saves the trainer's state, its field and the generator `rng` atomically to `path`, with a
-/// CRC-32 of the whole file in its metadata. The parameters, the EMA weights and Adam's moments
-/// live in backend memory: they reach the file through host copies (Backend::copy_to_host,
-/// Ema::copy_weights_to, Adam::copy_m_to / copy_v_to).
+/// The configuration entries of a flow-matching checkpoint (besides the counters): convention,
+/// schedule, EMA decay and trainer.*, all checked against the trainer on load.
 template <class Field>
-void save_checkpoint(const std::string& path, const train::FlowMatchingTrainer<Field>& trainer,
-                     const Field& field, const Rng& rng,
-                     const std::map<std::string, std::string>& extra_metadata = {},
-                     WriteFaults faults = {}) {
-  using S = typename Field::Scalar;
-  using Backend = typename train::FlowMatchingTrainer<Field>::Backend;
-  const auto n = static_cast<std::size_t>(field.num_params());
-  const auto& adam = trainer.optimizer();
+std::vector<std::pair<std::string, std::string>> flow_config_entries(
+    const train::FlowMatchingTrainer<Field>& trainer) {
+  std::vector<std::pair<std::string, std::string>> e = trainer_entries(trainer.config());
+  e.emplace_back("convention", to_string(trainer.convention()));
+  e.emplace_back("schedule", schedule_string(trainer.config().schedule));
+  e.emplace_back("ema.decay", exact(trainer.ema().decay()));
+  return e;
+}
+
+/// Writes a training state atomically: model.<name> and ema.<name> (the model's tensors by their
+/// PyTorch names and shapes), optim.m and optim.v, the counters, the generator, `format`, the
+/// configuration entries and the caller's user.* entries, with a CRC-32 of the whole file. The
+/// parameters, the EMA weights and Adam's moments live in backend memory: they reach the file
+/// through host copies (Backend::copy_to_host, Ema::copy_weights_to, Adam::copy_m_to / _v_to).
+template <class Model, class S, class Backend>
+void write_state(const std::string& path, const char* format,
+                 const std::vector<std::pair<std::string, std::string>>& config, const Model& model,
+                 const optim::Adam<S, Backend>& adam, const optim::Ema<S, Backend>& avg,
+                 const Rng& rng, const std::map<std::string, std::string>& extra_metadata,
+                 WriteFaults faults) {
+  const auto n = static_cast<std::size_t>(model.num_params());
   std::vector<S> params(n), ema(n), m(n), v(n);
-  Backend::copy_to_host(field.parameters().data, field.num_params(), params.data());
-  trainer.ema().copy_weights_to(ema.data());
+  Backend::copy_to_host(model.parameters().data, model.num_params(), params.data());
+  avg.copy_weights_to(ema.data());
   adam.copy_m_to(m.data());
   adam.copy_v_to(v.data());
   SafetensorsWriter w;
   const Dtype dt = dtype_of<S>();
-  // The field's tensors by their PyTorch names and shapes, as add_state_dict writes them.
-  const auto add_field = [&](const std::string& prefix, const std::vector<S>& values) {
-    for (const auto& t : field.layout().tensors())
+  // The model's tensors by their PyTorch names and shapes, as add_state_dict writes them.
+  const auto add_model = [&](const std::string& prefix, const std::vector<S>& values) {
+    for (const auto& t : model.layout().tensors())
       w.add(prefix + t.name, values.data() + t.offset,
             std::vector<std::int64_t>(t.shape.begin(), t.shape.end()), dt);
   };
-  add_field("model.", params);
-  add_field("ema.", ema);
+  add_model("model.", params);
+  add_model("ema.", ema);
   w.add("optim.m", m.data(), {std::int64_t(n)}, dt);
   w.add("optim.v", v.data(), {std::int64_t(n)}, dt);
   for (const auto& kv : extra_metadata) w.set_metadata("user." + kv.first, kv.second);
-  w.set_metadata("flowprior.format", detail::checkpoint_format());
+  w.set_metadata("flowprior.format", format);
   w.set_metadata("flowprior.version", FLOWPRIOR_VERSION_STRING);
   w.set_metadata("steps", std::to_string(adam.steps()));
-  w.set_metadata("ema.updates", std::to_string(trainer.ema().updates()));
-  w.set_metadata("ema.decay", detail::exact(trainer.ema().decay()));
-  w.set_metadata("convention", to_string(trainer.convention()));
-  w.set_metadata("schedule", detail::schedule_string(trainer.config().schedule));
-  for (const auto& kv : detail::trainer_entries(trainer.config()))
-    w.set_metadata(kv.first, kv.second);
+  w.set_metadata("ema.updates", std::to_string(avg.updates()));
+  for (const auto& kv : config) w.set_metadata(kv.first, kv.second);
   std::ostringstream rs;
   rs << rng;
   w.set_metadata("rng", rs.str());
@@ -168,39 +181,26 @@ void save_checkpoint(const std::string& path, const train::FlowMatchingTrainer<F
   w.write(path, faults);
 }
 
-/// Restores a parsed checkpoint `st` into `trainer`, `field` and `rng`: see the overload taking
-/// a path. `st` must carry a checksum (Safetensors::read verifies it).
-template <class Field>
-void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& trainer,
-                     Field& field, Rng& rng) {
-  using S = typename Field::Scalar;
-  using Backend = typename train::FlowMatchingTrainer<Field>::Backend;
+/// Restores a training state written by write_state (whose format the caller has checked) into
+/// `model`, `adam`, `avg` and `rng`, after checking everything: the checksum's presence, every
+/// configuration entry, the counters, the generator, every tensor and the optimizer state.
+/// Nothing is modified unless the whole file is valid; every error is an io_error.
+template <class Model, class S, class Backend>
+void read_state(const Safetensors& st,
+                const std::vector<std::pair<std::string, std::string>>& config, Model& model,
+                optim::Adam<S, Backend>& adam_out, optim::Ema<S, Backend>& avg_out, Rng& rng) {
   const std::string& path = st.source();
-  // 1. The format and the integrity of the file.
-  const std::string& format = detail::meta(st, "flowprior.format");
-  if (format == "checkpoint-1")
-    fail(path,
-         "checkpoint format 'checkpoint-1' (flowprior 0.1.0) has no checksum and does not "
-         "record the trainer configuration, so it cannot be resumed safely; its weights "
-         "still load with load_state_dict (prefix 'ema.' or 'model.')");
-  if (format != detail::checkpoint_format())
-    fail(path, "not a flowprior checkpoint (format '" + format + "', expected '" +
-                   detail::checkpoint_format() + "')");
   if (st.checksum() == ChecksumState::Absent)
     fail(path,
          std::string("checkpoint without a checksum ('") + checksum_key() + "' in __metadata__)");
-  // 2. The trainer must be configured as the one the checkpoint was saved from.
-  detail::meta_match(st, "convention", to_string(trainer.convention()));
-  detail::meta_match(st, "schedule", detail::schedule_string(trainer.config().schedule));
-  detail::meta_match(st, "ema.decay", detail::exact(trainer.ema().decay()));
-  for (const auto& kv : detail::trainer_entries(trainer.config()))
-    detail::meta_match(st, kv.first, kv.second);
-  // 3. Counters and the generator, exactly in the form save_checkpoint writes them.
-  const std::int64_t steps = detail::meta_int(st, "steps");
-  const std::int64_t updates = detail::meta_int(st, "ema.updates");
+  // The trainer must be configured as the one the checkpoint was saved from.
+  for (const auto& kv : config) meta_match(st, kv.first, kv.second);
+  // Counters and the generator, exactly in the form write_state writes them.
+  const std::int64_t steps = meta_int(st, "steps");
+  const std::int64_t updates = meta_int(st, "ema.updates");
   Rng restored;
   {
-    const std::string& text = detail::meta(st, "rng");
+    const std::string& text = meta(st, "rng");
     std::istringstream is(text);
     is >> restored;
     std::ostringstream back;
@@ -210,17 +210,17 @@ void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& t
            "checkpoint metadata 'rng' is not a generator state as save_checkpoint writes "
            "it (312 numbers separated by single spaces, nothing before or after)");
   }
-  // 4. Every tensor, read and checked into temporaries.
-  const Index n = field.num_params();
-  const auto& layout = field.layout().tensors();
+  // Every tensor, read and checked into temporaries.
+  const Index n = model.num_params();
+  const auto& layout = model.layout().tensors();
   for (const char* key : {"optim.m", "optim.v"})
     if (st.at(key).numel() != std::uint64_t(n))
       fail(path, std::string("tensor '") + key + "' has " + std::to_string(st.at(key).numel()) +
-                     " elements, the field has " + std::to_string(n) + " parameters");
+                     " elements, the model has " + std::to_string(n) + " parameters");
   std::vector<S> params, m(static_cast<std::size_t>(n)), v(m.size()), ema(m.size());
   LoadOptions lo;
   lo.prefix = "model.";
-  stage_state_dict(field, st, lo, params);
+  stage_state_dict(model, st, lo, params);
   st.get<S>("optim.m", m.data(), m.size());
   st.get<S>("optim.v", v.data(), v.size());
   for (const auto& t : layout) {
@@ -229,39 +229,84 @@ void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& t
     if (e.shape != want)
       fail(path, st.data_start() + e.begin,
            "tensor 'ema." + t.name + "' has shape " + shape_string(e.shape) +
-               ", the field expects " + shape_string(want));
+               ", the model expects " + shape_string(want));
     st.get<S>("ema." + t.name, ema.data() + t.offset, std::uint64_t(t.size()));
   }
   if (st.tensors().size() != 2 * layout.size() + 2)
     for (const auto& e : st.tensors()) {
-      const bool model = e.name.rfind("model.", 0) == 0 && field.layout().find(e.name.substr(6));
-      const bool avg = e.name.rfind("ema.", 0) == 0 && field.layout().find(e.name.substr(4));
-      if (!model && !avg && e.name != "optim.m" && e.name != "optim.v")
+      const bool in_model = e.name.rfind("model.", 0) == 0 && model.layout().find(e.name.substr(6));
+      const bool in_avg = e.name.rfind("ema.", 0) == 0 && model.layout().find(e.name.substr(4));
+      if (!in_model && !in_avg && e.name != "optim.m" && e.name != "optim.v")
         fail(path, st.data_start() + e.begin,
-             "unexpected tensor '" + e.name + "' in a checkpoint of this field");
+             "unexpected tensor '" + e.name + "' in a checkpoint of this model");
     }
   const TensorEntry& ve = st.at("optim.v");
   for (std::size_t i = 0; i < v.size(); ++i)
     if (v[i] < S(0))
       fail(path, st.data_start() + ve.begin + i * size_of(ve.dtype),
-           "tensor 'optim.v' holds a negative second moment " + detail::exact(double(v[i])) +
+           "tensor 'optim.v' holds a negative second moment " + exact(double(v[i])) +
                " at element " + std::to_string(i) + " (Adam's v is never negative)");
-  // 5. The optimizer and the EMA check their own state: into copies, so that a refusal
-  //    (value_error, numeric_error, shape_error) becomes an io_error and changes nothing.
-  auto adam = trainer.optimizer();
-  auto avg = trainer.ema();
+  // The optimizer and the EMA check their own state: into copies, so that a refusal
+  // (value_error, numeric_error, shape_error) becomes an io_error and changes nothing.
+  auto adam = adam_out;
+  auto avg = avg_out;
   try {
     adam.set_state(steps, ConstVectorView<S>(m.data(), n), ConstVectorView<S>(v.data(), n));
     avg.set_state(updates, ConstVectorView<S>(ema.data(), n));
   } catch (const flowprior::error& e) {
     fail(path, std::string("invalid optimizer or EMA state: ") + e.what());
   }
-  // 6. Everything is read and checked: commit (nothing below throws). The parameters are
-  //    uploaded into the field's backend memory.
-  trainer.optimizer() = std::move(adam);
-  trainer.ema() = std::move(avg);
-  Backend::copy_from_host(params.data(), field.num_params(), field.parameters().data);
+  // Everything is read and checked: commit (nothing below throws). The parameters are uploaded
+  // into the model's backend memory.
+  adam_out = std::move(adam);
+  avg_out = std::move(avg);
+  Backend::copy_from_host(params.data(), model.num_params(), model.parameters().data);
   rng = restored;
+}
+
+/// The format tag of a checkpoint, and a refusal naming what a different kind of file is.
+inline void expect_format(const Safetensors& st, const char* want) {
+  const std::string& path = st.source();
+  const std::string& format = meta(st, "flowprior.format");
+  if (format == want) return;
+  if (format == "checkpoint-1")
+    fail(path,
+         "checkpoint format 'checkpoint-1' (flowprior 0.1.0) has no checksum and does not "
+         "record the trainer configuration, so it cannot be resumed safely; its weights "
+         "still load with load_state_dict (prefix 'ema.' or 'model.')");
+  if (format == checkpoint_format() || format == reconstruction_format())
+    fail(path,
+         "checkpoint format '" + format + "' is a checkpoint of a " +
+             (format == checkpoint_format() ? "FlowMatchingTrainer" : "ReconstructionTrainer") +
+             "; this load expects '" + want + "' (a " +
+             (std::string(want) == checkpoint_format() ? "FlowMatchingTrainer"
+                                                       : "ReconstructionTrainer") +
+             "); its weights load with load_state_dict (prefix 'ema.' or 'model.')");
+  fail(path, "not a flowprior checkpoint (format '" + format + "', expected '" + want + "')");
+}
+
+}  // namespace detail
+
+/// Saves the trainer's state, its field and the generator `rng` atomically to `path`, with a
+/// CRC-32 of the whole file in its metadata (format `checkpoint-2`, docs/formats.md
+/// "Checkpoints"). `extra_metadata` is stored as user.<key>.
+template <class Field>
+void save_checkpoint(const std::string& path, const train::FlowMatchingTrainer<Field>& trainer,
+                     const Field& field, const Rng& rng,
+                     const std::map<std::string, std::string>& extra_metadata = {},
+                     WriteFaults faults = {}) {
+  detail::write_state(path, detail::checkpoint_format(), detail::flow_config_entries(trainer),
+                      field, trainer.optimizer(), trainer.ema(), rng, extra_metadata, faults);
+}
+
+/// Restores a parsed checkpoint `st` into `trainer`, `field` and `rng`: see the overload taking
+/// a path. `st` must carry a checksum (Safetensors::read verifies it).
+template <class Field>
+void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& trainer,
+                     Field& field, Rng& rng) {
+  detail::expect_format(st, detail::checkpoint_format());
+  detail::read_state(st, detail::flow_config_entries(trainer), field, trainer.optimizer(),
+                     trainer.ema(), rng);
 }
 
 /// Restores a checkpoint written by save_checkpoint into `trainer`, `field` and `rng`. The
@@ -275,6 +320,67 @@ template <class Field>
 void load_checkpoint(const std::string& path, train::FlowMatchingTrainer<Field>& trainer,
                      Field& field, Rng& rng) {
   load_checkpoint(Safetensors::read(path), trainer, field, rng);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconstruction (autoencoder) checkpoints
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+/// The configuration entries of a reconstruction checkpoint: schedule, EMA decay, trainer.*
+/// (Adam's betas, eps, weight decay and mode, the clip) and model.config.* (every field of the
+/// model's configuration: Model::Config::entries()), all checked against the trainer on load.
+template <class Model>
+std::vector<std::pair<std::string, std::string>> reconstruction_config_entries(
+    const train::ReconstructionTrainer<Model>& trainer) {
+  const train::ReconstructionConfig& c = trainer.config();
+  std::vector<std::pair<std::string, std::string>> e = {
+      {"schedule", schedule_string(c.schedule)},
+      {"ema.decay", exact(trainer.ema().decay())},
+      {"trainer.loss", "mse"},
+      {"trainer.adam.beta1", exact(c.adam.beta1)},
+      {"trainer.adam.beta2", exact(c.adam.beta2)},
+      {"trainer.adam.eps", exact(c.adam.eps)},
+      {"trainer.adam.weight_decay", exact(c.adam.weight_decay)},
+      {"trainer.adam.decoupled", c.adam.decoupled ? "true" : "false"},
+      {"trainer.clip_norm", exact(c.clip_norm)}};
+  for (const auto& kv : trainer.model().config().entries())
+    e.emplace_back("model.config." + kv.first, kv.second);
+  return e;
+}
+}  // namespace detail
+
+/// Saves a ReconstructionTrainer's state (its model's parameters, the EMA weights, Adam's
+/// moments, the counters, the configuration, the generator `rng` and the caller's entries as
+/// user.<key>, e.g. a data loader's position) atomically to `path`, with a CRC-32 of the whole
+/// file (format `reconstruction-checkpoint-1`, docs/formats.md "Checkpoints").
+template <class Model>
+void save_checkpoint(const std::string& path, const train::ReconstructionTrainer<Model>& trainer,
+                     const Rng& rng, const std::map<std::string, std::string>& extra_metadata = {},
+                     WriteFaults faults = {}) {
+  detail::write_state(path, detail::reconstruction_format(),
+                      detail::reconstruction_config_entries(trainer), trainer.model(),
+                      trainer.optimizer(), trainer.ema(), rng, extra_metadata, faults);
+}
+
+/// Restores a parsed reconstruction checkpoint `st` into `trainer` (its model, optimizer and EMA)
+/// and `rng`. The trainer must have the configuration the checkpoint was saved with (schedule,
+/// EMA decay, Adam, clip, and every field of the model's configuration: an io_error names the
+/// entry and both values). Nothing is modified unless the whole file is valid; every error is an
+/// io_error naming the file. The caller's user.* entries are in st.metadata().
+template <class Model>
+void load_checkpoint(const Safetensors& st, train::ReconstructionTrainer<Model>& trainer,
+                     Rng& rng) {
+  detail::expect_format(st, detail::reconstruction_format());
+  detail::read_state(st, detail::reconstruction_config_entries(trainer), trainer.model(),
+                     trainer.optimizer(), trainer.ema(), rng);
+}
+
+/// load_checkpoint(Safetensors::read(path), trainer, rng).
+template <class Model>
+void load_checkpoint(const std::string& path, train::ReconstructionTrainer<Model>& trainer,
+                     Rng& rng) {
+  load_checkpoint(Safetensors::read(path), trainer, rng);
 }
 
 }  // namespace checkpoint_impl
