@@ -37,6 +37,42 @@ struct Position {
   friend bool operator!=(const Position& a, const Position& b) { return !(a == b); }
 };
 
+/// The position as two text entries, "<prefix>epoch" and "<prefix>batch" (decimal): what a
+/// checkpoint stores beside the model (train::save_checkpoint's extra metadata, which the file
+/// keeps as "user.<key>").
+inline std::map<std::string, std::string> position_entries(Position p,
+                                                           const std::string& prefix = "loader.") {
+  return {{prefix + "epoch", std::to_string(p.epoch)}, {prefix + "batch", std::to_string(p.batch)}};
+}
+
+/// Reads a position written by position_entries back from `entries` (e.g. a checkpoint's
+/// Safetensors::metadata() with prefix "user.loader."). @throws config_error naming the key
+/// when an entry is missing or is not a decimal count (digits only, at most 18 of them).
+inline Position position_from_entries(const std::map<std::string, std::string>& entries,
+                                      const std::string& prefix = "user.loader.") {
+  auto read = [&](const std::string& key) {
+    const auto it = entries.find(key);
+    if (it == entries.end())
+      ::flowprior::detail::raise<config_error>("[flowprior.config] position_from_entries: no '" +
+                                               key + "' entry");
+    const std::string& v = it->second;
+    std::int64_t n = 0;
+    bool ok = !v.empty() && v.size() <= 18;
+    for (const char c : v) {
+      ok = ok && c >= '0' && c <= '9';
+      if (ok) n = n * 10 + (c - '0');
+    }
+    if (!ok)
+      ::flowprior::detail::raise<config_error>("[flowprior.config] position_from_entries: '" + key +
+                                               "' is not a count: '" + v + "'");
+    return n;
+  };
+  Position p;
+  p.epoch = read(prefix + "epoch");
+  p.batch = read(prefix + "batch");
+  return p;
+}
+
 /// A sample the loader skipped: its index in the source and why.
 struct Skipped {
   std::size_t index = 0;
