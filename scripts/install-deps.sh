@@ -10,6 +10,9 @@ packages=(
   # GEMM engines of the CPU backend (flowprior::blas), in the builds that flowprior can call from
   # its own thread team (docs/backends.md "GEMM engines"); the tests run on each.
   libopenblas-openmp-dev libblis-serial-dev
+  # Fashion-MNIST, the default data set of the image examples and tests (IDX files under
+  # /usr/share/datasets/fashion-mnist).
+  dataset-fashion-mnist
   # The format gate of the test command (tests/gates; the header gate's nvcc is /usr/local/cuda).
   clang-format
 )

@@ -280,8 +280,8 @@ class FieldBase {
     if (d_p == nullptr || !d_x.empty()) check_shape(w, "d_x", d_x, dim_, B);
     if (!d_cond.empty()) {
       if (field().cond_dim() == 0)
-        detail::raise<config_error>(std::string("[flowprior.config] ") + w +
-                                    ": d_cond given but the field is unconditioned");
+        flowprior::detail::raise<config_error>(std::string("[flowprior.config] ") + w +
+                                               ": d_cond given but the field is unconditioned");
       check_shape(w, "d_cond", d_cond, field().cond_dim(), B);
     }
     prepare_backward(ws);

@@ -62,7 +62,7 @@ class ParamLayout {
   /// Returns the tensor called `name`; throws flowprior::error naming it if absent.
   const TensorInfo& at(const std::string& name) const {
     if (const auto* t = find(name)) return *t;
-    detail::raise<error>("[flowprior.param] no parameter named '" + name + "'");
+    flowprior::detail::raise<error>("[flowprior.param] no parameter named '" + name + "'");
   }
 
  private:

@@ -49,9 +49,9 @@ class Arena {
     try {
       Backend::resize(mem_, used_);
     } catch (const std::bad_alloc&) {
-      detail::raise_size_config(where, what + ": cannot allocate " + std::to_string(used_) +
-                                           " elements (" + gib_string(double(used_) * sizeof(S)) +
-                                           ")");
+      flowprior::detail::raise_size_config(where, what + ": cannot allocate " +
+                                                      std::to_string(used_) + " elements (" +
+                                                      gib_string(double(used_) * sizeof(S)) + ")");
     }
   }
   Index used() const { return used_; }

@@ -139,24 +139,25 @@ class ReconstructionTrainer {
       }
       st.loss = st.mse + st.latent_loss;
       if (!std::isfinite(st.loss))
-        detail::raise<numeric_error>("[flowprior.numeric] the loss is not finite (mse " +
-                                     short_number(st.mse) + ", latent loss " +
-                                     short_number(st.latent_loss) + ")");
+        flowprior::detail::raise<numeric_error>("[flowprior.numeric] the loss is not finite (mse " +
+                                                short_number(st.mse) + ", latent loss " +
+                                                short_number(st.latent_loss) + ")");
       Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
       model_.backward(ws_, ConstMatrixView<S>(d_recon), d_y_extra, g, MatrixView<S>());
       st.grad_norm = std::isfinite(cfg_.clip_norm)
                          ? optim::clip_grad_norm<S, Backend>(ctx, g, cfg_.clip_norm)
                          : optim::grad_norm<S, Backend>(ctx, ConstVectorView<S>(g));
       if (!std::isfinite(st.grad_norm))
-        detail::raise<numeric_error>("[flowprior.numeric] the gradient norm is not finite (" +
-                                     short_number(st.grad_norm) + ")");
+        flowprior::detail::raise<numeric_error>(
+            "[flowprior.numeric] the gradient norm is not finite (" + short_number(st.grad_norm) +
+            ")");
     } catch (const numeric_error& e) {
-      detail::raise<numeric_error>(std::string("[flowprior.numeric] ") + w +
-                                   ": the training diverged at step " +
-                                   std::to_string(adam_.steps() + 1) +
-                                   " (the step was not applied; parameters, optimizer and EMA "
-                                   "are unchanged): " +
-                                   e.what());
+      flowprior::detail::raise<numeric_error>(
+          std::string("[flowprior.numeric] ") + w + ": the training diverged at step " +
+          std::to_string(adam_.steps() + 1) +
+          " (the step was not applied; parameters, optimizer and EMA "
+          "are unchanged): " +
+          e.what());
     }
     st.lr = cfg_.schedule.at(adam_.steps());
     {

@@ -125,8 +125,8 @@ class DivergenceGuard {
 
  private:
   [[noreturn]] FLOWPRIOR_COLD void fail(Index step, const std::string& why) const {
-    detail::raise<numeric_error>("[flowprior.numeric] " + what_ + " diverged at step " +
-                                 std::to_string(step) + ": " + why);
+    flowprior::detail::raise<numeric_error>("[flowprior.numeric] " + what_ + " diverged at step " +
+                                            std::to_string(step) + ": " + why);
   }
 
   std::string what_;
@@ -227,16 +227,17 @@ class FlowMatchingTrainer {
                          ? optim::clip_grad_norm<S, Backend>(ctx, g, cfg_.clip_norm)
                          : optim::grad_norm<S, Backend>(ctx, g);
       if (!std::isfinite(st.grad_norm))  // +inf clip_norm: grad_norm does not throw
-        detail::raise<numeric_error>("[flowprior.numeric] the gradient norm is not finite (" +
-                                     short_number(st.grad_norm) + ")");
+        flowprior::detail::raise<numeric_error>(
+            "[flowprior.numeric] the gradient norm is not finite (" + short_number(st.grad_norm) +
+            ")");
     } catch (const numeric_error& e) {
       // Non-finite values in the loss or the gradient: nothing has been modified yet.
-      detail::raise<numeric_error>(std::string("[flowprior.numeric] ") + w +
-                                   ": the training diverged at step " +
-                                   std::to_string(adam_.steps() + 1) +
-                                   " (the step was not applied; parameters, optimizer and EMA "
-                                   "are unchanged): " +
-                                   e.what());
+      flowprior::detail::raise<numeric_error>(
+          std::string("[flowprior.numeric] ") + w + ": the training diverged at step " +
+          std::to_string(adam_.steps() + 1) +
+          " (the step was not applied; parameters, optimizer and EMA "
+          "are unchanged): " +
+          e.what());
     }
     st.lr = cfg_.schedule.at(adam_.steps());
     {
