@@ -98,7 +98,9 @@ inline void check_jpeg_scan_tables(const std::uint8_t* d, std::size_t n, std::si
 /// - a scan that reads an undefined Huffman table (check_jpeg_scan_tables);
 /// - a file that ends before its EOI marker: "truncated: no end-of-image marker", with the offset
 ///   of the end and where the data stopped (in a segment, or in the entropy-coded data of a
-///   scan). Bytes after the EOI are not read (cameras append data there).
+///   scan). Bytes after the EOI are not read (cameras append data there). stb 2.27 also needs
+///   the EOI (it refuses such a file, mostly with "expected marker"); this names the cause and
+///   does not depend on stb's version.
 ///
 /// The walk is strict where stb would be lenient and the two could part: bytes between segments
 /// other than 0xff fill, a segment length below 2, a DHT whose tables do not fill its length.
@@ -134,7 +136,7 @@ inline void check_jpeg_segments(const std::uint8_t* d, std::size_t n, const std:
       if (m == 0x00 || (m >= 0xd0 && m <= 0xd7)) continue;  // stuffed 0xff, restart marker
       in_scan = false;
     } else {
-      if (p >= n) truncated("after the segment at byte " + std::to_string(where));
+      if (p >= n) truncated("after the marker or segment at byte " + std::to_string(where));
       if (d[p] != 0xff)
         io::fail(name, p, "expected a JPEG marker (0xff), found byte " + std::to_string(d[p]));
       where = p;
