@@ -1,8 +1,9 @@
 // Image folders, decoding and the loader of flowprior::datasets (folder.hpp, decode.hpp,
 // source.hpp, loader.hpp; docs/data.md): tiny folders of PNG and JPEG files written here with
-// stb_image_write, broken files among them (a truncated PNG, garbage bytes, an empty file, a
-// directory named like an image, an unreadable file when not root), skipped and counted; the
-// same batches with any number of threads; resume from a saved position.
+// stb_image_write, broken files among them (a truncated PNG, a JPEG cut inside its scan data, a
+// PNG "zip bomb", garbage bytes, an empty file, a directory named like an image, an unreadable
+// file when not root), skipped and counted; the same batches with any number of threads; resume
+// from a saved position.
 #include <stb/stb_image_write.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 
 #include "catch.hpp"
 #include "fixtures.hpp"
+#include "image_bytes.hpp"
 
 namespace {
 
@@ -62,7 +64,7 @@ void write_bytes(const std::string& path, const Bytes& b) {
   f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 
-// root/cat: 3 good images; root/dog: 2 good and 4 broken entries and a text file; root/eel: 2
+// root/cat: 3 good images; root/dog: 2 good and 6 broken entries and a text file; root/eel: 2
 // good (and an unreadable one when not root). Returns the number of broken entries.
 int make_folder(const fpt::TempDir& root) {
   for (const char* c : {"cat", "dog", "eel"}) fs::create_directories(root / c);
@@ -74,6 +76,16 @@ int make_folder(const fpt::TempDir& root) {
   const Bytes png = read_bytes(root / "cat/a.png");
   write_bytes(root / "dog/trunc.png",
               Bytes(png.begin(), png.begin() + static_cast<long>(png.size() / 2)));
+  // A JPEG cut inside its scan data (no end-of-image marker), and a PNG whose image data inflates
+  // to 16 MiB where its IHDR implies 200 bytes.
+  const Bytes jpg = read_bytes(root / "cat/b.jpg");
+  write_bytes(root / "dog/trunc.jpg",
+              Bytes(jpg.begin(), jpg.begin() + static_cast<long>(jpg.size() * 3 / 4)));
+  imgbytes::Ihdr bomb;
+  bomb.width = 8;
+  bomb.height = 8;
+  write_bytes(root / "dog/bomb.png",
+              imgbytes::png_file(bomb, imgbytes::zlib_zeros(std::uint64_t{16} << 20)));
   Bytes garbage(300);
   for (std::size_t i = 0; i < garbage.size(); ++i)
     garbage[i] = static_cast<std::uint8_t>(i * 37 + 11);
@@ -83,7 +95,7 @@ int make_folder(const fpt::TempDir& root) {
   write_bytes(root / "dog/notes.txt", Bytes{'h', 'i'});
   write_png(root / "eel/f.png", 31, 29, 6);
   write_png(root / "eel/g.png", 8, 8, 7);
-  int broken = 4;
+  int broken = 6;
   if (::geteuid() != 0) {
     write_png(root / "eel/noperm.png", 8, 8, 8);
     ::chmod((root / "eel/noperm.png").c_str(), 0);
@@ -129,9 +141,10 @@ TEST_CASE("image folder: classes and files sorted by name, only image names list
   std::vector<std::string> names;
   for (std::size_t i = 0; i < f.size(); ++i) names.push_back(f.relative_path(i));
   std::vector<std::string> want = {
-      "cat/C.PNG",     "cat/a.png",       "cat/b.jpg",     "dog/d.png", "dog/dir.png", "dog/e.jpeg",
-      "dog/empty.png", "dog/garbage.jpg", "dog/trunc.png", "eel/f.png", "eel/g.png"};
-  if (::geteuid() != 0) want.insert(want.begin() + 10, "eel/noperm.png");
+      "cat/C.PNG",     "cat/a.png",  "cat/b.jpg",     "dog/bomb.png",    "dog/d.png",
+      "dog/dir.png",   "dog/e.jpeg", "dog/empty.png", "dog/garbage.jpg", "dog/trunc.jpg",
+      "dog/trunc.png", "eel/f.png",  "eel/g.png"};
+  if (::geteuid() != 0) want.insert(want.begin() + 12, "eel/noperm.png");
   REQUIRE(names == want);
   CHECK(f.label(0) == 0);
   CHECK(f.label(3) == 1);
@@ -177,7 +190,8 @@ TEST_CASE("decode: PNG and JPEG decode; broken files are io_errors naming the fi
   const ds::Image8 b = ds::read_image(root / "cat/b.jpg");
   CHECK(b.width == 33);
   CHECK(b.height == 47);
-  for (const char* bad : {"dog/trunc.png", "dog/garbage.jpg", "dog/empty.png", "dog/dir.png"}) {
+  for (const char* bad : {"dog/trunc.png", "dog/garbage.jpg", "dog/empty.png", "dog/dir.png",
+                          "dog/trunc.jpg", "dog/bomb.png"}) {
     INFO(bad);
     try {
       (void)ds::read_image(root / bad);
@@ -186,6 +200,10 @@ TEST_CASE("decode: PNG and JPEG decode; broken files are io_errors naming the fi
       CHECK_THAT(std::string(e.what()), Catch::Contains(bad));
     }
   }
+  CHECK_THROWS_WITH(ds::read_image(root / "dog/trunc.jpg"),
+                    Catch::Contains("truncated: no end-of-image marker"));
+  CHECK_THROWS_WITH(ds::read_image(root / "dog/bomb.png"),
+                    Catch::Contains("inflates to more than the 200 bytes its IHDR implies"));
   // Above the pixel limit: refused from the header, before decoding.
   ds::DecodeLimits small;
   small.max_pixels = 100;
