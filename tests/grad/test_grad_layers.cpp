@@ -97,6 +97,49 @@ TEST_CASE("activations: values and overflow-safe tails", "[op]") {
   REQUIRE(silu(-100.0f) == Approx(0.0f).margin(1e-30));
 }
 
+TEST_CASE("activations: float GELU within a few ulp of the double one", "[op]") {
+  // The float path is vectorised (Eigen's erf); it is checked here against the double path (the
+  // C library's erf) on a dense grid, the tails and the awkward points, forward and JVP with K 2.
+  B::Context ctx;
+  std::vector<double> zs;
+  for (int i = -4000; i <= 4000; ++i) zs.push_back(i * 0.002);  // [-8, 8]
+  for (double z : {-1e30, -50.0, -9.5, 1e-30, -1e-30, 0.0, 9.5, 50.0, 1e30}) zs.push_back(z);
+  const Index n = Index(zs.size());
+  Eigen::MatrixXf zf(n, 1), af(n, 1), xf(n, 2), of(n, 2);
+  for (Index i = 0; i < n; ++i) {
+    zf(i, 0) = float(zs[std::size_t(i)]);
+    xf(i, 0) = 1.0f;
+    xf(i, 1) = -0.5f;
+  }
+  B::activation_forward<float>(ctx, flowprior::Activation::GELU, zf, af);
+  B::activation_jvp<float>(ctx, flowprior::Activation::GELU, zf, xf, of, 2);
+  // Bounds: the approximation's erf is within 3.75e-7 of erf, so |dPhi| <= 1.9e-7 and the
+  // GELU error is below 2e-7 |z| plus float rounding; where Phi >= 0.16 (z >= -1) that is a
+  // relative error of a few 1e-7. The derivative likewise, plus exp's rounding, relative where
+  // it is at least 1/2.
+  double abs_f = 0, abs_g = 0, rel_f = 0, rel_g = 0;
+  for (Index i = 0; i < n; ++i) {
+    const double z = double(zf(i, 0));  // the float input, exactly
+    if (std::abs(z) > 1e6) continue;    // the tails, below
+    const double f = flowprior::math::gelu(z), g = flowprior::math::gelu_grad(z);
+    const double ef = std::abs(double(af(i, 0)) - f), eg = std::abs(double(of(i, 0)) - g);
+    abs_f = std::max(abs_f, ef / std::max(1.0, std::abs(z)));
+    abs_g = std::max(abs_g, eg / std::max(1.0, z * z));
+    if (z >= -1 && std::abs(z) > 1e-3) rel_f = std::max(rel_f, ef / std::abs(f));
+    if (z >= 0) rel_g = std::max(rel_g, eg / std::abs(g));  // GELU' >= 1/2 (it is 0 near -0.75)
+    REQUIRE(of(i, 1) == Approx(-0.5f * of(i, 0)).margin(1e-37));  // exact but for denormals
+  }
+  INFO("GELU: abs " << abs_f << ", rel " << rel_f << "; GELU': abs " << abs_g << ", rel " << rel_g);
+  CHECK(abs_f < 4e-7);
+  CHECK(abs_g < 6e-7);
+  CHECK(rel_f < 2e-6);
+  CHECK(rel_g < 2e-6);
+  // The tails are exact.
+  CHECK(af(n - 1, 0) == 1e30f);
+  CHECK(af(n - 9, 0) == -0.0f);
+  CHECK(of(n - 1, 0) == 1.0f);
+}
+
 TEST_CASE("layer norm: backward matches finite differences, affine or not", "[op][grad]") {
   B::Context ctx;
   const bool affine = GENERATE(true, false);
