@@ -9,6 +9,7 @@
 #include <csignal>
 #include <flowprior/flowprior.hpp>
 #include <flowprior/nn/attention.hpp>
+#include <flowprior/nn/transformer.hpp>
 
 #include "catch.hpp"
 #include "field_checks.hpp"
@@ -260,6 +261,62 @@ TEST_CASE("guarded backend: attention equals CpuBackend's bit for bit", "[backen
   REQUIRE(Y.host() == y);
   REQUIRE(DX.host() == dx);
   REQUIRE(DP.host() == dp);
+}
+
+TEST_CASE("guarded backend: the adaLN transformer block equals CpuBackend's bit for bit",
+          "[backend][guarded][dit]") {
+  const bool qk_norm = GENERATE(false, true);
+  CAPTURE(qk_norm);
+  using Cpu = flowprior::CpuBackend;
+  const Index C = 8, H = 2, B = 3, T = 4, hidden = 16, cond = 5;
+  nn::ParamLayout layout, same;
+  const auto cb =
+      nn::AdaLNTransformerBlock<double, Cpu>::make(layout, "b", C, H, hidden, cond, qk_norm);
+  const auto gb = nn::AdaLNTransformerBlock<double, GuardedBackend>::make(same, "b", C, H, hidden,
+                                                                          cond, qk_norm);
+  Rng rng(17);
+  const Mat p = fpt::random_mat(layout.total(), 1, rng), x = fpt::random_mat(C, B * T, rng),
+            c = fpt::random_mat(cond, B, rng), dy = fpt::random_mat(C, B * T, rng);
+  // The sequence maps: one in host memory, one written in guarded memory by the primitive.
+  flowprior::CpuBackend::Context cctx;
+  GuardedBackend::Context gctx;
+  nn::SequenceMap<Cpu> cmap;
+  nn::SequenceMap<GuardedBackend> gmap;
+  cmap.update(cctx, B, T);
+  gmap.update(gctx, B, T);
+  nn::Arena<double, Cpu> cf, cs;
+  nn::Arena<double, GuardedBackend> gf, gs;
+  typename nn::AdaLNTransformerBlock<double, Cpu>::Cache ck;
+  typename nn::AdaLNTransformerBlock<double, Cpu>::Scratch csc;
+  typename nn::AdaLNTransformerBlock<double, GuardedBackend>::Cache gk;
+  typename nn::AdaLNTransformerBlock<double, GuardedBackend>::Scratch gsc;
+  for (int pass = 0; pass < 2; ++pass) {
+    cf.begin(pass == 0);
+    cs.begin(pass == 0);
+    gf.begin(pass == 0);
+    gs.begin(pass == 0);
+    ck = cb.carve(cf, B, T, cmap);
+    csc = cb.carve_scratch(cs, B, T);
+    gk = gb.carve(gf, B, T, gmap);
+    gsc = gb.carve_scratch(gs, B, T);
+    if (pass == 0) {
+      cf.reserve_counted();
+      cs.reserve_counted();
+      gf.reserve_counted();
+      gs.reserve_counted();
+    }
+  }
+  Mat h = x, dh = dy, dc = Mat::Zero(cond, B), dp = Mat::Zero(p.rows(), 1);
+  cb.forward(cctx, p.data(), c, h, ck);
+  cb.backward(cctx, p.data(), ck, dh, dc, dp.data(), csc);
+  Dev P(p), X(x), Cd(c), DH(dy), DC(cond, B), DP(p.rows(), 1);
+  gb.forward(gctx, P.buf.data(), Cd.cview(), X.view(), gk);
+  gb.backward(gctx, P.buf.data(), gk, DH.view(), DC.view(), DP.buf.data(), gsc);
+  REQUIRE(X.host() == h);
+  REQUIRE(DH.host() == dh);
+  REQUIRE(DC.host() == dc);
+  REQUIRE(DP.host() == dp);
+  REQUIRE(gctx.calls > 0);
 }
 
 TEST_CASE("guarded backend: trainer, aligner and EMA copy equal CpuBackend's bit for bit",

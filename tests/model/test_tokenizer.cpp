@@ -2,7 +2,9 @@
 // gradients of both halves against central differences in double at random non-degenerate
 // parameters, the extra gradient on y entering exactly, encode + decode equal to forward, images
 // of a batch independent of each other, typed errors, the state dict round trip, the
-// initialisation, and the guarded backend (no host access to backend memory, same bits).
+// initialisation, the learned positional embeddings (layout, gradients, init, the same bits as
+// the fixed table when they hold it), and the guarded backend (no host access to backend memory,
+// same bits).
 #include <cmath>
 #include <flowprior/flowprior.hpp>
 #include <flowprior/io/state_dict.hpp>
@@ -29,7 +31,7 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-nn::TokenizerConfig tiny(bool qk_norm = false) {
+nn::TokenizerConfig tiny(bool qk_norm = false, bool learned_pos_embed = false) {
   nn::TokenizerConfig c;
   c.image_size = 4;
   c.channels = 2;
@@ -41,6 +43,7 @@ nn::TokenizerConfig tiny(bool qk_norm = false) {
   c.latent_tokens = 2;
   c.latent_dim = 3;
   c.qk_norm = qk_norm;
+  c.learned_pos_embed = learned_pos_embed;
   return c;
 }
 
@@ -331,6 +334,122 @@ TEST_CASE("tokenizer: init is timm's, the state dict round-trips", "[tokenizer][
   REQUIRE_THROWS_AS(io::load_state_dict(deeper, st), flowprior::io_error);
 }
 
+TEST_CASE("tokenizer: learned positional embeddings: layout, names and order",
+          "[tokenizer][pos_embed]") {
+  const Model fixed(tiny()), m(tiny(false, true));
+  const auto& L = m.layout();
+  REQUIRE(fixed.layout().find("encoder.pos_embed") == nullptr);
+  REQUIRE(fixed.layout().find("decoder.pos_embed") == nullptr);
+  REQUIRE(L.at("encoder.pos_embed").shape == std::vector<Index>{1, 4, 8});
+  REQUIRE(L.at("decoder.pos_embed").shape == std::vector<Index>{1, 4, 8});
+  REQUIRE(m.num_params() == fixed.num_params() + 2 * 4 * 8);
+  // Each right after its module's latent_pos_embed (the module's own parameters come first).
+  const auto& t = L.tensors();
+  for (std::size_t i = 0; i + 1 < t.size(); ++i) {
+    if (t[i].name == "encoder.latent_pos_embed") REQUIRE(t[i + 1].name == "encoder.pos_embed");
+    if (t[i].name == "decoder.latent_pos_embed") REQUIRE(t[i + 1].name == "decoder.pos_embed");
+  }
+  REQUIRE(L.at("encoder.patch_embed.proj.weight").offset ==
+          L.at("encoder.pos_embed").offset + 4 * 8);
+  REQUIRE(L.at("decoder.from_latent.weight").offset == L.at("decoder.pos_embed").offset + 4 * 8);
+}
+
+TEST_CASE("tokenizer: learned positional embeddings: gradients against central differences",
+          "[tokenizer][pos_embed][grad]") {
+  Problem pr(tiny(false, true), 2, 97);
+  Model& m = pr.m;
+  Model::Workspace ws;
+  Mat y(pr.ydim(), pr.ycols()), recon(m.image_dim(), pr.B);
+  const Index P = m.num_params();
+  double* p = m.parameters().data;  // host memory on the CPU backend
+  auto loss = [&] {
+    m.forward(pr.x, y, recon, ws);
+    return fpt::dot(pr.w1, recon) + fpt::dot(pr.w2, y);
+  };
+  loss();
+  Vec dp = Vec::Constant(P, 0.25);  // accumulates
+  Mat dx = Mat::Zero(m.image_dim(), pr.B);
+  m.backward(ws, pr.w1, pr.w2, dp, dx);
+  dp.array() -= 0.25;
+  const auto gp = fpt::fd_gradient(loss, p, P);
+  fpt::require_close("d_params", dp.data(), gp, 1e-6);
+  for (const char* name : {"encoder.pos_embed", "decoder.pos_embed"}) {
+    const auto& t = m.layout().at(name);
+    CAPTURE(name);
+    fpt::require_close(name, dp.data() + t.offset, gp.data() + t.offset, t.size(), 1e-6);
+    REQUIRE(dp.segment(t.offset, t.size()).norm() > 1e-3);  // trained: a real gradient
+  }
+  fpt::require_close("d_x", dx.data(), fpt::fd_gradient(loss, pr.x.data(), pr.x.size()), 1e-6);
+}
+
+TEST_CASE(
+    "tokenizer: learned positional embeddings start at the fixed table and then compute "
+    "what it computes",
+    "[tokenizer][pos_embed]") {
+  const bool qk_norm = GENERATE(false, true);
+  CAPTURE(qk_norm);
+  Model fixed(tiny(qk_norm)), m(tiny(qk_norm, true));
+  // init: both tables are MAE's sine-cosine table; every other tensor as without (no draw).
+  Rng r1(98), r2(98);
+  fixed.init(r1);
+  m.init(r2);
+  const std::vector<double> table = nn::sincos_pos_embed_2d<double>(8, 2, 2);
+  for (const char* name : {"encoder.pos_embed", "decoder.pos_embed"}) {
+    const auto& t = m.layout().at(name);
+    for (Index i = 0; i < t.size(); ++i) REQUIRE(m.parameters()[t.offset + i] == table[i]);
+  }
+  auto same_shared = [&](const Vec& a, const Vec& b) {
+    for (const auto& t : fixed.layout().tensors()) {
+      const auto& u = m.layout().at(t.name);
+      CAPTURE(t.name);
+      REQUIRE(a.segment(t.offset, t.size()) == b.segment(u.offset, u.size()));
+    }
+  };
+  same_shared(Vec(Eigen::Map<const Vec>(fixed.parameters().data, fixed.num_params())),
+              Vec(Eigen::Map<const Vec>(m.parameters().data, m.num_params())));
+  // At random parameters with the table in pos_embed: the same bits forward and backward.
+  Rng rng(99);
+  const std::vector<double> h = random_params(fixed, rng);
+  set_params(fixed, h);
+  for (const auto& t : fixed.layout().tensors()) {
+    const auto& u = m.layout().at(t.name);
+    std::copy(h.begin() + t.offset, h.begin() + t.offset + t.size(),
+              m.parameters().data + u.offset);
+  }
+  const Index B = 2, D = fixed.image_dim(), d = 3, BT = B * 2;
+  const Mat x = fpt::random_mat(D, B, rng), w1 = fpt::random_mat(D, B, rng),
+            w2 = fpt::random_mat(d, BT, rng);
+  Model::Workspace wf, wm;
+  Mat yf(d, BT), rf(D, B), ym(d, BT), rm(D, B), dxf = Mat::Zero(D, B), dxm = Mat::Zero(D, B);
+  Vec dpf = Vec::Zero(fixed.num_params()), dpm = Vec::Zero(m.num_params());
+  fixed.forward(x, yf, rf, wf);
+  m.forward(x, ym, rm, wm);
+  REQUIRE(ym == yf);
+  REQUIRE(rm == rf);
+  fixed.backward(wf, w1, w2, dpf, dxf);
+  m.backward(wm, w1, w2, dpm, dxm);
+  REQUIRE(dxm == dxf);
+  same_shared(dpf, dpm);
+  // A changed table changes the output: the parameter is read, not the fixed table.
+  m.parameters()[m.layout().at("decoder.pos_embed").offset] += 0.5;
+  m.forward(x, ym, rm, wm);
+  REQUIRE(ym == yf);  // the decoder's table: the latents do not see it
+  REQUIRE(rm != rf);
+  m.parameters()[m.layout().at("encoder.pos_embed").offset + 3] += 0.5;
+  m.forward(x, ym, rm, wm);
+  REQUIRE(ym != yf);
+  // The state dict carries both tables by name.
+  const fpt::TempDir tmp("tokenizer_pos");
+  const std::string path = (tmp.dir / "t.safetensors").string();
+  io::save_state_dict(m, path);
+  const auto st = io::Safetensors::read(path);
+  REQUIRE(st.find("encoder.pos_embed")->shape == std::vector<std::int64_t>{1, 4, 8});
+  Model back(tiny(qk_norm, true));
+  REQUIRE(io::load_state_dict(back, st) == "");
+  for (Index i = 0; i < m.num_params(); ++i) REQUIRE(back.parameters()[i] == m.parameters()[i]);
+  REQUIRE_THROWS_AS(io::load_state_dict(fixed, st), flowprior::io_error);  // strict: extra names
+}
+
 namespace {
 // A matrix in guarded memory.
 struct Dev {
@@ -351,10 +470,11 @@ struct Dev {
 TEST_CASE("tokenizer: on the guarded backend, the same bits and no host access",
           "[tokenizer][backend][guarded]") {
   const bool qk_norm = GENERATE(false, true);
-  CAPTURE(qk_norm);
-  Problem pr(tiny(qk_norm), 2, 96);
+  const bool learned = GENERATE(false, true);
+  CAPTURE(qk_norm, learned);
+  Problem pr(tiny(qk_norm, learned), 2, 96);
   Model& m = pr.m;
-  nn::TokenizerAE<double, GuardedBackend> g(tiny(qk_norm));
+  nn::TokenizerAE<double, GuardedBackend> g(tiny(qk_norm, learned));
   GuardedBackend::copy_from_host(m.parameters().data, m.num_params(), g.parameters().data);
   const Index D = m.image_dim(), d = pr.ydim(), BT = pr.ycols(), P = m.num_params();
   // CPU.

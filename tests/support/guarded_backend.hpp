@@ -212,6 +212,7 @@ struct GuardedBackend {
   FPT_GUARDED(unpatchify)
   FPT_GUARDED(add_per_token)
   FPT_GUARDED(sum_per_token)
+  FPT_GUARDED(sequence_map)
   FPT_GUARDED(lincomb)
   FPT_GUARDED(error_sq_sum)
   FPT_GUARDED(scaled_sq_sum)

@@ -548,6 +548,19 @@ struct CpuBackend {
     });
   }
 
+  /// map_out[i] = i / tokens for every i < map_out.size: the sequence of each column of a token
+  /// matrix of B sequences of `tokens` tokens (column b tokens + j is token j of sequence b).
+  /// It is the `group` map through which one modulation column per sequence reaches every token
+  /// of its sequence (norm_modulate_*, gated_residual_*; transformer.md (4)-(7)). tokens >= 1
+  /// (the caller checks). Templated on the index type only so that wrappers can forward it.
+  template <class I>
+  static void sequence_map(Context&, Index tokens, VectorView<I> map_out) {
+    static_assert(std::is_integral<I>::value, "sequence_map writes integer indices");
+    detail::for_range(map_out.size, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) map_out[j] = static_cast<I>(j / tokens);
+    });
+  }
+
   // ---------------------------------------------------------------------------------------------
   // Activations: docs/math/activations.md.
 

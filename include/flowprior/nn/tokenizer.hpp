@@ -9,11 +9,14 @@
 /// Layout: B images are one (C H W, B) matrix, CHW order per column; the latents are (d, B T),
 /// column b T + j for latent token j of image b. Token sequences are (width, B L) matrices with
 /// L = Np + T: the Np patch tokens of an image first, then its T latent tokens (both halves).
-/// Parameters carry PyTorch state_dict names (encoder.*, decoder.*), so io/state_dict.hpp loads
-/// and saves them. Gradients accumulate (+=) into d_params and d_x.
+/// The patch positions get the fixed 2-D sine-cosine table, or with
+/// TokenizerConfig::learned_pos_embed the trained parameters encoder.pos_embed and
+/// decoder.pos_embed. Parameters carry PyTorch state_dict names (encoder.*, decoder.*), so
+/// io/state_dict.hpp loads and saves them. Gradients accumulate (+=) into d_params and d_x.
 /// Thread safety: const methods only read the parameters; each thread needs its own Workspace.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <flowprior/backend/context.hpp>
@@ -48,6 +51,10 @@ struct TokenizerConfig {
   Index latent_dim = 16;     ///< d: the width of a latent token
   bool qk_norm = false;      ///< LayerNorm on q and k per head (timm qk_norm=True)
   double ln_eps = 1e-6;      ///< LayerNorm epsilon
+  /// Positional embeddings of the patch positions: false, the fixed 2-D sine-cosine table (not
+  /// a parameter); true, the parameters encoder.pos_embed and decoder.pos_embed (1, Np, width),
+  /// trained, which init() sets to that table.
+  bool learned_pos_embed = false;
 
   /// The number of decoder blocks (dec_depth, or depth when dec_depth is -1).
   Index decoder_depth() const { return dec_depth < 0 ? depth : dec_depth; }
@@ -193,8 +200,9 @@ class TokenizerAE {
   using Block = TransformerBlock<S, Backend>;
 
   /// Builds the layout, allocates the parameters (uninitialised: call init or load a state dict)
-  /// and uploads the fixed 2-D sine-cosine table of the patch positions. Throws config_error from
-  /// cfg.validate(), or naming the sizes when the model cannot fit in memory.
+  /// and, unless cfg.learned_pos_embed, uploads the fixed 2-D sine-cosine table of the patch
+  /// positions. Throws config_error from cfg.validate(), or naming the sizes when the model
+  /// cannot fit in memory.
   explicit TokenizerAE(const Config& cfg) : cfg_(cfg) {
     cfg_.validate();
     const char* who = "TokenizerAE";
@@ -212,6 +220,7 @@ class TokenizerAE {
       // PyTorch state_dict order: a module's own parameters, then its submodules.
       lat_tok_ = layout_.add("encoder.latent_tokens", {T, W});
       lat_pos_e_ = layout_.add("encoder.latent_pos_embed", {T, W});
+      if (cfg_.learned_pos_embed) pos_e_ = layout_.add("encoder.pos_embed", {1, np_, W});
       patch_embed_.in = cpp;
       patch_embed_.out = W;
       patch_embed_.w = layout_.add("encoder.patch_embed.proj.weight", {W, C, p, p});
@@ -226,6 +235,7 @@ class TokenizerAE {
       to_latent_ = Linear<S, Backend>::make(layout_, "encoder.to_latent", W, d);
       mask_ = layout_.add("decoder.mask_token", {1, W});
       lat_pos_d_ = layout_.add("decoder.latent_pos_embed", {T, W});
+      if (cfg_.learned_pos_embed) pos_d_ = layout_.add("decoder.pos_embed", {1, np_, W});
       from_latent_ = Linear<S, Backend>::make(layout_, "decoder.from_latent", d, W);
       for (Index i = 0; i < cfg_.decoder_depth(); ++i) {
         check_allocation(who, "the parameters of " + sizes, layout_.total(), sizeof(S));
@@ -240,9 +250,10 @@ class TokenizerAE {
     }
     check_allocation(who, "the parameters of " + sizes, layout_.total(), sizeof(S));
     Backend::resize(params_, layout_.total());
-    const Index g = cfg_.image_size / p;
-    const std::vector<S> table = sincos_pos_embed_2d<S>(W, g, g);
-    Backend::copy_from_host(table.data(), Index(table.size()), pos_);
+    if (!cfg_.learned_pos_embed) {
+      const std::vector<S> table = pos_table();
+      Backend::copy_from_host(table.data(), Index(table.size()), pos_);
+    }
     key_ = {{layout_.total(), cfg_.image_size, C, p, W, cfg_.depth, cfg_.decoder_depth(),
              cfg_.heads, hidden, T, d, Index(cfg_.qk_norm)}};
   }
@@ -264,7 +275,8 @@ class TokenizerAE {
   /// timm-like initialisation, drawn on the host and uploaded: Xavier-uniform Linear weights
   /// (the patch embedding's as its (width, C p p) matrix, qkv as one (3 width, width) matrix),
   /// zero biases, LayerNorm weight 1 and bias 0, the learned tokens and latent position
-  /// embeddings ~ N(0, 0.02^2).
+  /// embeddings ~ N(0, 0.02^2); with learned_pos_embed, both pos_embed set to the 2-D sine-cosine
+  /// table (no draw: the other tensors get the same numbers as without).
   void init(Rng& rng) {
     std::vector<S> h(static_cast<std::size_t>(num_params()), S(0));
     S* q = h.data();
@@ -280,6 +292,11 @@ class TokenizerAE {
     const Index W = cfg_.width, T = cfg_.latent_tokens;
     normal(lat_tok_, T * W);
     normal(lat_pos_e_, T * W);
+    if (cfg_.learned_pos_embed) {
+      const std::vector<S> table = pos_table();
+      std::copy(table.begin(), table.end(), q + pos_e_);
+      std::copy(table.begin(), table.end(), q + pos_d_);
+    }
     patch_embed_.init_xavier(q, rng);
     for (const Block& b : enc_) init_block(b, q, rng);
     ln(norm_e_w_, norm_e_b_, W);
@@ -457,7 +474,22 @@ class TokenizerAE {
   MatrixView<S> packed(MatrixView<S> m, Index B) const {
     return MatrixView<S>(m.data, m.rows * (m.cols / B), B, m.rows * (m.cols / B));
   }
-  ConstMatrixView<S> pos() const { return {pos_.data(), cfg_.width, np_}; }
+  // The (width, Np) tables of the patch positions of the encoder and of the decoder: the fixed
+  // sine-cosine table, or the parameters encoder.pos_embed / decoder.pos_embed ((1, Np, width)
+  // row-major is the same memory as (width, Np) column-major).
+  ConstMatrixView<S> pos_enc() const {
+    if (cfg_.learned_pos_embed) return {params_.data() + pos_e_, cfg_.width, np_};
+    return {pos_.data(), cfg_.width, np_};
+  }
+  ConstMatrixView<S> pos_dec() const {
+    if (cfg_.learned_pos_embed) return {params_.data() + pos_d_, cfg_.width, np_};
+    return {pos_.data(), cfg_.width, np_};
+  }
+  // MAE's 2-D sine-cosine table of the patch grid (patches.md (4)), on the host.
+  std::vector<S> pos_table() const {
+    const Index g = cfg_.image_size / cfg_.patch;
+    return sincos_pos_embed_2d<S>(cfg_.width, g, g);
+  }
 
   // Encoder: tokenizer.md (1).
   void run_encoder(Context& ctx, ConstMatrixView<S> x, const Caches& c) const {
@@ -468,7 +500,7 @@ class TokenizerAE {
     // Patch tokens: W_pe patch + b + pos, into the first Np tokens of every sequence.
     const MatrixView<S> e = c.tmp.col_block(0, B * np_);
     patch_embed_.forward(ctx, p, c.patches, e);
-    Backend::add_per_token(ctx, pos(), e);
+    Backend::add_per_token(ctx, pos_enc(), e);
     Backend::copy(ctx, ConstMatrixView<S>(packed(e, B)), runs(c.h_enc, 0, np_));
     // Latent tokens: latent_tokens + latent_pos_embed, the last T tokens of every sequence.
     const MatrixView<S> lat = runs(c.h_enc, np_, T);
@@ -491,7 +523,7 @@ class TokenizerAE {
     const Index img = cfg_.image_size;
     // Patch positions: mask_token + pos, the same for every image.
     Backend::broadcast_cols(ctx, p + mask_, c.query);
-    Backend::axpy(ctx, S(1), pos(), c.query);
+    Backend::axpy(ctx, S(1), pos_dec(), c.query);
     Backend::broadcast_cols(ctx, c.query.data, runs(c.h_dec, 0, np_));
     // Latent tokens: from_latent(y) + latent_pos_embed, the last T tokens of every sequence.
     const MatrixView<S> z = c.tmp.col_block(0, B * T);
@@ -531,9 +563,13 @@ class TokenizerAE {
     Backend::copy(ctx, ConstMatrixView<S>(packed(d_od, B)), runs(d_h, 0, np_));
     Backend::fill(ctx, runs(d_h, np_, T), S(0));
     for (std::size_t i = dec_.size(); i-- > 0;) dec_[i].backward(ctx, p, c.dec[i], d_h, dp, c.bs);
-    // mask_token: the sum over every patch position of every image (pos is fixed).
+    // mask_token: the sum over every patch position of every image; decoder.pos_embed (when
+    // learned): the sum over the images, position by position.
     Backend::copy(ctx, ConstMatrixView<S>(runs(d_h, 0, np_)), packed(d_od, B));
     Backend::sum_cols(ctx, ConstMatrixView<S>(d_od), dp + mask_);
+    if (cfg_.learned_pos_embed)
+      Backend::sum_per_token(ctx, ConstMatrixView<S>(d_od),
+                             MatrixView<S>(dp + pos_d_, cfg_.width, np_));
     // Latent tokens: latent_pos_embed, from_latent, into d_y.
     const MatrixView<S> d_z = c.d_n.col_block(0, BT);
     Backend::copy(ctx, ConstMatrixView<S>(runs(d_h, np_, T)), packed(d_z, B));
@@ -557,9 +593,13 @@ class TokenizerAE {
     // latent_tokens and encoder.latent_pos_embed: both get the sum over the images.
     Backend::sum_cols(ctx, ConstMatrixView<S>(runs(d_h, np_, T)), dp + lat_tok_);
     Backend::sum_cols(ctx, ConstMatrixView<S>(runs(d_h, np_, T)), dp + lat_pos_e_);
-    // Patch embedding (pos is fixed), and through patchify's adjoint into d_x.
+    // encoder.pos_embed (when learned): the sum over the images of the patch tokens' gradient;
+    // the patch embedding, and through patchify's adjoint into d_x.
     const MatrixView<S> d_e = c.d_n.col_block(0, BNp);
     Backend::copy(ctx, ConstMatrixView<S>(runs(d_h, 0, np_)), packed(d_e, B));
+    if (cfg_.learned_pos_embed)
+      Backend::sum_per_token(ctx, ConstMatrixView<S>(d_e),
+                             MatrixView<S>(dp + pos_e_, cfg_.width, np_));
     patch_embed_.backward_params(ctx, c.patches, d_e, dp);
     if (d_x.empty()) return;
     patch_embed_.backward_input(ctx, p, d_e, c.d_tok, false);
@@ -575,6 +615,7 @@ class TokenizerAE {
   std::array<Index, 12> key_{};
   Index lat_tok_ = -1, lat_pos_e_ = -1, norm_e_w_ = -1, norm_e_b_ = -1;
   Index mask_ = -1, lat_pos_d_ = -1, norm_d_w_ = -1, norm_d_b_ = -1;
+  Index pos_e_ = -1, pos_d_ = -1;  // encoder.pos_embed, decoder.pos_embed (learned_pos_embed)
   Linear<S, Backend> patch_embed_, to_latent_, from_latent_, pixel_head_;
   std::vector<Block> enc_, dec_;
 };
