@@ -42,9 +42,9 @@ using Trainer = train::ReconstructionTrainer<Model>;
 
 struct Options {
   std::string data = ds::fashion_mnist_dir(), out = "tokenizer_out";
-  Index steps = 3000, batch = 64, warmup = 200, log_every = 25, checkpoint_every = 500;
+  Index steps = 1000, batch = 64, warmup = 100, log_every = 25, checkpoint_every = 250;
   Index eval_images = 0, grid = 16, stop_at = 0;
-  double lr = 1e-3, min_lr = 1e-5, weight_decay = 1e-4, clip = 1.0, ema_decay = 0.999;
+  double lr = 1e-3, min_lr = 1e-5, weight_decay = 1e-4, clip = 1.0, ema_decay = 0.99;
   std::uint64_t seed = 0;
   int loader_threads = 1;
   bool no_flip = false, resume = false, quiet = false;
@@ -371,6 +371,8 @@ int main(int argc, char** argv) {
   app.add_option("--latent-tokens", o.model.latent_tokens, "latent tokens T per image");
   app.add_option("--latent-dim", o.model.latent_dim, "numbers d per latent token");
   app.add_flag("--qk-norm", o.model.qk_norm, "LayerNorm on queries and keys");
+  app.add_flag("--learned-pos", o.model.learned_pos_embed,
+               "learned positional embeddings of the patches (from the 2-D sine-cosine table)");
   app.add_option("--eval-images", o.eval_images, "held-out images evaluated (0: all)");
   app.add_option("--grid", o.grid, "images in reconstructions.png");
   app.add_option("--log-every", o.log_every, "steps between logged (averaged) losses");

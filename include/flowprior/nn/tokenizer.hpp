@@ -118,7 +118,8 @@ struct TokenizerConfig {
             {"latent_tokens", std::to_string(latent_tokens)},
             {"latent_dim", std::to_string(latent_dim)},
             {"qk_norm", qk_norm ? "true" : "false"},
-            {"ln_eps", num(ln_eps)}};
+            {"ln_eps", num(ln_eps)},
+            {"learned_pos_embed", learned_pos_embed ? "true" : "false"}};
   }
 };
 
