@@ -5,6 +5,7 @@
 ///   BM_MlpField_{Forward,ForwardBackward}          MlpField<float>, Args {dim,width,depth,batch}
 ///   BM_Sgemm / BM_Dgemm                            Eigen C.noalias() = A * B, Args {m, n, k}
 ///   BM_Smoke                                       one tiny iteration of every pass (CTest runs)
+///   BM_TransformerBlock, BM_Tokenizer{Step,Forward,Smoke}   benchmarks/bench_model/tokenizer.cpp
 ///
 /// Counters: items_per_second = rows (samples) per second; FLOP = matrix-product FLOPs
 /// (matmul_flops_per_row(), 2 m n k per product) per second, so a model figure divided by the

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Generate tests/reference/data/adaln_reference.safetensors: PyTorch reference values for
-flowprior's AdaLNMlp and alignment loss (tests/reference/test_reference.cpp).
+flowprior's AdaLNMlp and alignment loss (tests/reference/test_reference.cpp), and
+tests/reference/data/tokenizer_reference.safetensors: those of the tokenizer autoencoder
+(tools/make_tokenizer_fixture.py, tests/reference/test_tokenizer_reference.cpp).
 
-    python3 tools/make_fixtures.py [--out PATH]
+    python3 tools/make_fixtures.py [--fixture all|adaln|tokenizer] [--out PATH]
+                                   [--tokenizer-out PATH]
     python3 tools/make_fixtures.py --verify-saved FILE [FILE ...]
 
-The first form writes the fixture (deterministic: fixed seed) and checks that it reads back and
-loads into SimpleMLPAdaLN with strict=True. The second form checks state dicts written by
+The first form writes the fixtures (all by default; deterministic: fixed seeds) and checks that
+the AdaLN one reads back and loads into SimpleMLPAdaLN with strict=True (the tokenizer one checks
+itself likewise, docs in its script). The second form checks state dicts written by
 flowprior::io::save_state_dict (e.g. by the reference test with FLOWPRIOR_REFERENCE_SAVE=path):
 each is loaded into PyTorch with strict=True and evaluated on the fixture's inputs.
 
@@ -32,6 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flowprior_torch as fpt  # noqa: E402
+import make_tokenizer_fixture  # noqa: E402
 
 GENERATOR = "tools/make_fixtures.py v1"
 SEED = 20260611
@@ -169,13 +174,23 @@ def verify_saved(paths, fixture):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=DEFAULT_OUT, help="fixture path (default: %(default)s)")
+    ap.add_argument("--out", default=DEFAULT_OUT,
+                    help="AdaLN fixture path (default: %(default)s)")
+    ap.add_argument("--tokenizer-out", default=make_tokenizer_fixture.DEFAULT_OUT,
+                    help="tokenizer fixture path (default: %(default)s)")
+    ap.add_argument("--fixture", choices=("all", "adaln", "tokenizer"), default="all",
+                    help="which fixtures to write (default: all)")
     ap.add_argument("--verify-saved", nargs="+", metavar="FILE",
                     help="check flowprior-written state dicts against the fixture instead")
     a = ap.parse_args(argv)
     if a.verify_saved:
         return verify_saved(a.verify_saved, a.out)
-    return make(a.out)
+    rc = 0
+    if a.fixture in ("all", "adaln"):
+        rc |= make(a.out)
+    if a.fixture in ("all", "tokenizer"):
+        rc |= make_tokenizer_fixture.make(a.tokenizer_out)
+    return rc
 
 
 if __name__ == "__main__":
