@@ -44,7 +44,7 @@ struct Options {
   std::string data = ds::fashion_mnist_dir(), out = "tokenizer_out";
   Index steps = 1000, batch = 64, warmup = 100, log_every = 25, checkpoint_every = 250;
   Index eval_images = 0, grid = 16, stop_at = 0;
-  double lr = 1e-3, min_lr = 1e-5, weight_decay = 1e-4, clip = 1.0, ema_decay = 0.99;
+  double lr = 2e-3, min_lr = 1e-5, weight_decay = 1e-4, clip = 1.0, ema_decay = 0.99;
   std::uint64_t seed = 0;
   int loader_threads = 1;
   bool no_flip = false, resume = false, quiet = false;
