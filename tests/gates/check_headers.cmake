@@ -1,6 +1,7 @@
-# Header gate (docs/architecture.md "Gates"): every public header compiles on its own, first with
-# the host C++ compiler (syntax only: the header includes what it uses) and then, when NVCC is
-# given, with nvcc for sm_90 (no header change may break the CUDA build; no GPU is needed).
+# Header gate (docs/architecture.md "Gates"): every public header compiles on its own with the
+# host C++ compiler (syntax only: the header includes what it uses), and, when NVCC is given, all
+# of them together with nvcc for sm_90 (no header change may break the CUDA build; no GPU is
+# needed; on a failure each header is compiled alone with nvcc to name the culprits).
 #   cmake -DROOTS="<include dirs>" -DINCLUDES="<extra include dirs>" -DCXX=<c++> [-DNVCC=<nvcc>]
 #         -DWORK=<scratch dir> -P check_headers.cmake
 # Headers of the CUDA backend (*.cuh) go to nvcc only. Fails listing every header that did not
@@ -50,20 +51,45 @@ foreach(_root IN LISTS ROOTS)
         list(APPEND _failed "${_rel} (c++)")
       endif()
     endif()
-    if(NVCC)
-      file(WRITE "${WORK}/${_id}.cu" "#include <${_rel}>\n")
-      execute_process(COMMAND "${NVCC}" ${_flags} -arch=sm_90 -c "${WORK}/${_id}.cu"
-                              -o "${WORK}/${_id}.o"
-                      RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
+    list(APPEND _all "${_rel}")
+  endforeach()
+endforeach()
+
+# nvcc: one translation unit that includes every header (a per-header nvcc run cost about four
+# seconds each, most of the test command's gate time); only when it fails is each header compiled
+# alone, to name the ones that break.
+function(_nvcc_compiles name text out_rc out_text)
+  file(WRITE "${WORK}/${name}.cu" "${text}")
+  execute_process(COMMAND "${NVCC}" ${_flags} -arch=sm_90 -c "${WORK}/${name}.cu"
+                          -o "${WORK}/${name}.o"
+                  RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
+  file(REMOVE "${WORK}/${name}.o")
+  set(${out_rc} ${_rc} PARENT_SCOPE)
+  set(${out_text} "${_out}" PARENT_SCOPE)
+endfunction()
+if(NVCC)
+  set(_tu "")
+  foreach(_rel IN LISTS _all)
+    string(APPEND _tu "#include <${_rel}>\n")
+  endforeach()
+  _nvcc_compiles(all_headers "${_tu}" _rc _out)
+  if(NOT _rc EQUAL 0)
+    _first_errors("${_out}" _out)
+    message("check_headers: the headers together do not compile with nvcc (sm_90):\n${_out}")
+    foreach(_rel IN LISTS _all)
+      string(MAKE_C_IDENTIFIER "${_rel}" _id)
+      _nvcc_compiles(${_id} "#include <${_rel}>\n" _rc _out)
       if(NOT _rc EQUAL 0)
         _first_errors("${_out}" _out)
         message("check_headers: <${_rel}> does not compile with nvcc (sm_90):\n${_out}")
         list(APPEND _failed "${_rel} (nvcc)")
       endif()
-      file(REMOVE "${WORK}/${_id}.o")
+    endforeach()
+    if(NOT _failed)
+      list(APPEND _failed "all headers in one translation unit (nvcc)")
     endif()
-  endforeach()
-endforeach()
+  endif()
+endif()
 if(_count EQUAL 0)
   message(FATAL_ERROR "check_headers: no header found under ${ROOTS}")
 endif()
@@ -73,7 +99,7 @@ if(_failed)
   message(FATAL_ERROR "check_headers: ${_n} failure(s) among ${_count} headers:\n  ${_list}")
 endif()
 if(NVCC)
-  message(STATUS "check_headers: ${_count} headers compile on their own with ${CXX} and with nvcc (sm_90)")
+  message(STATUS "check_headers: ${_count} headers compile on their own with ${CXX}, and together with nvcc (sm_90)")
 else()
   message(STATUS "check_headers: ${_count} headers compile on their own with ${CXX} (no nvcc given)")
 endif()

@@ -6,7 +6,9 @@
 #include <flowprior/flowprior.hpp>
 #include <flowprior/nn/tokenizer.hpp>
 #include <flowprior/nn/transformer.hpp>
+#include <flowprior/train/latent_alignment.hpp>
 #include <flowprior/train/reconstruction.hpp>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -192,6 +194,24 @@ TEST_CASE("a warmed-up tokenizer forward and backward allocate nothing", "[perf]
   REQUIRE(allocations_after_warmup([&] {
             tr.step(x, latent);
             tr.step(x8);
+          }) == 0);
+  // With the alignment loss of a prior on the latent tokens as the latent loss (draws, the
+  // prior's forward and input VJP on B T tokens).
+  nn::AdaLNMlpConfig pc;
+  pc.dim = cfg.latent_dim;
+  pc.width = 32;
+  pc.depth = 2;
+  pc.time_freq_dim = 16;
+  nn::AdaLNMlp<float> net(pc);
+  net.init(rng);
+  const Prior<nn::AdaLNMlp<float>> prior(net, Convention::Code);
+  train::LatentAlignmentLoss<nn::AdaLNMlp<float>> align(prior, Convention::Paper, {}, rng);
+  const train::ReconstructionTrainer<nn::TokenizerAE<float>>::LatentLoss aligned = std::ref(align);
+  // Alternating batch sizes shrink and regrow the draws within their capacity: that must not
+  // allocate either (it did: the size check built its message string).
+  REQUIRE(allocations_after_warmup([&] {
+            tr.step(x, aligned);
+            tr.step(x8, aligned);
           }) == 0);
 }
 

@@ -94,14 +94,34 @@ inline void check_allocation(const char* where, const std::string& what, Index c
                                          gib_string(limit) + ")");
 }
 
+namespace detail {
+/// The elements a std::vector-like buffer holds without reallocating: capacity() where the type
+/// has one, else size().
+template <class Vec>
+auto capacity_of(const Vec& v, int) -> decltype(static_cast<std::size_t>(v.capacity())) {
+  return static_cast<std::size_t>(v.capacity());
+}
+template <class Vec>
+std::size_t capacity_of(const Vec& v, long) {
+  return static_cast<std::size_t>(v.size());
+}
+}  // namespace detail
+
+/// Whether resizing `v` to `count` elements would reallocate (count beyond its capacity).
+template <class Vec>
+bool grows_storage(const Vec& v, Index count) {
+  return count < 0 || static_cast<std::size_t>(count) > detail::capacity_of(v, 0);
+}
+
 /// Resizes a std::vector-like buffer to `count` elements. When it grows, check_allocation runs
 /// first, and a std::bad_alloc or std::length_error from the allocation itself becomes a
-/// config_error naming the request too. A call that does not grow the buffer allocates nothing
-/// (hot paths call this every step).
+/// config_error naming the request too. A call within the buffer's capacity allocates nothing,
+/// also when it grows the size again after a smaller request (hot paths call this every step,
+/// with batch sizes that may alternate).
 template <class Vec>
 void checked_resize(const char* where, const char* what, Vec& v, Index count) {
   using T = typename Vec::value_type;
-  if (count >= 0 && static_cast<std::size_t>(count) <= v.size()) {
+  if (!grows_storage(v, count)) {  // within the capacity: no allocation, no check
     v.resize(static_cast<std::size_t>(count));
     return;
   }

@@ -111,7 +111,7 @@ struct FlowDraws {
                           ", dim " + std::to_string(d));
     const Index M = checked_mul(w, "rows x K", n_rows, draws_per_row);
     const Index n_eps = checked_mul(w, "dim x rows x K", d, M);
-    if (static_cast<std::size_t>(n_eps) > eps.size())  // growing: say what does not fit
+    if (grows_storage(eps, n_eps))  // reallocating: say what does not fit (a message allocates)
       check_allocation(w,
                        "the noise of " + std::to_string(n_rows) + " rows x K " +
                            std::to_string(draws_per_row) + " draws of dim " + std::to_string(d),
