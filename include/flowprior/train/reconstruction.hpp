@@ -144,28 +144,12 @@ class ReconstructionTrainer {
                                                 short_number(st.latent_loss) + ")");
       Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
       model_.backward(ws_, ConstMatrixView<S>(d_recon), d_y_extra, g, MatrixView<S>());
-      st.grad_norm = std::isfinite(cfg_.clip_norm)
-                         ? optim::clip_grad_norm<S, Backend>(ctx, g, cfg_.clip_norm)
-                         : optim::grad_norm<S, Backend>(ctx, ConstVectorView<S>(g));
-      if (!std::isfinite(st.grad_norm))
-        flowprior::detail::raise<numeric_error>(
-            "[flowprior.numeric] the gradient norm is not finite (" + short_number(st.grad_norm) +
-            ")");
+      st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
     } catch (const numeric_error& e) {
-      flowprior::detail::raise<numeric_error>(
-          std::string("[flowprior.numeric] ") + w + ": the training diverged at step " +
-          std::to_string(adam_.steps() + 1) +
-          " (the step was not applied; parameters, optimizer and EMA "
-          "are unchanged): " +
-          e.what());
+      step_parts::raise_diverged(w, adam_.steps() + 1, e);
     }
     st.lr = cfg_.schedule.at(adam_.steps());
-    {
-      const LentContext<optim::Adam<S, Backend>, Context> lend_adam(adam_, ctx);
-      const LentContext<optim::Ema<S, Backend>, Context> lend_ema(ema_, ctx);
-      adam_.step(model_.parameters(), ConstVectorView<S>(g), st.lr);
-      ema_.update(model_.parameters());
-    }
+    step_parts::apply_update(ctx, adam_, ema_, model_.parameters(), ConstVectorView<S>(g), st.lr);
     st.step = adam_.steps();
     return st;
   }
@@ -196,10 +180,8 @@ class ReconstructionTrainer {
   /// Copies the EMA weights into `target` (a model of the same configuration): Backend::copy on
   /// context(); throws shape_error if the parameter counts differ.
   void copy_ema_to(Model& target) {
-    const VectorView<S> p = target.parameters();
-    check_size("ReconstructionTrainer::copy_ema_to", "target parameters", p, ema_.size());
-    Backend::copy(ws_.context(), ConstMatrixView<S>(ema_.weights_view().data, p.size, 1),
-                  MatrixView<S>(p.data, p.size, 1));
+    step_parts::copy_ema(ws_.context(), ema_, target.parameters(),
+                         "ReconstructionTrainer::copy_ema_to");
   }
 
  private:

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <flowprior/backend/checks.hpp>
 #include <flowprior/backend/context.hpp>
 #include <flowprior/core/check.hpp>
@@ -27,6 +28,58 @@
 
 namespace flowprior {
 namespace train {
+
+/// The parts of a training step that FlowMatchingTrainer and ReconstructionTrainer share (not a
+/// namespace named detail: inside train it would hide flowprior::detail).
+namespace step_parts {
+
+/// Throws numeric_error "<where>: the training diverged at step <step> (the step was not applied;
+/// ...): <cause>": the refusal of a step whose loss or gradient is not finite.
+[[noreturn]] inline FLOWPRIOR_COLD void raise_diverged(const char* where, Index step,
+                                                       const std::exception& cause) {
+  flowprior::detail::raise<numeric_error>(
+      std::string("[flowprior.numeric] ") + where + ": the training diverged at step " +
+      std::to_string(step) +
+      " (the step was not applied; parameters, optimizer and EMA are unchanged): " + cause.what());
+}
+
+/// The gradient norm before clipping: clip_grad_norm to `clip` (a finite clip) or grad_norm
+/// (+inf: no clipping), on ctx. Throws numeric_error when it is not finite.
+template <class S, class Backend>
+double clipped_norm(typename Backend::Context& ctx, VectorView<S> g, double clip) {
+  const double norm = std::isfinite(clip)
+                          ? optim::clip_grad_norm<S, Backend>(ctx, g, clip)
+                          : optim::grad_norm<S, Backend>(ctx, ConstVectorView<S>(g));
+  if (!std::isfinite(norm))  // +inf clip: grad_norm does not throw
+    flowprior::detail::raise<numeric_error>(
+        "[flowprior.numeric] the gradient norm is not finite (" + short_number(norm) + ")");
+  return norm;
+}
+
+/// The update of a step on context ctx: Adam(W) at rate lr on params with gradient g, then the
+/// EMA of the new parameters.
+template <class S, class Backend>
+void apply_update(typename Backend::Context& ctx, optim::Adam<S, Backend>& adam,
+                  optim::Ema<S, Backend>& ema, VectorView<S> params, ConstVectorView<S> g,
+                  double lr) {
+  using Context = typename Backend::Context;
+  const LentContext<optim::Adam<S, Backend>, Context> lend_adam(adam, ctx);
+  const LentContext<optim::Ema<S, Backend>, Context> lend_ema(ema, ctx);
+  adam.step(params, g, lr);
+  ema.update(params);
+}
+
+/// target <- the EMA weights (Backend::copy on ctx); shape_error naming `where` when the sizes
+/// differ.
+template <class S, class Backend>
+void copy_ema(typename Backend::Context& ctx, const optim::Ema<S, Backend>& ema,
+              VectorView<S> target, const char* where) {
+  check_size(where, "target parameters", target, ema.size());
+  Backend::copy(ctx, ConstMatrixView<S>(ema.weights_view().data, target.size, 1),
+                MatrixView<S>(target.data, target.size, 1));
+}
+
+}  // namespace step_parts
 
 /// Options of FlowMatchingTrainer. Defaults follow the released prior where it makes sense on a
 /// CPU (batch 256, K = 4, mean reduction, clip 1.0, EMA 0.9999, betas (0.9, 0.95)).
@@ -223,29 +276,13 @@ class FlowMatchingTrainer {
     StepStats st;
     try {
       st.loss = loss::flow_matching_loss(prior, conv_, batch, draws_, cfg_.reduction, ws_, g);
-      st.grad_norm = std::isfinite(cfg_.clip_norm)
-                         ? optim::clip_grad_norm<S, Backend>(ctx, g, cfg_.clip_norm)
-                         : optim::grad_norm<S, Backend>(ctx, g);
-      if (!std::isfinite(st.grad_norm))  // +inf clip_norm: grad_norm does not throw
-        flowprior::detail::raise<numeric_error>(
-            "[flowprior.numeric] the gradient norm is not finite (" + short_number(st.grad_norm) +
-            ")");
+      st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
     } catch (const numeric_error& e) {
       // Non-finite values in the loss or the gradient: nothing has been modified yet.
-      flowprior::detail::raise<numeric_error>(
-          std::string("[flowprior.numeric] ") + w + ": the training diverged at step " +
-          std::to_string(adam_.steps() + 1) +
-          " (the step was not applied; parameters, optimizer and EMA "
-          "are unchanged): " +
-          e.what());
+      step_parts::raise_diverged(w, adam_.steps() + 1, e);
     }
     st.lr = cfg_.schedule.at(adam_.steps());
-    {
-      const LentContext<optim::Adam<S, Backend>, Context> lend_adam(adam_, ctx);
-      const LentContext<optim::Ema<S, Backend>, Context> lend_ema(ema_, ctx);
-      adam_.step(field_.parameters(), g, st.lr);
-      ema_.update(field_.parameters());
-    }
+    step_parts::apply_update(ctx, adam_, ema_, field_.parameters(), ConstVectorView<S>(g), st.lr);
     st.step = adam_.steps();
     return st;
   }
@@ -267,10 +304,8 @@ class FlowMatchingTrainer {
   /// Copies the EMA weights into `target` (a field of the same configuration): the prior.
   /// Backend::copy on context(); throws shape_error if the parameter counts differ.
   void copy_ema_to(Field& target) {
-    const VectorView<S> p = target.parameters();
-    check_size("FlowMatchingTrainer::copy_ema_to", "target parameters", p, ema_.size());
-    Backend::copy(ws_.context(), ConstMatrixView<S>(ema_.weights_view().data, p.size, 1),
-                  MatrixView<S>(p.data, p.size, 1));
+    step_parts::copy_ema(ws_.context(), ema_, target.parameters(),
+                         "FlowMatchingTrainer::copy_ema_to");
   }
 
  private:
