@@ -35,23 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tokenizer_torch as tt  # noqa: E402
-
-
-def timed(fn, repetitions, min_time):
-    """Seconds per call of each repetition; a repetition calls fn until min_time has passed."""
-    fn()  # warm-up
-    fn()
-    out = []
-    for _ in range(repetitions):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            el = time.perf_counter() - t0
-            if el >= min_time:
-                break
-        out.append(el / n)
-    return out
+from bench_torch import timed  # noqa: E402  (the same timing loop as the flow-head benchmark)
 
 
 def block_flops(C, F_, T, n):
