@@ -33,7 +33,7 @@ class TokenizerConfig:
     FIELDS = OrderedDict([
         ("image_size", 32), ("channels", 3), ("patch", 4), ("width", 256), ("depth", 4),
         ("dec_depth", -1), ("heads", 4), ("mlp_ratio", 4.0), ("latent_tokens", 32),
-        ("latent_dim", 16), ("qk_norm", False), ("ln_eps", 1e-6),
+        ("latent_dim", 16), ("qk_norm", False), ("ln_eps", 1e-6), ("learned_pos_embed", False),
     ])
 
     def __init__(self, **kw):
@@ -195,6 +195,21 @@ def _blocks(cfg, n):
                          for _ in range(n))
 
 
+def _positions(half, cfg):
+    """The patch positions of a half: the fixed 2-D sine-cosine table as a non-persistent buffer
+    `pos`, or with cfg.learned_pos_embed the parameter `pos_embed` (1, Np, D) started at it,
+    registered here, right after latent_pos_embed (the C++ state_dict order)."""
+    table = sincos_pos_embed_2d(cfg.width, cfg.grid(), cfg.grid()).float()
+    if cfg.learned_pos_embed:
+        half.pos_embed = nn.Parameter(table.unsqueeze(0).clone())
+    else:
+        half.register_buffer("pos", table, persistent=False)
+
+
+def _pos(half):
+    return half.pos_embed[0] if half.cfg.learned_pos_embed else half.pos
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -202,16 +217,15 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.latent_tokens = nn.Parameter(torch.zeros(T, D))
         self.latent_pos_embed = nn.Parameter(torch.zeros(T, D))
+        _positions(self, cfg)
         self.patch_embed = PatchEmbed(cfg.channels, D, cfg.patch)
-        self.register_buffer("pos", sincos_pos_embed_2d(D, cfg.grid(), cfg.grid()).float(),
-                             persistent=False)
         self.blocks = _blocks(cfg, cfg.depth)
         self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
         self.to_latent = nn.Linear(D, cfg.latent_dim)
 
     def forward(self, x):
         """x (B, C, H, W) -> y (B, T, d), tokenizer.md (1)."""
-        s = self.patch_embed(x) + self.pos  # (B, Np, D)
+        s = self.patch_embed(x) + _pos(self)  # (B, Np, D)
         lat = (self.latent_tokens + self.latent_pos_embed).expand(x.shape[0], -1, -1)
         s = torch.cat([s, lat], dim=1)  # patch tokens first, then the T latent tokens
         for blk in self.blocks:
@@ -226,8 +240,7 @@ class Decoder(nn.Module):
         self.cfg = cfg
         self.mask_token = nn.Parameter(torch.zeros(1, D))
         self.latent_pos_embed = nn.Parameter(torch.zeros(T, D))
-        self.register_buffer("pos", sincos_pos_embed_2d(D, cfg.grid(), cfg.grid()).float(),
-                             persistent=False)
+        _positions(self, cfg)
         self.from_latent = nn.Linear(cfg.latent_dim, D)
         self.blocks = _blocks(cfg, cfg.decoder_depth())
         self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
@@ -236,7 +249,7 @@ class Decoder(nn.Module):
     def forward(self, y):
         """y (B, T, d) -> recon (B, C, H, W), tokenizer.md (2)."""
         c = self.cfg
-        q = (self.mask_token + self.pos).expand(y.shape[0], -1, -1)  # (B, Np, D)
+        q = (self.mask_token + _pos(self)).expand(y.shape[0], -1, -1)  # (B, Np, D)
         u = torch.cat([q, self.from_latent(y) + self.latent_pos_embed], dim=1)
         for blk in self.blocks:
             u = blk(u)
@@ -283,6 +296,10 @@ class TokenizerAE(nn.Module):
             for p in (self.encoder.latent_tokens, self.encoder.latent_pos_embed,
                       self.decoder.mask_token, self.decoder.latent_pos_embed):
                 p.copy_(0.02 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            if self.cfg.learned_pos_embed:  # the table, no draw (as TokenizerAE::init)
+                c = self.cfg
+                for half in (self.encoder, self.decoder):
+                    half.pos_embed.copy_(sincos_pos_embed_2d(c.width, c.grid(), c.grid())[None])
         return self
 
     def _apply(self, fn, *args, **kwargs):
@@ -291,6 +308,8 @@ class TokenizerAE(nn.Module):
         out = super()._apply(fn, *args, **kwargs)
         for half in (self.encoder, self.decoder):
             c = half.cfg
+            if c.learned_pos_embed:
+                continue  # a parameter: converted like the others
             exact = sincos_pos_embed_2d(c.width, c.grid(), c.grid())
             half.pos = exact.to(dtype=half.pos.dtype, device=half.pos.device)
         return out
