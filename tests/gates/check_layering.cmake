@@ -13,7 +13,7 @@ set(_layers
   "nn analytic data io optim"        # 3  layers and fields, exact mixtures, projections, I/O, Adam
   "prior.hpp"                        # 4  a field seen in a time convention
   "loss ode"                         # 5  flow-matching and alignment losses, ODE solvers
-  "train"                            # 6  trainer, aligner, checkpoints
+  "train eval"                       # 6  trainer, aligner, checkpoints; evaluation metrics
   "flowprior.hpp"                    # 7  the umbrella header of the numerics library
   "plot datasets"                    # 8  optional components flowprior::plot, flowprior::datasets
   "toy2d")                           # 9  optional component flowprior::toy2d (examples/extras)
