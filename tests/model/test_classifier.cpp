@@ -2,14 +2,17 @@
 // parameter and input gradients against central differences in double at random parameters
 // (both activations, one and two hidden layers), the accumulate rule, features() equal to the
 // head's input, the cross-entropy against its definition and its gradient identity, stability
-// with huge logits, layout and names, the initialisation, float against double, typed errors.
+// with huge logits, layout and names, the initialisation, float against double, typed errors,
+// the guarded backend (same bits, no host access), the state dict round trip.
 #include <cmath>
 #include <cstdint>
+#include <flowprior/io/state_dict.hpp>
 #include <flowprior/nn/classifier.hpp>
 #include <string>
 #include <vector>
 
 #include "catch.hpp"
+#include "fixtures.hpp"
 #include "gradcheck.hpp"
 #include "guarded_backend.hpp"
 
@@ -427,4 +430,24 @@ TEST_CASE("classifier: on the guarded backend, the same bits and no host access"
   g.init(r2);
   const std::vector<double> gp = fpt::host_copy(g.parameters().data, P);
   for (Index i = 0; i < P; ++i) REQUIRE(gp[std::size_t(i)] == m.parameters()[i]);
+}
+
+TEST_CASE("classifier: state dict round trip by PyTorch names", "[classifier][io]") {
+  nn::MlpClassifier<float> m(tiny());
+  Rng rng(17);
+  m.init(rng);
+  randomise(m, rng);  // non-zero biases too
+  const fpt::TempDir tmp("classifier");
+  const std::string path = (tmp.dir / "classifier.safetensors").string();
+  flowprior::io::save_state_dict(m, path);
+  const auto st = flowprior::io::Safetensors::read(path);
+  const auto* e = st.find("head.weight");
+  REQUIRE(e != nullptr);
+  REQUIRE(e->shape == std::vector<std::int64_t>{3, 4});
+  nn::MlpClassifier<float> back(tiny());
+  REQUIRE(flowprior::io::load_state_dict(back, st) == "");
+  for (Index i = 0; i < m.num_params(); ++i) REQUIRE(back.parameters()[i] == m.parameters()[i]);
+  // Another architecture is refused.
+  nn::MlpClassifier<float> wider(tiny({6, 4}));
+  REQUIRE_THROWS_AS(flowprior::io::load_state_dict(wider, st), flowprior::io_error);
 }
