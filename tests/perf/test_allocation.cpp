@@ -4,8 +4,10 @@
 // rounding: one thread and two give the same losses and gradients.
 #include <Eigen/Core>
 #include <flowprior/flowprior.hpp>
+#include <flowprior/nn/classifier.hpp>
 #include <flowprior/nn/tokenizer.hpp>
 #include <flowprior/nn/transformer.hpp>
+#include <flowprior/train/classification.hpp>
 #include <flowprior/train/latent_alignment.hpp>
 #include <flowprior/train/reconstruction.hpp>
 #include <functional>
@@ -310,6 +312,36 @@ TEST_CASE("warmed-up reversed-view calls and explicit draws allocate nothing", "
             loss::alignment_loss(rev, Convention::Code, y, draws, opt, lws, {}, d_y);
             loss::flow_matching_loss(rev, Convention::Code, y, draws, loss::Reduction::Mean, lws,
                                      d_p);
+          }) == 0);
+}
+
+TEST_CASE("a warmed-up classifier pass and training step allocate nothing", "[perf][alloc]") {
+  if (!can_count()) return;
+  // The Fashion-MNIST shapes at a batch of 64: 784 -> 256 -> 128 -> 10, threaded products.
+  nn::MlpClassifier<float> m(nn::ClassifierConfig{});
+  Rng rng(31);
+  m.init(rng);
+  const Index B = 64;
+  const auto x = normal_mat<float>(784, B, rng), u = normal_mat<float>(10, B, rng);
+  std::vector<std::int32_t> y(static_cast<std::size_t>(B));
+  for (Index j = 0; j < B; ++j) y[std::size_t(j)] = static_cast<std::int32_t>(j % 10);
+  Eigen::MatrixXf z(10, B), f(128, B), dx = Eigen::MatrixXf::Zero(784, B);
+  Eigen::VectorXf dp = Eigen::VectorXf::Zero(m.num_params());
+  nn::MlpClassifier<float>::Workspace ws;
+  REQUIRE(allocations_after_warmup([&] {
+            m.features(x, f, ws);
+            m.forward(x, z, ws);
+            m.backward(ws, u, dp, dx);
+          }) == 0);
+  // The training step (forward, cross-entropy, backward, clip, AdamW, EMA), two batch sizes.
+  train::ClassifierTrainerConfig tc;
+  tc.use_ema = true;
+  train::ClassifierTrainer<nn::MlpClassifier<float>> tr(m, tc);
+  const auto x32 = x.leftCols(32).eval();
+  const std::vector<std::int32_t> y32(y.begin(), y.begin() + 32);
+  REQUIRE(allocations_after_warmup([&] {
+            tr.step(x, y);
+            tr.step(x32, y32);
           }) == 0);
 }
 

@@ -208,6 +208,7 @@ struct GuardedBackend {
   FPT_GUARDED(gemm_batched)
   FPT_GUARDED(softmax_cols)
   FPT_GUARDED(softmax_backward_cols)
+  FPT_GUARDED(softmax_xent_cols)
   FPT_GUARDED(patchify)
   FPT_GUARDED(unpatchify)
   FPT_GUARDED(add_per_token)

@@ -28,6 +28,7 @@
 #include <flowprior/backend/ode_args.hpp>
 #include <flowprior/backend/optim_args.hpp>
 #include <flowprior/backend/parallel.hpp>
+#include <flowprior/backend/xent_args.hpp>
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/convention.hpp>
 #include <flowprior/core/math.hpp>
@@ -466,6 +467,42 @@ struct CpuBackend {
         d = p * (d - dot);
       }
     });
+  }
+
+  /// Softmax cross-entropy of every column of logits z (classes, B) against its label y_b
+  /// (backend memory, 0 <= y_b < classes: not checked, the caller checks on the host), in
+  /// double with the log-sum-exp shifted by the column's maximum (classifier.md (5)-(6)):
+  ///   loss += lse_b - z(y_b, b),   lse_b = m_b + log sum_k exp(z(k, b) - m_b),  m_b = max_k z
+  ///   d_logits_out(:, b) = scale (exp(z(:, b) - lse_b) - e_{y_b})    (skipped if empty)
+  /// and counts the columns whose first largest logit is at y_b (classifier.md (7)). Columns are
+  /// visited in order on the calling thread (a batch of logits is small next to the products),
+  /// so the sums are the same bits for any thread count. d_logits_out may alias logits.
+  template <class S>
+  static XentSums softmax_xent_cols(Context&, CView<S> logits, const std::int32_t* labels,
+                                    double scale, MatrixView<S> d_logits_out) {
+    XentSums sums;
+    const Index C = logits.rows;
+    const bool grad = !d_logits_out.empty();
+    for (Index b = 0; b < logits.cols; ++b) {
+      const S* z = logits.col(b);
+      const Index y = labels[b];
+      Index top = 0;
+      for (Index k = 1; k < C; ++k)
+        if (z[k] > z[top]) top = k;
+      const double m = static_cast<double>(z[top]);
+      double sum = 0;
+      for (Index k = 0; k < C; ++k) sum += std::exp(static_cast<double>(z[k]) - m);
+      const double lse = m + std::log(sum);
+      sums.loss += lse - static_cast<double>(z[y]);
+      sums.correct += top == y ? 1 : 0;
+      if (!grad) continue;
+      S* d = d_logits_out.col(b);
+      for (Index k = 0; k < C; ++k) {
+        const double p = std::exp(static_cast<double>(z[k]) - lse);
+        d[k] = static_cast<S>(scale * (k == y ? p - 1.0 : p));
+      }
+    }
+    return sums;
   }
 
   // ---------------------------------------------------------------------------------------------
