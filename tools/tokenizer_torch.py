@@ -8,6 +8,11 @@ Same parameter names, shapes and state_dict order as TokenizerAE::layout(), same
   decoder  u = [mask_token + pos_t  (t < Np),  from_latent(y_j) + latent_pos_embed_j]
            u = Block(... Block(u)),   recon = unpatchify(pixel_head(LN(u[t])), t < Np)    (2)
 
+With posterior="gaussian" (tokenizer.md "Gaussian posterior") to_latent outputs 2 d moments per
+token, mu and the log-variance clamped to [-30, 20], and the decoder reads
+z = mu + exp(logvar / 2) eps (7)-(8); encode() returns mu, kl() the KL of (9) averaged over the
+latent elements as the trainer's (11).
+
 with timm-style pre-norm blocks (transformer.md: LN, attention with qkv as one Linear and
 optional per-head qk LayerNorm, LN, Linear-GELU(erf)-Linear), the fixed 2-D sine-cosine table of
 patches.md (4) as a non-persistent buffer (not in the state dict), the patch embedding as a
@@ -34,6 +39,7 @@ class TokenizerConfig:
         ("image_size", 32), ("channels", 3), ("patch", 4), ("width", 256), ("depth", 4),
         ("dec_depth", -1), ("heads", 4), ("mlp_ratio", 4.0), ("latent_tokens", 32),
         ("latent_dim", 16), ("qk_norm", False), ("ln_eps", 1e-6), ("learned_pos_embed", False),
+        ("posterior", "deterministic"),
     ])
 
     def __init__(self, **kw):
@@ -75,6 +81,12 @@ class TokenizerConfig:
             raise ValueError("mlp_ratio must give an MLP hidden width >= 1")
         if not self.ln_eps > 0:
             raise ValueError("ln_eps must be > 0")
+        if self.posterior not in ("deterministic", "gaussian"):
+            raise ValueError("posterior must be 'deterministic' or 'gaussian', got %r"
+                             % (self.posterior,))
+
+    def gaussian(self):
+        return self.posterior == "gaussian"
 
     def as_dict(self):
         return OrderedDict((k, getattr(self, k)) for k in self.FIELDS)
@@ -221,10 +233,11 @@ class Encoder(nn.Module):
         self.patch_embed = PatchEmbed(cfg.channels, D, cfg.patch)
         self.blocks = _blocks(cfg, cfg.depth)
         self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
-        self.to_latent = nn.Linear(D, cfg.latent_dim)
+        # Gaussian posterior: the moments, mu then the raw log-variance (LDM's chunk order).
+        self.to_latent = nn.Linear(D, 2 * cfg.latent_dim if cfg.gaussian() else cfg.latent_dim)
 
     def forward(self, x):
-        """x (B, C, H, W) -> y (B, T, d), tokenizer.md (1)."""
+        """x (B, C, H, W) -> y (B, T, d), tokenizer.md (1); Gaussian: the moments (B, T, 2 d)."""
         s = self.patch_embed(x) + _pos(self)  # (B, Np, D)
         lat = (self.latent_tokens + self.latent_pos_embed).expand(x.shape[0], -1, -1)
         s = torch.cat([s, lat], dim=1)  # patch tokens first, then the T latent tokens
@@ -266,16 +279,38 @@ class TokenizerAE(nn.Module):
         self.encoder = Encoder(self.cfg)
         self.decoder = Decoder(self.cfg)
 
+    def moments(self, x):
+        """Gaussian posterior: (mu, logvar) (B, T, d) each, logvar clamped to [-30, 20] (7)."""
+        m = self.encoder(x)
+        mu, raw = torch.chunk(m, 2, dim=-1)
+        return mu, torch.clamp(raw, -30.0, 20.0)
+
     def encode(self, x):
+        """The latents y (B, T, d); with a Gaussian posterior its mean mu."""
+        if self.cfg.gaussian():
+            return self.moments(x)[0]
         return self.encoder(x)
 
     def decode(self, y):
         return self.decoder(y)
 
-    def forward(self, x):
-        """(y, recon) for images x (B, C, H, W)."""
-        y = self.encoder(x)
-        return y, self.decoder(y)
+    def forward(self, x, eps=None):
+        """(y, recon) for images x (B, C, H, W). Gaussian posterior: y is the decoder's input
+        z = mu + exp(logvar / 2) eps (8) for eps (B, T, d), or mu when eps is None."""
+        if not self.cfg.gaussian():
+            if eps is not None:
+                raise ValueError("eps given to a model with a deterministic posterior")
+            y = self.encoder(x)
+            return y, self.decoder(y)
+        mu, logvar = self.moments(x)
+        z = mu if eps is None else mu + torch.exp(0.5 * logvar) * eps
+        return z, self.decoder(z)
+
+    @staticmethod
+    def kl(mu, logvar):
+        """The trainer's KL (11): the mean over every latent element of
+        (mu^2 + exp(logvar) - 1 - logvar) / 2 (LDM sums per image instead)."""
+        return (0.5 * (mu.pow(2) + torch.exp(logvar) - 1.0 - logvar)).mean()
 
     def init_weights(self, generator=None):
         """TokenizerAE::init's distributions (not its draws): Xavier-uniform Linear weights (the

@@ -220,6 +220,46 @@ TEST_CASE("a warmed-up tokenizer forward and backward allocate nothing", "[perf]
           }) == 0);
 }
 
+TEST_CASE("a warmed-up Gaussian-posterior tokenizer pass and step allocate nothing",
+          "[perf][alloc][posterior]") {
+  if (!can_count()) return;
+  nn::TokenizerConfig cfg;
+  cfg.image_size = 16;
+  cfg.channels = 3;
+  cfg.patch = 4;
+  cfg.width = 64;
+  cfg.heads = 4;
+  cfg.depth = 1;
+  cfg.latent_tokens = 8;
+  cfg.latent_dim = 8;
+  cfg.posterior = nn::Posterior::gaussian;
+  nn::TokenizerAE<float> ae(cfg);
+  Rng rng(15);
+  ae.init(rng);
+  const Index B = 8, D = ae.image_dim(), d = cfg.latent_dim, BT = B * cfg.latent_tokens;
+  const auto x = normal_mat<float>(D, B, rng), w = normal_mat<float>(D, B, rng),
+             g = normal_mat<float>(d, BT, rng), eps = normal_mat<float>(d, BT, rng);
+  Eigen::MatrixXf y(d, BT), recon(D, B), dx = Eigen::MatrixXf::Zero(D, B);
+  Eigen::VectorXf dp = Eigen::VectorXf::Zero(ae.num_params());
+  nn::TokenizerAE<float>::Workspace ws;
+  double kl = 0;
+  REQUIRE(allocations_after_warmup([&] {
+            ae.encode(x, y, ws);
+            ae.forward(x, eps, y, recon, ws);
+            kl += ae.kl_divergence(ws);
+            ae.backward(ws, w, g, 0.1, dp, dx);
+          }) == 0);
+  train::ReconstructionConfig rc;
+  rc.kl_beta = 0.01;
+  train::ReconstructionTrainer<nn::TokenizerAE<float>> tr(ae, rc);
+  const auto x4 = x.leftCols(4).eval();
+  REQUIRE(allocations_after_warmup([&] {
+            tr.step(x, rng);
+            tr.step(x4, rng);
+          }) == 0);
+  REQUIRE(kl > 0);
+}
+
 TEST_CASE("a warmed-up adaLN transformer block forward and backward allocate nothing",
           "[perf][alloc]") {
   if (!can_count()) return;

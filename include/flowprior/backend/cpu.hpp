@@ -599,6 +599,83 @@ struct CpuBackend {
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Gaussian posterior of the tokenizer's latents: docs/math/tokenizer.md "Gaussian posterior".
+  // moments is (2 d, N): rows [0, d) the means mu, rows [d, 2 d) the raw log-variances; the
+  // other operands are (d, N). Column passes on the thread team; every element is written by
+  // one thread, so any split gives the same bits.
+
+  /// logvar_out = clamp(raw, -30, 20) and z_out = mu + exp(logvar / 2) eps, in S
+  /// (core/math.hpp clamp_logvar, posterior_sample); an empty eps means eps = 0: z_out = mu,
+  /// copied.                                                               tokenizer.md (7)-(8)
+  template <class S>
+  static void gaussian_posterior_forward(Context&, CView<S> moments, CView<S> eps,
+                                         MatrixView<S> logvar_out, MatrixView<S> z_out) {
+    const Index d = logvar_out.rows;
+    const bool noise = !eps.empty();
+    detail::for_cols(4 * d, logvar_out.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        const S* mu = moments.col(j);
+        const S* raw = mu + d;
+        S* lv = logvar_out.col(j);
+        S* z = z_out.col(j);
+        for (Index i = 0; i < d; ++i) {
+          lv[i] = math::clamp_logvar(raw[i]);
+          z[i] = noise ? math::posterior_sample(mu[i], lv[i], eps(i, j)) : mu[i];
+        }
+      }
+    });
+  }
+
+  /// sum over the elements of KL(N(mu, exp(logvar)) || N(0, 1)) = sum (mu^2 + exp(logvar) - 1 -
+  /// logvar) / 2 in double (core/math.hpp gaussian_kl), added column by column in order (the same
+  /// bits for any thread count); logvar the clamped (d, N) of gaussian_posterior_forward.
+  ///                                                                          tokenizer.md (9)
+  template <class S>
+  static double gaussian_kl(Context&, ConstMatrixView<S> moments, ConstMatrixView<S> logvar) {
+    const Index d = logvar.rows;
+    double acc = 0;
+    for (Index j = 0; j < logvar.cols; ++j) {
+      const S* mu = moments.col(j);
+      const S* lv = logvar.col(j);
+      for (Index i = 0; i < d; ++i) acc += math::gaussian_kl(double(mu[i]), double(lv[i]));
+    }
+    return acc;
+  }
+
+  /// The adjoint of gaussian_posterior_forward plus kl_weight times the gradient of
+  /// gaussian_kl's sum, written (not accumulated) into d_moments_out (2 d, N):
+  ///   d_mu  = d_z + kl_weight mu
+  ///   d_raw = [-30 <= raw <= 20] (d_z eps exp(logvar / 2) / 2 + kl_weight (exp(logvar) - 1) / 2)
+  /// in S; an empty eps drops the first term of d_raw (z = mu). d_moments_out must not overlap
+  /// the inputs.                                                              tokenizer.md (10)
+  template <class S>
+  static void gaussian_posterior_backward(Context&, CView<S> moments, CView<S> logvar, CView<S> eps,
+                                          CView<S> d_z, S kl_weight, MatrixView<S> d_moments_out) {
+    using std::exp;
+    const Index d = logvar.rows;
+    const bool noise = !eps.empty();
+    detail::for_cols(4 * d, logvar.cols, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        const S* mu = moments.col(j);
+        const S* raw = mu + d;
+        const S* lv = logvar.col(j);
+        const S* g = d_z.col(j);
+        S* dmu = d_moments_out.col(j);
+        S* draw = dmu + d;
+        for (Index i = 0; i < d; ++i) {
+          dmu[i] = g[i] + kl_weight * mu[i];
+          if (!math::logvar_in_range(raw[i])) {
+            draw[i] = S(0);
+            continue;
+          }
+          const S kl = kl_weight * S(0.5) * (exp(lv[i]) - S(1));
+          draw[i] = noise ? S(0.5) * g[i] * eps(i, j) * exp(lv[i] * S(0.5)) + kl : kl;
+        }
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // Activations: docs/math/activations.md.
 
   /// a = act(z).

@@ -6,6 +6,11 @@
 /// hand-written gradients; the backward accepts an extra gradient on y (where an alignment loss's
 /// dL/dy enters). Equations, shapes, parameter names and memory: docs/math/tokenizer.md.
 ///
+/// With TokenizerConfig::posterior = Posterior::gaussian the encoder outputs a diagonal Gaussian
+/// per latent token instead (a KL-regularised autoencoder, VAE / LDM style): 2 d rows, the mean
+/// mu and the log-variance, and the decoder reads the sample z = mu + exp(logvar / 2) eps for
+/// the caller's eps (tokenizer.md "Gaussian posterior").
+///
 /// Layout: B images are one (C H W, B) matrix, CHW order per column; the latents are (d, B T),
 /// column b T + j for latent token j of image b. Token sequences are (width, B L) matrices with
 /// L = Np + T: the Np patch tokens of an image first, then its T latent tokens (both halves).
@@ -30,12 +35,24 @@
 #include <flowprior/nn/patches.hpp>
 #include <flowprior/nn/transformer.hpp>
 #include <flowprior/nn/workspace.hpp>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace flowprior {
 namespace nn {
+
+/// The encoder's output per latent token (TokenizerConfig::posterior).
+enum class Posterior {
+  deterministic,  ///< the latent y itself (d values): a plain autoencoder
+  gaussian        ///< a diagonal Gaussian, mean and log-variance (2 d values): tokenizer.md (7)
+};
+
+/// "deterministic" or "gaussian".
+inline const char* to_string(Posterior p) {
+  return p == Posterior::gaussian ? "gaussian" : "deterministic";
+}
 
 /// Configuration of TokenizerAE. Defaults: a small model for 32 x 32 RGB images.
 struct TokenizerConfig {
@@ -55,7 +72,12 @@ struct TokenizerConfig {
   /// a parameter); true, the parameters encoder.pos_embed and decoder.pos_embed (1, Np, width),
   /// trained, which init() sets to that table.
   bool learned_pos_embed = false;
+  /// The latents' posterior: deterministic (the default, a plain autoencoder) or a diagonal
+  /// Gaussian whose sample the decoder reads (docs/math/tokenizer.md "Gaussian posterior").
+  Posterior posterior = Posterior::deterministic;
 
+  /// Whether the encoder outputs a Gaussian posterior.
+  bool gaussian() const { return posterior == Posterior::gaussian; }
   /// The number of decoder blocks (dec_depth, or depth when dec_depth is -1).
   Index decoder_depth() const { return dec_depth < 0 ? depth : dec_depth; }
   /// The MLP hidden width of every block.
@@ -94,13 +116,17 @@ struct TokenizerConfig {
       raise_config(w, "mlp_ratio must give an MLP hidden width >= 1, got mlp_ratio " +
                           std::to_string(mlp_ratio));
     if (!(ln_eps > 0.0)) raise_config(w, "ln_eps must be > 0");
+    if (posterior != Posterior::deterministic && posterior != Posterior::gaussian)
+      raise_config(w, "posterior must be Posterior::deterministic or Posterior::gaussian, got " +
+                          std::to_string(static_cast<int>(posterior)));
     (void)num_patches();  // overflow
     checked_mul(w, "image size", checked_mul(w, "image size", channels, image_size), image_size);
   }
 
   /// Every field as (name, value) text, exact (17 significant digits for the doubles): the
   /// entries a checkpoint records and checks on load (train/checkpoint.hpp), since two models
-  /// with different heads or epsilons can have the same parameter shapes.
+  /// with different heads or epsilons can have the same parameter shapes. "posterior" is
+  /// "deterministic" or "gaussian" (a checkpoint without the entry is deterministic).
   std::vector<std::pair<std::string, std::string>> entries() const {
     auto num = [](double v) {
       char buf[32];
@@ -119,7 +145,8 @@ struct TokenizerConfig {
             {"latent_dim", std::to_string(latent_dim)},
             {"qk_norm", qk_norm ? "true" : "false"},
             {"ln_eps", num(ln_eps)},
-            {"learned_pos_embed", learned_pos_embed ? "true" : "false"}};
+            {"learned_pos_embed", learned_pos_embed ? "true" : "false"},
+            {"posterior", to_string(posterior)}};
   }
 };
 
@@ -136,15 +163,19 @@ struct TokenizerCaches {
   std::vector<typename Block::Cache> enc, dec;
   MatrixView<S> nhat_e, rstd_e, a_e;  ///< encoder final LayerNorm (width, B T)
   MatrixView<S> y;                    ///< the latents (d, B T): the decoder's input
+  MatrixView<S> moments;  ///< Gaussian posterior: to_latent's output (2 d, B T), mu then raw logvar
+  MatrixView<S> logvar;   ///< Gaussian posterior: the clamped log-variance (d, B T)
+  MatrixView<S> eps;      ///< Gaussian posterior: the noise of the last forward (d, B T)
   MatrixView<S> nhat_d, rstd_d, a_d;  ///< decoder final LayerNorm (width, B Np)
   MatrixView<S> pix;                  ///< pixel head output (C p p, B Np)
   // backward scratch
   typename Block::Scratch bs;
-  MatrixView<S> d_h;       ///< (width, B L), both halves
-  MatrixView<S> d_tok;     ///< (C p p, B Np)
-  MatrixView<S> d_a, d_n;  ///< (width, B max(Np, T))
-  MatrixView<S> d_y;       ///< (d, B T)
-  MatrixView<S> d_img;     ///< (C H W, B)
+  MatrixView<S> d_h;        ///< (width, B L), both halves
+  MatrixView<S> d_tok;      ///< (C p p, B Np)
+  MatrixView<S> d_a, d_n;   ///< (width, B max(Np, T))
+  MatrixView<S> d_y;        ///< (d, B T)
+  MatrixView<S> d_moments;  ///< Gaussian posterior: (2 d, B T)
+  MatrixView<S> d_img;      ///< (C H W, B)
 };
 }  // namespace detail
 
@@ -183,7 +214,8 @@ class TokenizerWorkspace {
   Arena<S, Backend> fwd_, bwd_;
   Index batch_ = -1, fwd_layout_ = -1, bwd_layout_ = -1;
   Pass pass_ = Pass::none;
-  std::array<Index, 12> key_{};  // the model sizes the layout is for
+  bool sampled_ = false;         // Gaussian posterior: the last forward had eps (else z = mu)
+  std::array<Index, 13> key_{};  // the model sizes the layout is for
   const void* owner_ = nullptr;
   detail::TokenizerCaches<S, Backend> c;
   ContextSlot<Backend> ctx_;
@@ -233,7 +265,9 @@ class TokenizerAE {
       }
       norm_e_w_ = layout_.add("encoder.norm.weight", {W});
       norm_e_b_ = layout_.add("encoder.norm.bias", {W});
-      to_latent_ = Linear<S, Backend>::make(layout_, "encoder.to_latent", W, d);
+      // The Gaussian posterior's moments: mu in rows [0, d), the log-variance in [d, 2 d).
+      to_latent_ =
+          Linear<S, Backend>::make(layout_, "encoder.to_latent", W, cfg_.gaussian() ? 2 * d : d);
       mask_ = layout_.add("decoder.mask_token", {1, W});
       lat_pos_d_ = layout_.add("decoder.latent_pos_embed", {T, W});
       if (cfg_.learned_pos_embed) pos_d_ = layout_.add("decoder.pos_embed", {1, np_, W});
@@ -256,7 +290,7 @@ class TokenizerAE {
       Backend::copy_from_host(table.data(), Index(table.size()), pos_);
     }
     key_ = {{layout_.total(), cfg_.image_size, C, p, W, cfg_.depth, cfg_.decoder_depth(),
-             cfg_.heads, hidden, T, d, Index(cfg_.qk_norm)}};
+             cfg_.heads, hidden, T, d, Index(cfg_.qk_norm), Index(cfg_.posterior)}};
   }
 
   const Config& config() const { return cfg_; }
@@ -312,17 +346,21 @@ class TokenizerAE {
   }
 
   /// y_out (d, B T) = the latents of the images x (C H W, B).       tokenizer.md (1)
+  /// With a Gaussian posterior, y_out = its mean mu (what downstream stages use as the latents);
+  /// posterior_logvar(ws) then holds the log-variance and posterior_sample(ws) is mu (eps = 0).
   void encode(ConstMatrixView<S> x, MatrixView<S> y_out, Workspace& ws) const {
     const char* w = "TokenizerAE::encode";
     const Index B = check_images(w, "x", x);
     check_shape(w, "y", y_out, cfg_.latent_dim, B * cfg_.latent_tokens);
     begin(ws, B);
-    run_encoder(ws.context(), x, ws.c);
+    run_encoder(ws.context(), x, ConstMatrixView<S>(), ws.c);
     Backend::copy(ws.context(), ConstMatrixView<S>(ws.c.y), y_out);
+    ws.sampled_ = false;
     ws.pass_ = Workspace::Pass::encode;
   }
 
   /// recon_out (C H W, B) = the images decoded from the latents y (d, B T).    tokenizer.md (2)
+  /// (With a Gaussian posterior y is whatever the caller decodes: a mean, a sample.)
   void decode(ConstMatrixView<S> y, MatrixView<S> recon_out, Workspace& ws) const {
     const char* w = "TokenizerAE::decode";
     const Index T = cfg_.latent_tokens;
@@ -340,6 +378,8 @@ class TokenizerAE {
   }
 
   /// Both halves: y_out = encode(x), recon_out = decode(y_out), caching what backward needs.
+  /// With a Gaussian posterior this is the posterior mean's pass (eps = 0: the decoder reads
+  /// z = mu, y_out = mu), for evaluation; training samples with the overload that takes eps.
   void forward(ConstMatrixView<S> x, MatrixView<S> y_out, MatrixView<S> recon_out,
                Workspace& ws) const {
     const char* w = "TokenizerAE::forward";
@@ -347,19 +387,88 @@ class TokenizerAE {
     check_shape(w, "y", y_out, cfg_.latent_dim, B * cfg_.latent_tokens);
     check_shape(w, "recon", recon_out, image_dim(), B);
     begin(ws, B);
-    run_encoder(ws.context(), x, ws.c);
+    run_encoder(ws.context(), x, ConstMatrixView<S>(), ws.c);
     Backend::copy(ws.context(), ConstMatrixView<S>(ws.c.y), y_out);
     run_decoder(ws.context(), recon_out, ws.c);
+    ws.sampled_ = false;
     ws.pass_ = Workspace::Pass::both;
+  }
+
+  /// Gaussian posterior only, the training pass: the moments (mu, logvar) of x, the sample
+  /// z_out = mu + exp(logvar / 2) eps (d, B T) for the caller's standard normal eps (d, B T), and
+  /// recon_out = decode(z_out), caching what backward needs (eps is copied).
+  /// tokenizer.md (1), (7), (8), (2). Throws config_error on a deterministic model (it takes no
+  /// eps), shape_error for wrong shapes.
+  void forward(ConstMatrixView<S> x, ConstMatrixView<S> eps, MatrixView<S> z_out,
+               MatrixView<S> recon_out, Workspace& ws) const {
+    const char* w = "TokenizerAE::forward";
+    if (!cfg_.gaussian())
+      raise_config(w,
+                   "argument 'eps' given to a model with a deterministic posterior "
+                   "(TokenizerConfig::posterior = gaussian samples; use forward(x, y, recon, ws))");
+    const Index B = check_images(w, "x", x);
+    check_shape(w, "eps", eps, cfg_.latent_dim, B * cfg_.latent_tokens);
+    check_shape(w, "z", z_out, cfg_.latent_dim, B * cfg_.latent_tokens);
+    check_shape(w, "recon", recon_out, image_dim(), B);
+    begin(ws, B);
+    run_encoder(ws.context(), x, eps, ws.c);
+    Backend::copy(ws.context(), ConstMatrixView<S>(ws.c.y), z_out);
+    run_decoder(ws.context(), recon_out, ws.c);
+    ws.sampled_ = true;
+    ws.pass_ = Workspace::Pass::both;
+  }
+
+  /// Gaussian posterior only: the mean mu (d, B T; a view into ws, valid until its next pass),
+  /// the clamped log-variance (d, B T) and the decoder's input z (d, B T; mu after encode or the
+  /// eps-free forward) of the last encode or forward on ws. Throws config_error on a
+  /// deterministic model, flowprior::error before an encode or forward.
+  ConstMatrixView<S> posterior_mean(const Workspace& ws) const {
+    const Caches& c = moments_of(ws, "TokenizerAE::posterior_mean");
+    return ConstMatrixView<S>(c.moments).row_block(0, cfg_.latent_dim);
+  }
+  ConstMatrixView<S> posterior_logvar(const Workspace& ws) const {
+    return moments_of(ws, "TokenizerAE::posterior_logvar").logvar;
+  }
+  ConstMatrixView<S> posterior_sample(const Workspace& ws) const {
+    return moments_of(ws, "TokenizerAE::posterior_sample").y;
+  }
+
+  /// Gaussian posterior only: the sum over the elements (d, B T) of KL(q(z | x) || N(0, I)) =
+  /// sum (mu^2 + exp(logvar) - 1 - logvar) / 2 of the last encode or forward on ws, in double
+  /// (tokenizer.md (9); the trainer takes the mean). Errors as posterior_mean.
+  double kl_divergence(Workspace& ws) const {
+    const Caches& c = moments_of(ws, "TokenizerAE::kl_divergence");
+    return Backend::gaussian_kl(ws.context(), ConstMatrixView<S>(c.moments),
+                                ConstMatrixView<S>(c.logvar));
   }
 
   /// Gradients of a loss L(recon, y) of the last forward on ws, given d_recon = dL/drecon
   /// (C H W, B) and d_y_extra = the direct dL/dy (d, B T; empty: none): d_params (num_params())
   /// += dL/dparams of both halves and, where d_x is non-empty, d_x (C H W, B) += dL/dx.
   /// Order: the decoder back to dL/dy, plus d_y_extra, then the encoder.   tokenizer.md (3)
+  /// With a Gaussian posterior y is the decoder's input z (d_y_extra is a gradient on z), and the
+  /// gradient reaches mu and the log-variance through z = mu + exp(logvar / 2) eps
+  /// (tokenizer.md (10)); no KL term (the overload with kl_weight adds it).
   void backward(Workspace& ws, ConstMatrixView<S> d_recon, ConstMatrixView<S> d_y_extra,
                 VectorView<S> d_params, MatrixView<S> d_x) const {
+    backward(ws, d_recon, d_y_extra, 0.0, d_params, d_x);
+  }
+
+  /// backward() of L + kl_weight KL_sum, KL_sum = kl_divergence(ws): the KL gradient enters at
+  /// mu and the log-variance (tokenizer.md (10); zero where the log-variance is clamped). The
+  /// trainer's mean-reduced beta KL is kl_weight = beta / (d B T). Throws value_error for a
+  /// kl_weight that is negative or not finite, config_error for kl_weight != 0 on a
+  /// deterministic model.
+  void backward(Workspace& ws, ConstMatrixView<S> d_recon, ConstMatrixView<S> d_y_extra,
+                double kl_weight, VectorView<S> d_params, MatrixView<S> d_x) const {
     const char* w = "TokenizerAE::backward";
+    if (!(kl_weight >= 0.0 && kl_weight < std::numeric_limits<double>::infinity()))
+      flowprior::detail::raise<value_error>(std::string("[flowprior.value] ") + w +
+                                            ": argument 'kl_weight' must be finite and >= 0, "
+                                            "got " +
+                                            std::to_string(kl_weight));
+    if (kl_weight != 0.0 && !cfg_.gaussian())
+      raise_config(w, "argument 'kl_weight' must be 0 for a model with a deterministic posterior");
     if (ws.pass_ != Workspace::Pass::both)
       flowprior::detail::raise<error>(std::string("[flowprior.state] ") + w +
                                       ": call forward() with this workspace first");
@@ -372,12 +481,25 @@ class TokenizerAE {
     check_size(w, "d_params", d_params, num_params());
     if (!d_x.empty()) check_shape(w, "d_x", d_x, image_dim(), B);
     prepare_backward(ws);
-    run_backward(ws.context(), ws.c, d_recon, d_y_extra, d_params.data, d_x);
+    run_backward(ws.context(), ws.c, d_recon, d_y_extra, static_cast<S>(kl_weight), ws.sampled_,
+                 d_params.data, d_x);
   }
 
  private:
   using Caches = detail::TokenizerCaches<S, Backend>;
   using Pass = typename Workspace::Pass;
+
+  // The caches of the last encode or forward on ws, for the posterior's accessors.
+  const Caches& moments_of(const Workspace& ws, const char* w) const {
+    if (!cfg_.gaussian())
+      raise_config(w, "the model has a deterministic posterior (TokenizerConfig::posterior)");
+    if (ws.pass_ != Pass::encode && ws.pass_ != Pass::both)
+      flowprior::detail::raise<error>(std::string("[flowprior.state] ") + w +
+                                      ": call encode() or forward() with this workspace first");
+    check_forward_done(w, ws.batch_, ws.owner_, this);
+    check_layout_unchanged(w, ws.key_ == key_);
+    return ws.c;
+  }
 
   Index check_images(const char* w, const char* name, ConstMatrixView<S> x) const {
     if (x.cols < 1 || x.rows != image_dim())
@@ -426,6 +548,11 @@ class TokenizerAE {
         c.rstd_e = a.take(1, BT);
         c.a_e = a.take(W, BT);
         c.y = a.take(cfg_.latent_dim, BT);
+        if (cfg_.gaussian()) {
+          c.moments = a.take(2 * cfg_.latent_dim, BT);
+          c.logvar = a.take(cfg_.latent_dim, BT);
+          c.eps = a.take(cfg_.latent_dim, BT);
+        }
         c.h_dec = a.take(W, BL);
         for (std::size_t i = 0; i < dec_.size(); ++i) c.dec[i] = dec_[i].carve(a, B, L);
         c.nhat_d = a.take(W, BNp);
@@ -457,6 +584,7 @@ class TokenizerAE {
       c.d_a = a.take(W, BNp > BT ? BNp : BT);
       c.d_n = a.take(W, BNp > BT ? BNp : BT);
       c.d_y = a.take(cfg_.latent_dim, BT);
+      if (cfg_.gaussian()) c.d_moments = a.take(2 * cfg_.latent_dim, BT);
       c.d_img = a.take(image_dim(), B);
       if (pass == 0) a.reserve_counted("TokenizerAE::backward", B);
     }
@@ -492,8 +620,10 @@ class TokenizerAE {
     return sincos_pos_embed_2d<S>(cfg_.width, g, g);
   }
 
-  // Encoder: tokenizer.md (1).
-  void run_encoder(Context& ctx, ConstMatrixView<S> x, const Caches& c) const {
+  // Encoder: tokenizer.md (1); with a Gaussian posterior, its moments, the clamped log-variance
+  // and the decoder's input z = mu + exp(logvar / 2) eps into c.y (eps empty: z = mu), (7)-(8).
+  void run_encoder(Context& ctx, ConstMatrixView<S> x, ConstMatrixView<S> eps,
+                   const Caches& c) const {
     const S* p = params_.data();
     const Index T = cfg_.latent_tokens, B = x.cols;
     const Index img = cfg_.image_size;
@@ -514,7 +644,15 @@ class TokenizerAE {
     Backend::norm_modulate_forward(ctx, ConstMatrixView<S>(o), p + norm_e_w_, p + norm_e_b_,
                                    static_cast<S>(cfg_.ln_eps), ConstMatrixView<S>(),
                                    ConstMatrixView<S>(), c.nhat_e, c.rstd_e.data, c.a_e);
-    to_latent_.forward(ctx, p, c.a_e, c.y);
+    if (!cfg_.gaussian()) {
+      to_latent_.forward(ctx, p, c.a_e, c.y);
+      return;
+    }
+    to_latent_.forward(ctx, p, c.a_e, c.moments);
+    if (!eps.empty()) Backend::copy(ctx, eps, c.eps);
+    Backend::gaussian_posterior_forward(
+        ctx, ConstMatrixView<S>(c.moments),
+        eps.empty() ? ConstMatrixView<S>() : ConstMatrixView<S>(c.eps), c.logvar, c.y);
   }
 
   // Decoder from the latents in c.y: tokenizer.md (2).
@@ -543,9 +681,11 @@ class TokenizerAE {
                         recon_out);
   }
 
-  // tokenizer.md (3): the decoder, then the encoder.
+  // tokenizer.md (3): the decoder, then the encoder; with a Gaussian posterior, dL/dz (and the
+  // KL term of weight kl_weight) back to the moments between the two, (10).
   void run_backward(Context& ctx, const Caches& c, ConstMatrixView<S> d_recon,
-                    ConstMatrixView<S> d_y_extra, S* dp, MatrixView<S> d_x) const {
+                    ConstMatrixView<S> d_y_extra, S kl_weight, bool sampled, S* dp,
+                    MatrixView<S> d_x) const {
     const S* p = params_.data();
     const Index T = cfg_.latent_tokens, B = d_recon.cols, img = cfg_.image_size;
     const Index BT = B * T, BNp = B * np_;
@@ -579,10 +719,19 @@ class TokenizerAE {
     from_latent_.backward_params(ctx, c.y, d_z, dp);
     from_latent_.backward_input(ctx, p, d_z, c.d_y, false);
     if (!d_y_extra.empty()) Backend::axpy(ctx, S(1), d_y_extra, c.d_y);
+    // Gaussian posterior: dL/dz (+ the KL term) to the moments mu and logvar.
+    MatrixView<S> d_lat = c.d_y;
+    if (cfg_.gaussian()) {
+      Backend::gaussian_posterior_backward(
+          ctx, ConstMatrixView<S>(c.moments), ConstMatrixView<S>(c.logvar),
+          sampled ? ConstMatrixView<S>(c.eps) : ConstMatrixView<S>(), ConstMatrixView<S>(c.d_y),
+          kl_weight, c.d_moments);
+      d_lat = c.d_moments;
+    }
     // Encoder head: to_latent, final LayerNorm, into the latent tokens of d_h.
     const MatrixView<S> d_ae = c.d_a.col_block(0, BT), d_oe = c.d_n.col_block(0, BT);
-    to_latent_.backward_params(ctx, c.a_e, c.d_y, dp);
-    to_latent_.backward_input(ctx, p, c.d_y, d_ae, false);
+    to_latent_.backward_params(ctx, c.a_e, d_lat, dp);
+    to_latent_.backward_input(ctx, p, d_lat, d_ae, false);
     Backend::fill(ctx, d_oe, S(0));
     Backend::norm_modulate_backward(ctx, ConstMatrixView<S>(c.nhat_e), c.rstd_e.data, p + norm_e_w_,
                                     p + norm_e_b_, ConstMatrixView<S>(), ConstMatrixView<S>(d_ae),
@@ -613,7 +762,7 @@ class TokenizerAE {
   Index np_ = 0;
   ParamLayout layout_;
   typename Backend::template Buffer<S> params_, pos_;
-  std::array<Index, 12> key_{};
+  std::array<Index, 13> key_{};
   Index lat_tok_ = -1, lat_pos_e_ = -1, norm_e_w_ = -1, norm_e_b_ = -1;
   Index mask_ = -1, lat_pos_d_ = -1, norm_d_w_ = -1, norm_d_b_ = -1;
   Index pos_e_ = -1, pos_d_ = -1;  // encoder.pos_embed, decoder.pos_embed (learned_pos_embed)

@@ -119,8 +119,21 @@ inline std::int64_t meta_int(const Safetensors& st, const std::string& key) {
   return static_cast<std::int64_t>(v);
 }
 
-/// Checks that the checkpoint's entry `key` equals the trainer's value `want`.
-inline void meta_match(const Safetensors& st, const std::string& key, const std::string& want) {
+/// Checks that the checkpoint's entry `key` equals the trainer's value `want`. An entry listed
+/// in `absent` (key, value) that the file lacks (written before the entry existed) reads as that
+/// value.
+inline void meta_match(const Safetensors& st, const std::string& key, const std::string& want,
+                       const std::vector<std::pair<std::string, std::string>>& absent = {}) {
+  if (st.metadata().find(key) == st.metadata().end())
+    for (const auto& kv : absent)
+      if (kv.first == key) {
+        if (kv.second != want)
+          fail(st.source(), "checkpoint " + key + " absent (a file written before the entry " +
+                                "existed), meaning '" + kv.second + "', differs from the " +
+                                "trainer's '" + want +
+                                "' (resume with the configuration the checkpoint was saved with)");
+        return;
+      }
   const std::string& have = meta(st, key);
   if (have != want)
     fail(st.source(), "checkpoint " + key + " '" + have + "' differs from the trainer's '" + want +
@@ -184,17 +197,19 @@ void write_state(const std::string& path, const char* format,
 /// Restores a training state written by write_state (whose format the caller has checked) into
 /// `model`, `adam`, `avg` and `rng`, after checking everything: the checksum's presence, every
 /// configuration entry, the counters, the generator, every tensor and the optimizer state.
-/// Nothing is modified unless the whole file is valid; every error is an io_error.
+/// Nothing is modified unless the whole file is valid; every error is an io_error. `absent`: the
+/// configuration entries a file may lack, with the value that means (meta_match).
 template <class Model, class S, class Backend>
 void read_state(const Safetensors& st,
                 const std::vector<std::pair<std::string, std::string>>& config, Model& model,
-                optim::Adam<S, Backend>& adam_out, optim::Ema<S, Backend>& avg_out, Rng& rng) {
+                optim::Adam<S, Backend>& adam_out, optim::Ema<S, Backend>& avg_out, Rng& rng,
+                const std::vector<std::pair<std::string, std::string>>& absent = {}) {
   const std::string& path = st.source();
   if (st.checksum() == ChecksumState::Absent)
     fail(path,
          std::string("checkpoint without a checksum ('") + checksum_key() + "' in __metadata__)");
   // The trainer must be configured as the one the checkpoint was saved from.
-  for (const auto& kv : config) meta_match(st, kv.first, kv.second);
+  for (const auto& kv : config) meta_match(st, kv.first, kv.second, absent);
   // Counters and the generator, exactly in the form write_state writes them.
   const std::int64_t steps = meta_int(st, "steps");
   const std::int64_t updates = meta_int(st, "ema.updates");
@@ -328,8 +343,9 @@ void load_checkpoint(const std::string& path, train::FlowMatchingTrainer<Field>&
 
 namespace detail {
 /// The configuration entries of a reconstruction checkpoint: schedule, EMA decay, trainer.*
-/// (Adam's betas, eps, weight decay and mode, the clip) and model.config.* (every field of the
-/// model's configuration: Model::Config::entries()), all checked against the trainer on load.
+/// (Adam's betas, eps, weight decay and mode, the clip, the KL weight) and model.config.* (every
+/// field of the model's configuration: Model::Config::entries()), all checked against the
+/// trainer on load.
 template <class Model>
 std::vector<std::pair<std::string, std::string>> reconstruction_config_entries(
     const train::ReconstructionTrainer<Model>& trainer) {
@@ -343,10 +359,17 @@ std::vector<std::pair<std::string, std::string>> reconstruction_config_entries(
       {"trainer.adam.eps", exact(c.adam.eps)},
       {"trainer.adam.weight_decay", exact(c.adam.weight_decay)},
       {"trainer.adam.decoupled", c.adam.decoupled ? "true" : "false"},
-      {"trainer.clip_norm", exact(c.clip_norm)}};
+      {"trainer.clip_norm", exact(c.clip_norm)},
+      {"trainer.kl_beta", exact(c.kl_beta)}};
   for (const auto& kv : trainer.model().config().entries())
     e.emplace_back("model.config." + kv.first, kv.second);
   return e;
+}
+
+/// The entries that reconstruction checkpoints written before them lack, and what their absence
+/// means: no KL term, a deterministic posterior.
+inline std::vector<std::pair<std::string, std::string>> reconstruction_absent_entries() {
+  return {{"trainer.kl_beta", exact(0.0)}, {"model.config.posterior", "deterministic"}};
 }
 }  // namespace detail
 
@@ -365,15 +388,17 @@ void save_checkpoint(const std::string& path, const train::ReconstructionTrainer
 
 /// Restores a parsed reconstruction checkpoint `st` into `trainer` (its model, optimizer and EMA)
 /// and `rng`. The trainer must have the configuration the checkpoint was saved with (schedule,
-/// EMA decay, Adam, clip, and every field of the model's configuration: an io_error names the
-/// entry and both values). Nothing is modified unless the whole file is valid; every error is an
+/// EMA decay, Adam, clip, kl_beta, and every field of the model's configuration: an io_error
+/// names the entry and both values; a file without trainer.kl_beta or model.config.posterior,
+/// written before they existed, has kl_beta 0 and a deterministic posterior). Nothing is modified unless the whole file is valid; every error is an
 /// io_error naming the file. The caller's user.* entries are in st.metadata().
 template <class Model>
 void load_checkpoint(const Safetensors& st, train::ReconstructionTrainer<Model>& trainer,
                      Rng& rng) {
   detail::expect_format(st, detail::reconstruction_format());
   detail::read_state(st, detail::reconstruction_config_entries(trainer), trainer.model(),
-                     trainer.optimizer(), trainer.ema(), rng);
+                     trainer.optimizer(), trainer.ema(), rng,
+                     detail::reconstruction_absent_entries());
 }
 
 /// load_checkpoint(Safetensors::read(path), trainer, rng).

@@ -4,7 +4,9 @@
 /// reconstruction error and its gradient, an optional loss on the latents (where the alignment
 /// loss enters: its dL/dy is added to the decoder's), the backward pass through both halves, a
 /// global gradient-norm clip, an AdamW step at the scheduled learning rate and an update of the
-/// EMA of the weights. Equations: docs/math/tokenizer.md "Reconstruction training"; the optimizer
+/// EMA of the weights. With a Gaussian posterior (a KL-regularised autoencoder) the step draws the
+/// reparameterisation's noise from the caller's generator and adds beta KL. Equations:
+/// docs/math/tokenizer.md "Reconstruction training" and "Gaussian posterior"; the optimizer
 /// parts: docs/math/optim.md. Time conventions do not enter: nothing here is a flow.
 ///
 /// Every element of backend memory is touched through primitives on one context (the model
@@ -17,12 +19,16 @@
 #include <flowprior/backend/context.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/core/error.hpp>
+#include <flowprior/core/random.hpp>
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/optim/optimizer.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <functional>
+#include <limits>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 namespace flowprior {
 namespace train {
@@ -38,6 +44,10 @@ struct ReconstructionConfig {
   optim::LrSchedule schedule = optim::LrSchedule::constant(1e-4);  ///< learning rate per step
   double clip_norm = 1.0;                                          ///< +inf disables clipping
   double ema_decay = 0.999;                                        ///< EMA of the weights
+  /// beta of the KL term (Gaussian posterior): loss = MSE + kl_beta KL (+ the latent loss), KL
+  /// the mean over every latent element (docs/math/tokenizer.md (11)). >= 0; must be 0 for a
+  /// deterministic model; 0 with a Gaussian model samples without the KL term.
+  double kl_beta = 0.0;
 
   /// Throws config_error naming the first invalid field.
   void validate() const {
@@ -51,17 +61,20 @@ struct ReconstructionConfig {
                           short_number(schedule.base_lr));
     if (!(ema_decay >= 0 && ema_decay < 1))
       raise_config(w, "ema_decay must lie in [0, 1), got " + short_number(ema_decay));
+    if (!(kl_beta >= 0 && kl_beta < std::numeric_limits<double>::infinity()))
+      raise_config(w, "kl_beta must be finite and >= 0, got " + short_number(kl_beta));
   }
 };
 
 /// What one reconstruction step did.
 struct ReconstructionStats {
   Index step = 0;          ///< steps taken so far (after this one)
-  double loss = 0;         ///< mse + latent_loss, before the update
+  double loss = 0;         ///< mse + kl_beta kl + latent_loss, before the update
   double mse = 0;          ///< mean over every pixel of every image of (recon - x)^2
   double latent_loss = 0;  ///< the value the latent loss returned (0 without one)
-  double grad_norm = 0;    ///< gradient norm before clipping
-  double lr = 0;           ///< learning rate used
+  double kl = 0;  ///< Gaussian posterior: mean over the latent elements of the KL (unweighted)
+  double grad_norm = 0;  ///< gradient norm before clipping
+  double lr = 0;         ///< learning rate used
   double psnr(double peak_to_peak = 2.0) const { return psnr_of(mse, peak_to_peak); }
 
   /// PSNR in dB of a mean squared error for pixels spanning `peak_to_peak` (2 for [-1, 1]):
@@ -71,18 +84,40 @@ struct ReconstructionStats {
   }
 };
 
+namespace detail {
+/// Whether a model has a Gaussian posterior: Model::config().gaussian() where it exists (a model
+/// without it is deterministic).
+template <class Model, class = void>
+struct has_posterior : std::false_type {};
+template <class Model>
+struct has_posterior<Model, std::void_t<decltype(std::declval<const Model&>().config().gaussian())>>
+    : std::true_type {};
+template <class Model>
+bool gaussian_posterior(const Model& m) {
+  if constexpr (has_posterior<Model>::value)
+    return m.config().gaussian();
+  else
+    return false;
+}
+}  // namespace detail
+
 /// Trains an autoencoder `Model` in place (its parameters() are updated). Model is
 /// nn::TokenizerAE<S, Backend>, or any type with the same members: Scalar, BackendType,
 /// Workspace (with context() and set_context()), config().latent_dim and .latent_tokens,
 /// image_dim(), num_params(), parameters(), layout(), forward(x, y, recon, ws) and
-/// backward(ws, d_recon, d_y_extra, d_params, d_x).
+/// backward(ws, d_recon, d_y_extra, d_params, d_x); a model whose config().gaussian() is true
+/// also needs forward(x, eps, z, recon, ws), kl_divergence(ws) and
+/// backward(ws, d_recon, d_y_extra, kl_weight, d_params, d_x).
 ///
 /// Loss of a batch x (C H W, B) with reconstructions r and latents y (d, B T):
 ///
 ///   L = mean_{i,b} (r_ib - x_ib)^2 + L_y(y),     dL/dr = 2 (r - x) / (C H W B)
 ///
 /// where L_y is the optional latent loss of step(): a callable that writes dL_y/dy and returns
-/// L_y (the alignment loss of the image pipeline, with its weight folded in).
+/// L_y (the alignment loss of the image pipeline, with its weight folded in). With a Gaussian
+/// posterior y is the sample z = mu + exp(logvar / 2) eps that the decoder reads (eps drawn from
+/// the generator given to step), and L gains beta KL, KL = mean over the B T d latent elements of
+/// (mu^2 + exp(logvar) - 1 - logvar) / 2 (docs/math/tokenizer.md (11)).
 template <class Model>
 class ReconstructionTrainer {
  public:
@@ -99,7 +134,12 @@ class ReconstructionTrainer {
       : model_(model),
         cfg_((cfg.validate(), cfg)),
         adam_(model.num_params(), cfg.adam),
-        ema_(model.parameters(), cfg.ema_decay) {
+        ema_(model.parameters(), cfg.ema_decay),
+        gaussian_(detail::gaussian_posterior(model)) {
+    if (!gaussian_ && cfg_.kl_beta != 0)
+      raise_config("ReconstructionConfig",
+                   "kl_beta must be 0 for a model with a deterministic posterior, got " +
+                       short_number(cfg_.kl_beta));
     Backend::resize(grads_, model.num_params());
   }
 
@@ -107,8 +147,36 @@ class ReconstructionTrainer {
   /// the latents. Throws shape_error for a wrong x, numeric_error for a non-finite x (bad data,
   /// nothing changes). A step whose loss or gradient is not finite is refused: numeric_error
   /// "... diverged at step N ... the step was not applied", with the parameters, the optimizer
-  /// and the EMA unchanged (a checkpoint saved afterwards is the last good state).
+  /// and the EMA unchanged (a checkpoint saved afterwards is the last good state). A model with
+  /// a Gaussian posterior needs the overload with a generator: config_error here.
   ReconstructionStats step(ConstMatrixView<S> x, const LatentLoss& latent_loss = nullptr) {
+    if (gaussian_)
+      raise_config("ReconstructionTrainer::step",
+                   "the model has a Gaussian posterior: call step(x, rng, latent_loss) so that "
+                   "the trainer can draw the noise eps");
+    return run(x, nullptr, latent_loss);
+  }
+
+  /// step(x, latent_loss) drawing, for a Gaussian posterior, the noise eps (d, B T) of the
+  /// reparameterisation from `rng`: one value of it keys Backend::gaussian_noise (stream 0), as
+  /// loss/draws.hpp; the checkpoint keeps the generator, so a resumed run draws the same eps. A
+  /// deterministic model draws nothing (rng is untouched: the same step as step(x, latent_loss)).
+  ReconstructionStats step(ConstMatrixView<S> x, Rng& rng,
+                           const LatentLoss& latent_loss = nullptr) {
+    return run(x, gaussian_ ? &rng : nullptr, latent_loss);
+  }
+
+  /// The latents y (d, B T) and reconstructions (C H W, B) of the last step's batch (before its
+  /// update), in backend memory: valid until the next step. With a Gaussian posterior the latents
+  /// are the sample z the decoder read (the latent loss's argument).
+  ConstMatrixView<S> latents() const { return y_last_; }
+  ConstMatrixView<S> reconstructions() const { return recon_last_; }
+
+  /// Whether the model has a Gaussian posterior (the steps then sample and add beta KL).
+  bool gaussian() const { return gaussian_; }
+
+ private:
+  ReconstructionStats run(ConstMatrixView<S> x, Rng* rng, const LatentLoss& latent_loss) {
     const char* w = "ReconstructionTrainer::step";
     const Index D = model_.image_dim();
     if (x.rows != D || x.cols < 1)
@@ -118,11 +186,23 @@ class ReconstructionTrainer {
     const Index B = x.cols;
     prepare(B);
     const MatrixView<S> y = y_view(B), recon = recon_view(B), d_recon = d_recon_view(B);
+    const MatrixView<S> eps = eps_view(B);
+    std::uint64_t key = 0;
+    if (gaussian_) key = (*rng)();  // drawn before anything can fail: one value per step
     const Index n = model_.num_params();
     const VectorView<S> g(grads_.data(), n);
     ReconstructionStats st;
     try {
-      model_.forward(x, y, recon, ws_);
+      double kl_weight = 0;
+      if (gaussian_) {
+        Backend::gaussian_noise(ctx, key, 0, eps, 0);
+        model_.forward(x, ConstMatrixView<S>(eps), y, recon, ws_);
+        const double n_lat = double(y.rows) * double(y.cols);
+        st.kl = model_.kl_divergence(ws_) / n_lat;
+        kl_weight = cfg_.kl_beta / n_lat;
+      } else {
+        model_.forward(x, y, recon, ws_);
+      }
       // d_recon = r - x, then mse = |d_recon|^2 / numel and d_recon *= 2 / numel.
       Backend::copy(ctx, ConstMatrixView<S>(recon), d_recon);
       Backend::axpy(ctx, S(-1), x, d_recon);
@@ -137,13 +217,18 @@ class ReconstructionTrainer {
         st.latent_loss = latent_loss(ConstMatrixView<S>(y), d_y, ctx);
         d_y_extra = d_y;
       }
-      st.loss = st.mse + st.latent_loss;
+      st.loss =
+          gaussian_ ? st.mse + cfg_.kl_beta * st.kl + st.latent_loss : st.mse + st.latent_loss;
       if (!std::isfinite(st.loss))
-        flowprior::detail::raise<numeric_error>("[flowprior.numeric] the loss is not finite (mse " +
-                                                short_number(st.mse) + ", latent loss " +
-                                                short_number(st.latent_loss) + ")");
+        flowprior::detail::raise<numeric_error>(
+            "[flowprior.numeric] the loss is not finite (mse " + short_number(st.mse) +
+            (gaussian_ ? ", kl " + short_number(st.kl) : std::string()) + ", latent loss " +
+            short_number(st.latent_loss) + ")");
       Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
-      model_.backward(ws_, ConstMatrixView<S>(d_recon), d_y_extra, g, MatrixView<S>());
+      if (gaussian_)
+        model_.backward(ws_, ConstMatrixView<S>(d_recon), d_y_extra, kl_weight, g, MatrixView<S>());
+      else
+        model_.backward(ws_, ConstMatrixView<S>(d_recon), d_y_extra, g, MatrixView<S>());
       st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
     } catch (const numeric_error& e) {
       step_parts::raise_diverged(w, adam_.steps() + 1, e);
@@ -154,11 +239,7 @@ class ReconstructionTrainer {
     return st;
   }
 
-  /// The latents y (d, B T) and reconstructions (C H W, B) of the last step's batch (before its
-  /// update), in backend memory: valid until the next step.
-  ConstMatrixView<S> latents() const { return y_last_; }
-  ConstMatrixView<S> reconstructions() const { return recon_last_; }
-
+ public:
   /// The gradient of the last step's loss (num_params(); after clipping), in backend memory:
   /// valid until the next step.
   ConstVectorView<S> gradient() const { return {grads_.data(), model_.num_params()}; }
@@ -192,6 +273,9 @@ class ReconstructionTrainer {
   }
   MatrixView<S> y_view(Index B) { return {y_.data(), latent_rows(), latent_cols(B)}; }
   MatrixView<S> d_y_view(Index B) { return {d_y_.data(), latent_rows(), latent_cols(B)}; }
+  MatrixView<S> eps_view(Index B) {
+    return gaussian_ ? MatrixView<S>(eps_.data(), latent_rows(), latent_cols(B)) : MatrixView<S>();
+  }
   MatrixView<S> recon_view(Index B) { return {recon_.data(), model_.image_dim(), B}; }
   MatrixView<S> d_recon_view(Index B) { return {d_recon_.data(), model_.image_dim(), B}; }
 
@@ -202,9 +286,10 @@ class ReconstructionTrainer {
     const Index nx = checked_mul(w, "batch size", model_.image_dim(), B);
     if (B > capacity_) {
       check_allocation(w, "the batch buffers of " + std::to_string(B) + " images",
-                       checked_mul(w, "buffers", 2, ny + nx), sizeof(S));
+                       checked_mul(w, "buffers", 2, ny + nx) + (gaussian_ ? ny : 0), sizeof(S));
       Backend::resize(y_, ny);
       Backend::resize(d_y_, ny);
+      if (gaussian_) Backend::resize(eps_, ny);
       Backend::resize(recon_, nx);
       Backend::resize(d_recon_, nx);
       capacity_ = B;
@@ -218,7 +303,8 @@ class ReconstructionTrainer {
   optim::Adam<S, Backend> adam_;
   optim::Ema<S, Backend> ema_;
   typename Model::Workspace ws_;
-  typename Backend::template Buffer<S> grads_, y_, d_y_, recon_, d_recon_;
+  bool gaussian_ = false;
+  typename Backend::template Buffer<S> grads_, y_, d_y_, recon_, d_recon_, eps_;
   Index capacity_ = 0;
   ConstMatrixView<S> y_last_, recon_last_;
 };
