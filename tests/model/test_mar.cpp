@@ -275,3 +275,28 @@ TEST_CASE("mar: bad configurations and inputs are typed errors", "[mar]") {
   Vec small(3);
   REQUIRE_THROWS_AS(h.use_parameters(small), shape_error);
 }
+
+TEST_CASE("mar: float agrees with double", "[mar]") {
+  Model md(tiny(true));
+  nn::MarGenerator<float> mf(tiny(true));
+  Rng rng(9);
+  set_params(md, random_params(md, rng));
+  for (Index i = 0; i < md.num_params(); ++i) mf.parameters()[i] = float(md.parameters()[i]);
+  const Index BT = 8;
+  const Mat x = fpt::random_mat(3, BT, rng);
+  const Mat u = fpt::random_mat(8, BT, rng);
+  const Eigen::MatrixXf xf = x.cast<float>(), uf = u.cast<float>();
+  std::vector<std::uint8_t> mask = {0, 1, 1, 0, 1, 0, 0, 1};
+  Model::Workspace wd;
+  nn::MarGenerator<float>::Workspace wf;
+  Mat cd(8, BT);
+  Eigen::MatrixXf cf(8, BT);
+  md.forward(x, view(mask), cd, wd);
+  mf.forward(xf, view(mask), cf, wf);
+  REQUIRE((cf.cast<double>() - cd).norm() <= 1e-5 * cd.norm());
+  Vec gd = Vec::Zero(md.num_params());
+  Eigen::VectorXf gf = Eigen::VectorXf::Zero(mf.num_params());
+  md.backward(wd, u, gd);
+  mf.backward(wf, uf, gf);
+  REQUIRE((gf.cast<double>() - gd).norm() <= 1e-4 * gd.norm());
+}
