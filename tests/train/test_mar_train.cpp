@@ -9,13 +9,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <flowprior/nn/tokenizer.hpp>
+#include <flowprior/train/checkpoint.hpp>
 #include <flowprior/train/mar.hpp>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "catch.hpp"
+#include "fixtures.hpp"
 #include "gradcheck.hpp"
 
 using flowprior::ConstMatrixView;
@@ -31,6 +35,7 @@ namespace nn = flowprior::nn;
 namespace loss = flowprior::loss;
 namespace optim = flowprior::optim;
 namespace train = flowprior::train;
+namespace io = flowprior::io;
 using Catch::Matchers::Contains;
 
 namespace {
@@ -461,4 +466,91 @@ TEST_CASE("mar: bad shapes and options are typed errors", "[mar]") {
                       Contains("'out'"));
   REQUIRE_THROWS_AS(train::mar_sample(m, Convention::Code, 0, o, rng, MatrixView<double>(out)),
                     config_error);
+}
+
+TEST_CASE("mar: a checkpoint resumes bit for bit and other kinds are refused", "[mar][io]") {
+  train::MarTrainerConfig cfg;
+  cfg.schedule = optim::LrSchedule::cosine(3e-3, 2, 8, 1e-4);
+  cfg.ema_decay = 0.9;
+  auto batch = [](int s) {
+    Rng r(1000 + std::uint64_t(s));
+    return fpt::random_mat(3, s % 2 ? 12 : 8, r);  // two batch sizes
+  };
+  const int N = 6;
+  Model full_m(tiny());
+  Rng init(3);
+  full_m.init(init);
+  train::MarTrainer<double> full(full_m, Convention::Code, cfg);
+  Rng rf(9);
+  for (int s = 0; s < N; ++s) full.step(batch(s), rf);
+
+  const std::string path = fpt::temp_path("mar_resume.safetensors");
+  {
+    Model m(tiny());
+    Rng i2(3);
+    m.init(i2);
+    train::MarTrainer<double> first(m, Convention::Code, cfg);
+    Rng r(9);
+    for (int s = 0; s < N / 2; ++s) first.step(batch(s), r);
+    train::save_checkpoint(path, first, r, {{"note", "half"}});
+  }
+  Model m(tiny());
+  Rng i3(4);
+  m.init(i3);  // other weights until loaded
+  train::MarTrainer<double> resumed(m, Convention::Code, cfg);
+  Rng rng(77);
+  train::load_checkpoint(path, resumed, rng);
+  REQUIRE(resumed.steps() == N / 2);
+  for (int s = N / 2; s < N; ++s) resumed.step(batch(s), rng);
+  REQUIRE(std::equal(full_m.parameters().data, full_m.parameters().data + m.num_params(),
+                     m.parameters().data));
+  REQUIRE(full.ema().weights() == resumed.ema().weights());
+  const auto st = io::Safetensors::read(path);
+  CHECK(st.metadata().at("flowprior.format") == "mar-checkpoint-1");
+  CHECK(st.metadata().at("model.config.head_width") == "8");
+  CHECK(st.metadata().at("user.note") == "half");
+  CHECK(st.metadata().at("convention") == "code");
+  CHECK(st.find("ema.diffloss.net.final_layer.linear.weight") != nullptr);
+  // Another convention, model or trainer option is refused by name, nothing changes.
+  const std::vector<double> before(m.parameters().data, m.parameters().data + m.num_params());
+  {
+    train::MarTrainer<double> t2(m, Convention::Paper, cfg);
+    CHECK_THROWS_WITH(train::load_checkpoint(path, t2, rng), Contains("convention"));
+  }
+  {
+    train::MarTrainerConfig c2 = cfg;
+    c2.mask.mask_ratio_min = 0.5;
+    train::MarTrainer<double> t2(m, Convention::Code, c2);
+    CHECK_THROWS_WITH(train::load_checkpoint(path, t2, rng), Contains("mask_ratio_min"));
+  }
+  {
+    nn::MarConfig c = tiny();
+    c.head_depth = 2;
+    Model other(c);
+    train::MarTrainer<double> t2(other, Convention::Code, cfg);
+    CHECK_THROWS_AS(train::load_checkpoint(path, t2, rng), flowprior::io_error);
+  }
+  REQUIRE(std::equal(before.begin(), before.end(), m.parameters().data));
+  // A reconstruction checkpoint is refused by kind.
+  {
+    nn::TokenizerConfig tcfg;
+    tcfg.image_size = 4;
+    tcfg.channels = 1;
+    tcfg.patch = 2;
+    tcfg.width = 8;
+    tcfg.heads = 2;
+    tcfg.depth = 1;
+    tcfg.latent_tokens = 2;
+    tcfg.latent_dim = 2;
+    nn::TokenizerAE<double> ae(tcfg);
+    Rng ir(1);
+    ae.init(ir);
+    train::ReconstructionTrainer<nn::TokenizerAE<double>> rt(ae, {});
+    const std::string p2 = fpt::temp_path("mar_other.safetensors");
+    train::save_checkpoint(p2, rt, Rng(1));
+    CHECK_THROWS_WITH(train::load_checkpoint(p2, resumed, rng),
+                      Contains("ReconstructionTrainer") && Contains("expects 'mar-checkpoint-1'"));
+    std::remove(p2.c_str());
+  }
+  std::remove(path.c_str());
 }

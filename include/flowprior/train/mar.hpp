@@ -426,7 +426,9 @@ class MarTrainer {
   Convention convention() const { return conv_; }
   const Config& config() const { return cfg_; }
   Model& model() { return model_; }
+  const Model& model() const { return model_; }
   optim::Adam<S, Backend>& optimizer() { return adam_; }
+  const optim::Adam<S, Backend>& optimizer() const { return adam_; }
   optim::Ema<S, Backend>& ema() { return ema_; }
   const optim::Ema<S, Backend>& ema() const { return ema_; }
   /// The scratch the steps use (its context is the steps' context).
