@@ -5,10 +5,12 @@
 #include <Eigen/Core>
 #include <flowprior/flowprior.hpp>
 #include <flowprior/nn/classifier.hpp>
+#include <flowprior/nn/mar.hpp>
 #include <flowprior/nn/tokenizer.hpp>
 #include <flowprior/nn/transformer.hpp>
 #include <flowprior/train/classification.hpp>
 #include <flowprior/train/latent_alignment.hpp>
+#include <flowprior/train/mar.hpp>
 #include <flowprior/train/reconstruction.hpp>
 #include <functional>
 #include <limits>
@@ -258,6 +260,35 @@ TEST_CASE("a warmed-up Gaussian-posterior tokenizer pass and step allocate nothi
             tr.step(x4, rng);
           }) == 0);
   REQUIRE(kl > 0);
+}
+
+TEST_CASE("a warmed-up MAR training step allocates nothing", "[perf][alloc][mar]") {
+  if (!can_count()) return;
+  nn::MarConfig cfg;
+  cfg.tokens = 16;
+  cfg.token_dim = 4;
+  cfg.width = 32;
+  cfg.depth = 2;
+  cfg.heads = 4;
+  cfg.head_width = 32;
+  cfg.head_depth = 2;
+  cfg.time_freq_dim = 32;
+  nn::MarGenerator<float> m(cfg);
+  Rng rng(21);
+  m.init(rng);
+  train::MarTrainer<float> tr(m, Convention::Code, {});
+  const Index B = 8, BT = B * cfg.tokens;
+  const auto x = normal_mat<float>(cfg.token_dim, BT, rng);
+  // The masked count varies from step to step; the largest mask (all tokens) sizes every buffer
+  // and the head's workspace once, so that no later mask needs more.
+  const std::vector<std::uint8_t> all(static_cast<std::size_t>(BT), 1);
+  loss::FlowDraws<float> draws;
+  loss::draw(draws, Convention::Code, BT, cfg.token_dim, tr.config().K,
+             loss::TimeSampler::uniform(), rng);
+  std::vector<float> g(static_cast<std::size_t>(m.num_params()), 0.0f);
+  train::mar_loss(m, Convention::Code, x, flowprior::ConstVectorView<std::uint8_t>(all.data(), BT),
+                  draws, tr.scratch(), flowprior::VectorView<float>(g.data(), m.num_params()));
+  REQUIRE(allocations_after_warmup([&] { tr.step(x, rng); }, 5) == 0);
 }
 
 TEST_CASE("a warmed-up adaLN transformer block forward and backward allocate nothing",

@@ -164,7 +164,17 @@ class AdaLNMlp
     input_.init_xavier(p, rng);
     for (const auto& b : blocks_) b.init(p, rng);
     final_.init(p);
-    Backend::copy_from_host(host.data(), this->num_params(), this->params_);
+    Backend::copy_from_host(host.data(), this->num_params(), this->param_data());
+  }
+
+  /// Runs on parameters held elsewhere: from now on parameters(), init() and every pass use the
+  /// num_params() values of `storage` (backend memory that the caller owns and keeps alive, e.g.
+  /// the slice diffloss.net.* of nn::MarGenerator's flat vector), and the field's own buffer is
+  /// released. The values are not changed. A copy of the field shares the storage (rebind the
+  /// copy). Throws shape_error unless storage has num_params() values.
+  void use_parameters(VectorView<S> storage) {
+    check_size("AdaLNMlp::use_parameters", "storage", storage, this->num_params());
+    this->bind_storage(storage.data);
   }
 
   /// v_out (dim, B) = v(x, t [, cond]). Caches activations in ws for vjp_x / backward / jvp_x.
@@ -233,7 +243,7 @@ class AdaLNMlp
                       MatrixView<S> v_out, ConstMatrixView<S> cond, Caches& c) const {
     for (auto& b : c.blocks) b.group = group;
     c.fin.group = group;
-    const S* p = this->params_.data();
+    const S* p = this->param_data();
     Backend::copy(ctx, x, c.x_in);          // backward needs x for d input_proj.weight
     temb_.forward(ctx, p, t, c.temb, c.c);  // adaln.md (16)
     if (cfg_.cond_dim > 0) {
@@ -251,7 +261,7 @@ class AdaLNMlp
   /// R: the time groups of the forward (one column of d_sc each).    adaln.md (12)-(13)
   void backward_layers(Context& ctx, Caches& c, Index R, ConstMatrixView<S> d_v, MatrixView<S> d_x,
                        S* d_p, MatrixView<S> d_cond) const {
-    const S* p = this->params_.data();
+    const S* p = this->param_data();
     const bool params = d_p != nullptr;
     const MatrixView<S> d_sc = c.d_sc.col_block(0, R);  // one column per time group
     if (params) Backend::fill(ctx, d_sc, S(0));
@@ -272,7 +282,7 @@ class AdaLNMlp
 
   void jvp_layers(Context& ctx, Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out,
                   Index K) const {
-    const S* p = this->params_.data();
+    const S* p = this->param_data();
     input_.jvp(ctx, p, dx, c.dh);  // adaln.md (14)
     for (std::size_t i = 0; i < blocks_.size(); ++i)
       blocks_[i].jvp(ctx, p, c.blocks[i], c.dh, K, c.js);

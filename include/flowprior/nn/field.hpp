@@ -144,9 +144,10 @@ class FieldBase {
   Index num_params() const { return layout_.total(); }
   /// Named tensors (registration order).
   const ParamLayout& layout() const { return layout_; }
-  /// The flat parameter vector (host memory on the CPU backend).
-  VectorView<S> parameters() { return {params_.data(), layout_.total()}; }
-  ConstVectorView<S> parameters() const { return {params_.data(), layout_.total()}; }
+  /// The flat parameter vector (host memory on the CPU backend): the field's own buffer, or the
+  /// storage it was bound to (AdaLNMlp::use_parameters).
+  VectorView<S> parameters() { return {param_data(), layout_.total()}; }
+  ConstVectorView<S> parameters() const { return {param_data(), layout_.total()}; }
 
   /// Number of time groups of the last forward on ws (== its batch when ungrouped).
   Index time_groups(const Workspace& ws) const { return ws.groups_; }
@@ -252,6 +253,18 @@ class FieldBase {
     }
   }
 
+  /// The parameters the layers read: the own buffer, or the caller's storage after
+  /// bind_storage (a field that offers binding reads them through this, never params_).
+  S* param_data() { return external_ != nullptr ? external_ : params_.data(); }
+  const S* param_data() const { return external_ != nullptr ? external_ : params_.data(); }
+
+  /// From now on the parameters are the num_params() values at `storage` (backend memory of the
+  /// caller, which outlives every use); the own buffer is released. nullptr: not allowed.
+  void bind_storage(S* storage) {
+    external_ = storage;
+    params_ = typename Backend::template Buffer<S>();
+  }
+
   ParamLayout layout_;
   typename Backend::template Buffer<S> params_;
 
@@ -347,7 +360,8 @@ class FieldBase {
   }
 
   Index dim_ = 0;
-  LayoutKey key_;  // what a workspace laid out for this field must match
+  LayoutKey key_;          // what a workspace laid out for this field must match
+  S* external_ = nullptr;  // bound storage (bind_storage), or null: params_
 };
 
 }  // namespace nn

@@ -18,8 +18,9 @@
 ///
 /// The same layout holds a ReconstructionTrainer's state (an autoencoder: format
 /// "reconstruction-checkpoint-1", with its configuration and every field of the model's
-/// configuration as model.config.* instead of the flow entries); each load refuses the other
-/// kind by name.
+/// configuration as model.config.* instead of the flow entries), and a MarTrainer's (format
+/// "mar-checkpoint-1": the MAR generator with its head, its convention, mask law and trainer
+/// options); each load refuses the other kinds by name.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,7 @@
 #include <flowprior/core/random.hpp>
 #include <flowprior/io/safetensors.hpp>
 #include <flowprior/io/state_dict.hpp>
+#include <flowprior/train/mar.hpp>
 #include <flowprior/train/reconstruction.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <flowprior/version.hpp>
@@ -52,6 +54,15 @@ namespace detail {
 inline const char* checkpoint_format() { return "checkpoint-2"; }
 /// The format tag of ReconstructionTrainer checkpoints.
 inline const char* reconstruction_format() { return "reconstruction-checkpoint-1"; }
+/// The format tag of MarTrainer checkpoints.
+inline const char* mar_format() { return "mar-checkpoint-1"; }
+/// The trainer a checkpoint format belongs to (nullptr: not one of ours).
+inline const char* trainer_of_format(const std::string& format) {
+  if (format == checkpoint_format()) return "FlowMatchingTrainer";
+  if (format == reconstruction_format()) return "ReconstructionTrainer";
+  if (format == mar_format()) return "MarTrainer";
+  return nullptr;
+}
 
 inline std::string exact(double x) {
   std::ostringstream os;
@@ -289,14 +300,10 @@ inline void expect_format(const Safetensors& st, const char* want) {
          "checkpoint format 'checkpoint-1' (flowprior 0.1.0) has no checksum and does not "
          "record the trainer configuration, so it cannot be resumed safely; its weights "
          "still load with load_state_dict (prefix 'ema.' or 'model.')");
-  if (format == checkpoint_format() || format == reconstruction_format())
-    fail(path,
-         "checkpoint format '" + format + "' is a checkpoint of a " +
-             (format == checkpoint_format() ? "FlowMatchingTrainer" : "ReconstructionTrainer") +
-             "; this load expects '" + want + "' (a " +
-             (std::string(want) == checkpoint_format() ? "FlowMatchingTrainer"
-                                                       : "ReconstructionTrainer") +
-             "); its weights load with load_state_dict (prefix 'ema.' or 'model.')");
+  if (const char* kind = trainer_of_format(format))
+    fail(path, "checkpoint format '" + format + "' is a checkpoint of a " + kind +
+                   "; this load expects '" + want + "' (a " + trainer_of_format(want) +
+                   "); its weights load with load_state_dict (prefix 'ema.' or 'model.')");
   fail(path, "not a flowprior checkpoint (format '" + format + "', expected '" + want + "')");
 }
 
@@ -405,6 +412,70 @@ void load_checkpoint(const Safetensors& st, train::ReconstructionTrainer<Model>&
 template <class Model>
 void load_checkpoint(const std::string& path, train::ReconstructionTrainer<Model>& trainer,
                      Rng& rng) {
+  load_checkpoint(Safetensors::read(path), trainer, rng);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MAR generator checkpoints
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+/// The configuration entries of a MAR checkpoint: schedule, EMA decay, convention, trainer.*
+/// (K, time sampler, mask law, Adam, clip) and model.config.* (MarConfig::entries()), all
+/// checked against the trainer on load.
+template <class S, class Backend>
+std::vector<std::pair<std::string, std::string>> mar_config_entries(
+    const train::MarTrainer<S, Backend>& trainer) {
+  const train::MarTrainerConfig& c = trainer.config();
+  std::vector<std::pair<std::string, std::string>> e = {
+      {"schedule", schedule_string(c.schedule)},
+      {"ema.decay", exact(trainer.ema().decay())},
+      {"convention", to_string(trainer.convention())},
+      {"trainer.loss", "mar-flow-matching"},
+      {"trainer.K", std::to_string(c.K)},
+      {"trainer.sampler", sampler_string(c.sampler)},
+      {"trainer.mask.mask_ratio_min", exact(c.mask.mask_ratio_min)},
+      {"trainer.mask.mean", exact(c.mask.mean)},
+      {"trainer.mask.std", exact(c.mask.std)},
+      {"trainer.adam.beta1", exact(c.adam.beta1)},
+      {"trainer.adam.beta2", exact(c.adam.beta2)},
+      {"trainer.adam.eps", exact(c.adam.eps)},
+      {"trainer.adam.weight_decay", exact(c.adam.weight_decay)},
+      {"trainer.adam.decoupled", c.adam.decoupled ? "true" : "false"},
+      {"trainer.clip_norm", exact(c.clip_norm)}};
+  for (const auto& kv : trainer.model().config().entries())
+    e.emplace_back("model.config." + kv.first, kv.second);
+  return e;
+}
+}  // namespace detail
+
+/// Saves a MarTrainer's state (the generator's parameters, head included, the EMA weights,
+/// Adam's moments, the counters, the configuration, `rng` and the caller's entries as
+/// user.<key>) atomically to `path`, with a CRC-32 of the whole file (format
+/// `mar-checkpoint-1`, docs/formats.md "Checkpoints").
+template <class S, class Backend>
+void save_checkpoint(const std::string& path, const train::MarTrainer<S, Backend>& trainer,
+                     const Rng& rng, const std::map<std::string, std::string>& extra_metadata = {},
+                     WriteFaults faults = {}) {
+  detail::write_state(path, detail::mar_format(), detail::mar_config_entries(trainer),
+                      trainer.model(), trainer.optimizer(), trainer.ema(), rng, extra_metadata,
+                      faults);
+}
+
+/// Restores a parsed MAR checkpoint `st` into `trainer` (its model, optimizer and EMA) and
+/// `rng`; the trainer must have the configuration the checkpoint was saved with (an io_error
+/// names the entry and both values). Other kinds of checkpoint are refused by name. Nothing is
+/// modified unless the whole file is valid; every error is an io_error naming the file.
+template <class S, class Backend>
+void load_checkpoint(const Safetensors& st, train::MarTrainer<S, Backend>& trainer, Rng& rng) {
+  detail::expect_format(st, detail::mar_format());
+  detail::read_state(st, detail::mar_config_entries(trainer), trainer.model(), trainer.optimizer(),
+                     trainer.ema(), rng);
+}
+
+/// load_checkpoint(Safetensors::read(path), trainer, rng).
+template <class S, class Backend>
+void load_checkpoint(const std::string& path, train::MarTrainer<S, Backend>& trainer, Rng& rng) {
   load_checkpoint(Safetensors::read(path), trainer, rng);
 }
 
