@@ -16,7 +16,8 @@ namespace flowprior {
 namespace eval {
 
 namespace detail {
-[[noreturn]] inline FLOWPRIOR_COLD void raise_value(const char* where, const std::string& what) {
+[[noreturn]] inline FLOWPRIOR_COLD void raise_stats_value(const char* where,
+                                                          const std::string& what) {
   flowprior::detail::raise<value_error>(std::string("[flowprior.value] ") + where + ": " + what);
 }
 }  // namespace detail
@@ -90,8 +91,8 @@ class FeatureStats {
   /// The unbiased covariance M / (n - 1) (D, D), symmetric. Throws value_error for n < 2.
   Eigen::MatrixXd covariance() const {
     if (n_ < 2)
-      detail::raise_value("FeatureStats::covariance",
-                          "needs at least 2 samples, got " + std::to_string(n_));
+      detail::raise_stats_value("FeatureStats::covariance",
+                                "needs at least 2 samples, got " + std::to_string(n_));
     Eigen::MatrixXd c = M_.selfadjointView<Eigen::Lower>();
     return c / double(n_ - 1);
   }
@@ -138,14 +139,14 @@ inline Eigen::VectorXd psd_eigenvalues(const char* where, const char* name,
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(
       A, vectors ? Eigen::ComputeEigenvectors : Eigen::EigenvaluesOnly);
   if (es.info() != Eigen::Success)
-    raise_value(where, std::string(name) + ": no eigen-decomposition");
+    raise_stats_value(where, std::string(name) + ": no eigen-decomposition");
   Eigen::VectorXd l = es.eigenvalues();
   const double scale = l.cwiseAbs().maxCoeff();
   for (Index i = 0; i < l.size(); ++i) {
     if (l(i) < -kPsdTolerance * scale)
-      raise_value(where, std::string(name) + " is not positive semi-definite (eigenvalue " +
-                             std::to_string(l(i)) + ", largest magnitude " + std::to_string(scale) +
-                             ")");
+      raise_stats_value(where, std::string(name) + " is not positive semi-definite (eigenvalue " +
+                                   std::to_string(l(i)) + ", largest magnitude " +
+                                   std::to_string(scale) + ")");
     l(i) = std::max(l(i), 0.0);
   }
   if (vectors) *vectors = es.eigenvectors();
@@ -193,8 +194,9 @@ inline double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
   const char* w = "frechet_distance";
   if (a.dim() != b.dim()) flowprior::detail::raise_size(w, "b.dim()", b.dim(), a.dim());
   if (a.count() < 2 || b.count() < 2)
-    detail::raise_value(w, "each set needs at least 2 samples, got " + std::to_string(a.count()) +
-                               " and " + std::to_string(b.count()));
+    detail::raise_stats_value(w, "each set needs at least 2 samples, got " +
+                                     std::to_string(a.count()) + " and " +
+                                     std::to_string(b.count()));
   return frechet_distance(a.mean(), a.covariance(), b.mean(), b.covariance());
 }
 
