@@ -155,6 +155,7 @@ std::string preset_of(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // stage lines reach a log file as they happen
   CLI::App app{"flowprior: the image latent-alignment pipeline (the paper's Table 1 experiment)"};
   PipelineConfig c;
   try {
