@@ -70,7 +70,7 @@ inline void write_fig4(const std::string& path, const std::vector<Autoencoder>& 
   a.set_title("probes during training (target " + target + ")");
   a.set_xlabel("mean distance to the 5 nearest target samples").set_ylabel("alignment loss");
   a.set_grid();
-  if (!legend.empty()) a.legend(legend);
+  if (!legend.empty()) a.legend(legend, plot::Corner::bottom_right);
   fig.save(path);
 }
 
