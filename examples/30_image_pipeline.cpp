@@ -41,8 +41,17 @@ int run(const PipelineConfig& c) {
   Json cls_results;
   const std::unique_ptr<Classifier> cls = classifier_stage(c, d, cls_results);
 
+  const int last = c.last_stage();
+  if (last < 1) {
+    std::printf("done: --stages ends with the classifier (%s/classifier)\n", c.out.c_str());
+    return 0;
+  }
   std::vector<Target> targets;
   for (const auto& spec : c.targets) targets.push_back(target_stage(c, d, spec, cls.get()));
+  if (last < 2) {
+    std::printf("done: --stages ends with the targets (%s/target-*)\n", c.out.c_str());
+    return 0;
+  }
 
   // Held-out features (the reference of both Frechet distances); the Fig. 4 probe's images
   // and target samples; the linear probe's training images.
@@ -74,6 +83,7 @@ int run(const PipelineConfig& c) {
 
   std::vector<MatF> sample_rows;
   for (Autoencoder& ae : aes) {
+    if (last < 3) break;  // --stages ends with the autoencoders: no generators
     const GeneratorResult g = generator_stage(c, d, ae, *cls, eval_stats);
     for (auto it = g.results.begin(); it != g.results.end(); ++it)
       ae.results["gen_" + it.key()] = it.value();
@@ -177,8 +187,10 @@ int main(int argc, char** argv) {
   app.add_option("--seed", c.seed, "seed of everything")
       ->check(example::kNonNegativeInteger)
       ->capture_default_str();
-  app.add_option("--targets", c.targets,
-                 "targets: gaussian, pca, classifier, features:FILE (.npy or .safetensors)")
+  app.add_option(
+         "--targets", c.targets,
+         "targets: gaussian, pca, classifier, features:FILE (.npy, or .safetensors[:TENSOR]; one "
+         "row per sample)")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--lambdas", c.lambdas, "alignment weights (e.g. 0.001,0.005,0.01,0.05)")

@@ -12,6 +12,7 @@
 #include <flowprior/core/types.hpp>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace flowprior {
@@ -93,6 +94,15 @@ struct PipelineConfig {
     for (const auto& s : stages)
       if (s == stage) return true;
     return false;
+  }
+  /// The last stage --stages names, in pipeline order (0 classifier, 1 target, 2 ae, 3 gen):
+  /// later ones are not run; earlier ones it does not name must be done already.
+  int last_stage() const {
+    int last = -1;
+    const char* order[] = {"classifier", "target", "ae", "gen"};
+    for (int i = 0; i < 4; ++i)
+      if (runs(order[i])) last = i;
+    return last;
   }
   bool redoes(const std::string& stage) const {
     for (const auto& s : redo)
@@ -250,8 +260,10 @@ inline void PipelineConfig::validate() const {
   for (const auto& t : targets) {
     if (t == "gaussian" || t == "pca" || t == "classifier") continue;
     if (t.rfind("features:", 0) == 0 && t.size() > 9) continue;
-    raise_config(w, "--targets: unknown target '" + t +
-                        "' (gaussian, pca, classifier or features:FILE.npy|FILE.safetensors)");
+    raise_config(
+        w, "--targets: unknown target '" + t +
+               "' (gaussian, pca, classifier, features:FILE.npy, features:FILE.safetensors or "
+               "features:FILE.safetensors:TENSOR)");
   }
   for (const auto& s : stages)
     if (s != "classifier" && s != "target" && s != "ae" && s != "gen")
@@ -269,14 +281,27 @@ struct Stopped {
   Index step;
 };
 
-/// A target's folder-safe name: "features:/a/b.npy" -> "features-b".
+/// The file and the tensor name of a "features:FILE" or "features:FILE.safetensors:TENSOR"
+/// target (the tensor is empty when not given: a .npy file, or a safetensors file of one tensor).
+inline std::pair<std::string, std::string> features_source(const std::string& t) {
+  const std::string rest = t.substr(9);
+  const std::string ext = ".safetensors:";
+  const auto at = rest.rfind(ext);
+  if (at == std::string::npos) return {rest, ""};
+  return {rest.substr(0, at + ext.size() - 1), rest.substr(at + ext.size())};
+}
+
+/// A target's folder-safe name: "features:/a/b.npy" -> "features-b",
+/// "features:/a/b.safetensors:x" -> "features-b-x".
 inline std::string target_slug(const std::string& t) {
   if (t.rfind("features:", 0) != 0) return t;
-  std::string file = t.substr(9);
+  const auto src = features_source(t);
+  std::string file = src.first;
   const auto slash = file.find_last_of('/');
   if (slash != std::string::npos) file = file.substr(slash + 1);
   const auto dot = file.find_last_of('.');
   if (dot != std::string::npos) file = file.substr(0, dot);
+  if (!src.second.empty()) file += "-" + src.second;
   std::string s = "features-";
   for (char c : file) s += (std::isalnum(static_cast<unsigned char>(c)) || c == '-') ? c : '_';
   return s;

@@ -256,11 +256,20 @@ inline MatF make_target_samples(const PipelineConfig& c, const Data& d, const st
                  feats.middleCols(first, imgs.cols()) = classifier_features(*cls, d, imgs);
                });
     info = {{"kind", "classifier penultimate features"}, {"feature_dim", feats.rows()}};
-  } else {  // features:FILE
-    const std::string file = spec.substr(9);
-    feats = ds::read_features(file);
-    if (feats.cols() < 20) io::fail(file, "needs at least 20 feature vectors");
-    info = {{"kind", "user features"}, {"file", file}, {"feature_dim", feats.rows()}};
+  } else {  // features:FILE[:TENSOR]
+    const auto src = features_source(spec);
+    const MatF all = ds::read_features(src.first, src.second);
+    if (all.cols() < 20) io::fail(src.first, "needs at least 20 feature vectors");
+    // at most --target-samples of them, spread evenly over the file
+    const Index m = std::min<Index>(n, all.cols());
+    feats.resize(all.rows(), m);
+    for (Index i = 0; i < m; ++i)
+      feats.col(i) = all.col(Index(double(i) * double(all.cols()) / double(m)));
+    info = {{"kind", "user features"},
+            {"file", src.first},
+            {"tensor", src.second},
+            {"feature_dim", feats.rows()},
+            {"file_samples", all.cols()}};
   }
   data::Standardizer sd;
   sd.fit(ConstMatrixView<float>(feats));
