@@ -172,14 +172,20 @@ class PatchPca {
     check_shape(w, "images", images, cfg_.image_dim(), images.cols);
     check_shape(w, "out", out, cfg_.components, checked_mul(w, "N x Np", images.cols, Np));
     check_finite(w, "images", images);
-    Eigen::VectorXd v(cfg_.patch_dim()), c(cfg_.components);
+    // Plain loops (no Eigen temporaries): GCC 12 at -O2 reports a false use-after-free in
+    // Eigen's resize inside `c.noalias() = W * v` here.
+    const Index P = cfg_.patch_dim(), d = cfg_.components;
+    std::vector<double> v(static_cast<std::size_t>(P)), c(static_cast<std::size_t>(d));
     for (Index b = 0; b < images.cols; ++b)
       for (Index t = 0; t < Np; ++t) {
         gather(images.col(b), t, v.data());
-        v -= mean_;
-        c.noalias() = whitener_ * v;
+        std::fill(c.begin(), c.end(), 0.0);
+        for (Index j = 0; j < P; ++j) {
+          const double vj = v[std::size_t(j)] - mean_(j);
+          for (Index k = 0; k < d; ++k) c[std::size_t(k)] += whitener_(k, j) * vj;
+        }
         S* o = out.col(b * Np + t);
-        for (Index k = 0; k < cfg_.components; ++k) o[k] = static_cast<S>(c(k));
+        for (Index k = 0; k < d; ++k) o[k] = static_cast<S>(c[std::size_t(k)]);
       }
   }
 
