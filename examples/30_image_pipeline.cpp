@@ -145,9 +145,10 @@ int run(const PipelineConfig& c) {
   pipeline::write_metrics(c.out + "/metrics.json", doc);
   std::printf("\n%s\n", table.c_str());
   std::printf(
-      "finished in %.1f s; wrote %s/{reconstructions.png, samples.png, curves.png, %stable.md, "
+      "finished in %.1f s; wrote %s/{reconstructions.png, %scurves.png, %stable.md, "
       "metrics.json}\n",
-      wall, c.out.c_str(), targets.empty() ? "" : "fig4_knn.png, ");
+      wall, c.out.c_str(), sample_rows.empty() ? "" : "samples.png, ",
+      targets.empty() ? "" : "fig4_knn.png, ");
   return 0;
 }
 
