@@ -28,6 +28,7 @@
 #include <flowprior/backend/ode_args.hpp>
 #include <flowprior/backend/optim_args.hpp>
 #include <flowprior/backend/parallel.hpp>
+#include <flowprior/backend/views.hpp>
 #include <flowprior/backend/xent_args.hpp>
 #include <flowprior/core/activation.hpp>
 #include <flowprior/core/convention.hpp>
@@ -40,20 +41,6 @@
 #include <vector>
 
 namespace flowprior {
-
-namespace detail {
-template <class T>
-struct type_identity {
-  using type = T;
-};
-}  // namespace detail
-
-/// Read-only views in a non-deduced context: primitives deduce S from their mutable arguments,
-/// so a MatrixView<S> can be passed where a read-only view is expected.
-template <class S>
-using CView = typename detail::type_identity<ConstMatrixView<S>>::type;
-template <class S>
-using CVec = typename detail::type_identity<ConstVectorView<S>>::type;
 
 struct CpuBackend {
   /// The execution context that every primitive takes as its first argument (docs/backends.md

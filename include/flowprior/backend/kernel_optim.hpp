@@ -1,0 +1,19 @@
+/// @file
+/// KernelBackend's the flat-vector primitives of the optimizer, EMA and clipping (docs/math/optim.md). The semantics of each primitive are those of the CpuBackend
+/// primitive of the same name (docs/backends.md). No Eigen, no CUDA header.
+#pragma once
+
+#include <flowprior/backend/kernel_common.hpp>
+#include <flowprior/core/types.hpp>
+
+namespace flowprior {
+namespace kernel {
+
+template <class Exec>
+struct OptimOps {
+  using Context = typename Exec::Context;
+  using K = Core<Exec>;
+};
+
+}  // namespace kernel
+}  // namespace flowprior
