@@ -45,6 +45,13 @@ class io_error : public error {
   using error::error;
 };
 
+/// A device runtime or library call failed (CUDA, cuBLAS: a launch, an allocation, a copy, no
+/// device present). The message names the call and the runtime's own error text.
+class device_error : public error {
+ public:
+  using error::error;
+};
+
 /// An internal invariant failed (only thrown when FLOWPRIOR_ASSERT is enabled).
 class assert_error : public error {
  public:
