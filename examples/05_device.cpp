@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <flowprior/backend/kernel_backend.hpp>
 #include <flowprior/flowprior.hpp>
 #include <flowprior/plot/figure.hpp>
@@ -37,8 +38,7 @@ flowprior::analytic::GaussianMixture ring_mixture(Eigen::MatrixXd& means) {
 // Mean negative log-density under the ring of (2, n) float points.
 double mean_nll(const flowprior::analytic::GaussianMixture& ring, const std::vector<float>& pts) {
   const Eigen::Index n = Eigen::Index(pts.size() / 2);
-  const Eigen::MatrixXd y =
-      Eigen::Map<const Eigen::MatrixXf>(pts.data(), 2, n).cast<double>();
+  const Eigen::MatrixXd y = Eigen::Map<const Eigen::MatrixXf>(pts.data(), 2, n).cast<double>();
   Eigen::VectorXd logp(n);
   ring.log_density<double>(y, logp);
   return -logp.mean();
@@ -97,7 +97,8 @@ void plot(const std::string& path, const std::vector<float>& targets,
 
 int main(int argc, char** argv) {
   using flowprior::Index;
-  CLI::App app{"Train a 2-D flow prior, score it, align latents to it: on cpu, host-kernels or cuda"};
+  CLI::App app{
+      "Train a 2-D flow prior, score it, align latents to it: on cpu, host-kernels or cuda"};
   example::DeviceRunConfig cfg;
   std::string device = "cpu", out = "out/05_device";
   Index samples = 20000;
@@ -121,7 +122,8 @@ int main(int argc, char** argv) {
     if (fail) std::fprintf(stderr, "error: [flowprior.config] %s: %s\n", w, what.c_str());
     return fail;
   };
-  if (bad(samples <= 0, "--samples must be positive") || bad(cfg.width <= 0, "--width must be positive") ||
+  if (bad(samples <= 0, "--samples must be positive") ||
+      bad(cfg.width <= 0, "--width must be positive") ||
       bad(cfg.depth <= 0, "--depth must be positive") ||
       bad(cfg.prior_steps < 0, "--prior-steps must be >= 0") ||
       bad(cfg.batch <= 0, "--batch must be positive") ||
@@ -139,14 +141,18 @@ int main(int argc, char** argv) {
   }
 #endif
   try {
-    flowprior::io::ensure_directory(out);
+    std::error_code ec;
+    std::filesystem::create_directories(out, ec);
+    if (ec)
+      throw flowprior::io_error("[flowprior.io] " + out + ": cannot create the output folder (" +
+                                ec.message() + ")");
     Eigen::MatrixXd means;
     const auto ring = ring_mixture(means);
     flowprior::Rng data_rng(cfg.seed + 1);
     std::vector<float> targets(std::size_t(2 * samples));
     {
       Eigen::MatrixXd x(2, samples);
-      ring.sample(x, data_rng);
+      ring.sample(flowprior::MatrixView<double>(x), data_rng);
       for (Index i = 0; i < x.size(); ++i) targets[std::size_t(i)] = float(x.data()[i]);
     }
     flowprior::util::Progress prior_bar("prior  ", cfg.prior_steps, !quiet);
@@ -175,16 +181,17 @@ int main(int argc, char** argv) {
     for (double lp : r.prior_logp) prior_nll -= lp;
     if (!r.prior_logp.empty()) prior_nll /= double(r.prior_logp.size());
     const double exact_nll = scored.empty() ? 0.0 : mean_nll(ring, scored);
-    const double nll_start = mean_nll(ring, r.latents_start), nll_end = mean_nll(ring, r.latents_end);
+    const double nll_start = mean_nll(ring, r.latents_start),
+                 nll_end = mean_nll(ring, r.latents_end);
     const std::vector<int> modes = nearest_mode_counts(means, r.latents_end);
 
     nlohmann::ordered_json doc;
     doc["example"] = "05_device";
     doc["backend"] = r.backend;
-    doc["config"] = {{"samples", samples},          {"width", cfg.width},
-                     {"depth", cfg.depth},          {"prior_steps", cfg.prior_steps},
-                     {"batch", cfg.batch},          {"nll_points", cfg.nll_points},
-                     {"latents", cfg.latents},      {"align_steps", cfg.align_steps},
+    doc["config"] = {{"samples", samples},     {"width", cfg.width},
+                     {"depth", cfg.depth},     {"prior_steps", cfg.prior_steps},
+                     {"batch", cfg.batch},     {"nll_points", cfg.nll_points},
+                     {"latents", cfg.latents}, {"align_steps", cfg.align_steps},
                      {"seed", cfg.seed}};
     doc["prior"] = {{"final_loss", r.prior_loss.empty() ? 0.0 : r.prior_loss.back()},
                     {"ode_nll_mean", prior_nll},
@@ -207,8 +214,8 @@ int main(int argc, char** argv) {
                 r.train_seconds, r.prior_loss.empty() ? 0.0 : r.prior_loss.back());
     std::printf("ODE NLL of %zu targets under the prior: %.4f nats (exact ring: %.4f) in %.1f s\n",
                 r.prior_logp.size(), prior_nll, exact_nll, r.nll_seconds);
-    std::printf("alignment: ring NLL of the latents %.4f -> %.4f in %.1f s; per mode:",
-                nll_start, nll_end, r.align_seconds);
+    std::printf("alignment: ring NLL of the latents %.4f -> %.4f in %.1f s; per mode:", nll_start,
+                nll_end, r.align_seconds);
     for (int c : modes) std::printf(" %d", c);
     std::printf("\nwrote %s/metrics.json and %s/device.png\n", out.c_str(), out.c_str());
     return 0;

@@ -39,12 +39,12 @@ struct DeviceRunConfig {
 };
 
 struct DeviceRunResult {
-  std::string backend;                    ///< Backend::name()
-  std::vector<double> prior_loss;         ///< flow-matching loss per step
-  std::vector<double> align_loss;         ///< alignment loss per step
-  std::vector<double> prior_logp;         ///< log p of the first nll_points targets (nats)
-  std::vector<float> latents_start;       ///< (2, latents), column-major
-  std::vector<float> latents_end;         ///< the same after alignment
+  std::string backend;               ///< Backend::name()
+  std::vector<double> prior_loss;    ///< flow-matching loss per step
+  std::vector<double> align_loss;    ///< alignment loss per step
+  std::vector<double> prior_logp;    ///< log p of the first nll_points targets (nats)
+  std::vector<float> latents_start;  ///< (2, latents), column-major
+  std::vector<float> latents_end;    ///< the same after alignment
   double train_seconds = 0, nll_seconds = 0, align_seconds = 0;
 };
 
