@@ -2,11 +2,16 @@
 // against CpuBackend: Adam / AdamW updates, the sums of squares (with and without a divisor),
 // max |x|, the first non-finite entry, the clipping scale and the moving average. Vectors are
 // longer than one 1024-element chunk, with a last partial chunk, and are followed by NaN (the
-// padding of a Mat column): a body that runs past the end fails the comparison.
+// padding of a Mat column): a body that runs past the end fails the comparison. Then the
+// optimizer on top of them, optim::Adam, clip_grad_norm, grad_norm and Ema, on both backends.
 #include <algorithm>
 #include <cmath>
 #include <flowprior/core/random.hpp>
+#include <flowprior/optim/optimizer.hpp>
 #include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 #include "catch.hpp"
 #include "kernel_parity.hpp"
@@ -149,4 +154,79 @@ TEMPLATE_TEST_CASE("kernel backend: sums of squares, max |x| and the first non-f
   z.at(kN - 1, 0) = std::numeric_limits<S>::infinity();
   REQUIRE(Ker::sum_squares(c.ker, z.cvec()) == std::numeric_limits<double>::infinity());
   REQUIRE(Ker::first_nonfinite(c.ker, z.cvec()) == kN - 1);
+}
+
+TEMPLATE_TEST_CASE("kernel backend: optim::Adam, clip_grad_norm and Ema on it match the CPU",
+                   "[kernel][optim]", float, double) {
+  using S = TestType;
+  namespace optim = flowprior::optim;
+  flowprior::Rng rng(23);
+  const Index n = 1500;
+  Mat<S> p0(n, 1, 1);
+  p0.random(rng);
+  optim::AdamConfig cfg;
+  cfg.lr = 1e-2;
+  cfg.weight_decay = 0.05;
+  for (const bool decoupled : {true, false}) {
+    CAPTURE(decoupled);
+    cfg.decoupled = decoupled;
+    optim::Adam<S, Cpu> ac(n, cfg);
+    optim::Adam<S, Ker> ak(n, cfg);
+    optim::Ema<S, Cpu> ec(p0.cvec(), 0.9);
+    optim::Ema<S, Ker> ek(p0.cvec(), 0.9);
+    Mat<S> pc = p0, pk = p0;
+    for (int step = 0; step < 4; ++step) {
+      Mat<S> g(n, 1, 1);
+      g.random(rng, -5.0, 5.0);
+      Mat<S> gk = g;
+      const double nc = optim::clip_grad_norm<S, Cpu>(ac.context(), g.vec(), 10.0);
+      const double nk = optim::clip_grad_norm<S, Ker>(ak.context(), gk.vec(), 10.0);
+      require_close(nc, nk, "clip_grad_norm's norm", 1e-13);
+      REQUIRE(nk > 10.0);  // the clipping scaled
+      require_close(g, gk, "clipped gradient");
+      ac.step(pc.vec(), g.cvec(), cfg.lr);
+      ak.step(pk.vec(), gk.cvec(), cfg.lr);
+      require_close(pc, pk, "Adam params");
+      ec.update(pc.cvec());
+      ek.update(pk.cvec());
+    }
+    const std::vector<S> mc = ac.m(), mk = ak.m(), wc = ec.weights(), wk = ek.weights();
+    for (Index i = 0; i < n; ++i) {
+      const auto u = std::size_t(i);
+      REQUIRE(std::abs(double(mc[u]) - double(mk[u])) <=
+              fpt::kp::tol<S>() * (std::abs(double(mc[u])) + 1.0));
+      REQUIRE(std::abs(double(wc[u]) - double(wk[u])) <=
+              fpt::kp::tol<S>() * (std::abs(double(wc[u])) + 1.0));
+    }
+    // A non-finite gradient is refused by both with the same message, the state unchanged.
+    Mat<S> bad(n, 1, 1);
+    bad.at(1200, 0) = std::numeric_limits<S>::quiet_NaN();
+    std::string what_c, what_k;
+    try {
+      ac.step(pc.vec(), bad.cvec(), cfg.lr);
+    } catch (const flowprior::numeric_error& e) {
+      what_c = e.what();
+    }
+    try {
+      ak.step(pk.vec(), bad.cvec(), cfg.lr);
+    } catch (const flowprior::numeric_error& e) {
+      what_k = e.what();
+    }
+    REQUIRE(what_k.find("1200") != std::string::npos);
+    REQUIRE(what_k == what_c);
+    REQUIRE(ak.steps() == 4);
+  }
+  // The norm of a gradient whose squares overflow in double is found by rescaling with max |g|
+  // (max_abs and the divisor of sum_squares).
+  if (std::is_same<S, double>::value) {
+    Mat<S> g(n, 1, 1);
+    g.random(rng, -1.0, 1.0);
+    for (Index i = 0; i < n; ++i) g.at(i, 0) *= S(1e200);
+    Contexts c;
+    REQUIRE(std::isinf(Ker::sum_squares(c.ker, g.cvec())));
+    const double nc = optim::grad_norm<S, Cpu>(c.cpu, g.cvec());
+    const double nk = optim::grad_norm<S, Ker>(c.ker, g.cvec());
+    REQUIRE(std::isfinite(nk));
+    require_close(nc, nk, "grad_norm with overflowing squares", 1e-13);
+  }
 }
