@@ -5,12 +5,6 @@
 // HostKernelBackend and on CpuBackend at the same random non-degenerate parameters (LayerNorm
 // gains around 1, adaLN modulations far from 0) and compared output by output.
 //
-// Pending: the models call primitives of the layers group (activations, norm_modulate,
-// gated_residual, time_features) and of the ODE group (find_nonfinite, through the input
-// checks), written in parallel. Until KernelBackend has them the bodies are not instantiated
-// (kernel_stack_ready is false) and the cases, tagged [.pending], only warn. Drop the tag once
-// both groups are in.
-//
 // Tolerances: those of a single primitive (kernel_parity.hpp), measured relative to the largest
 // magnitude of each output (a gradient element that cancels to near zero carries the absolute
 // rounding of its larger terms). Measured: the whole stack stays within them.
@@ -23,7 +17,6 @@
 #include <flowprior/nn/tokenizer.hpp>
 #include <flowprior/nn/transformer.hpp>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "catch.hpp"
@@ -40,17 +33,6 @@ using fpt::kp::Ker;
 namespace nn = flowprior::nn;
 
 namespace {
-
-/// Whether backend B has the primitives of the layers and ODE groups the models call.
-template <class B, class = void>
-struct kernel_stack_ready : std::false_type {};
-template <class B>
-struct kernel_stack_ready<B, std::void_t<decltype(&B::template activation_forward<double>),
-                                         decltype(&B::template norm_modulate_forward<double>),
-                                         decltype(&B::template gated_residual_forward<double>),
-                                         decltype(&B::template time_features<double>),
-                                         decltype(&B::template find_nonfinite<double>)>>
-    : std::true_type {};
 
 template <class S>
 constexpr double stack_tol() {
@@ -320,43 +302,31 @@ void adaln_block_parity(bool qk_norm) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("kernel backend stack: the classifier matches the CPU",
-                   "[kernel][stack][.pending]", float, double) {
+TEMPLATE_TEST_CASE("kernel backend stack: the classifier matches the CPU", "[kernel][stack]", float,
+                   double) {
   using S = TestType;
-  if constexpr (kernel_stack_ready<Ker>::value) {
-    for (const auto act : {flowprior::Activation::GELU, flowprior::Activation::SiLU}) {
-      CAPTURE(int(act));
-      classifier_parity<S, Ker>(act);
-    }
-  } else {
-    WARN("pending: KernelBackend lacks the layers/ODE groups' primitives");
+  for (const auto act : {flowprior::Activation::GELU, flowprior::Activation::SiLU}) {
+    CAPTURE(int(act));
+    classifier_parity<S, Ker>(act);
   }
 }
 
-TEMPLATE_TEST_CASE("kernel backend stack: the tokenizer matches the CPU",
-                   "[kernel][stack][.pending]", float, double) {
+TEMPLATE_TEST_CASE("kernel backend stack: the tokenizer matches the CPU", "[kernel][stack]", float,
+                   double) {
   using S = TestType;
-  if constexpr (kernel_stack_ready<Ker>::value) {
-    for (const bool gaussian : {false, true})
-      for (const bool qk : {false, true}) {
-        CAPTURE(gaussian, qk);
-        tokenizer_parity<S, Ker>(gaussian, qk);
-      }
-  } else {
-    WARN("pending: KernelBackend lacks the layers/ODE groups' primitives");
-  }
+  for (const bool gaussian : {false, true})
+    for (const bool qk : {false, true}) {
+      CAPTURE(gaussian, qk);
+      tokenizer_parity<S, Ker>(gaussian, qk);
+    }
 }
 
 TEMPLATE_TEST_CASE("kernel backend stack: the MAR backbone and the adaLN block match the CPU",
-                   "[kernel][stack][.pending]", float, double) {
+                   "[kernel][stack]", float, double) {
   using S = TestType;
-  if constexpr (kernel_stack_ready<Ker>::value) {
-    for (const bool qk : {false, true}) {
-      CAPTURE(qk);
-      mar_parity<S, Ker>(qk);
-      adaln_block_parity<S, Ker>(qk);
-    }
-  } else {
-    WARN("pending: KernelBackend lacks the layers/ODE groups' primitives");
+  for (const bool qk : {false, true}) {
+    CAPTURE(qk);
+    mar_parity<S, Ker>(qk);
+    adaln_block_parity<S, Ker>(qk);
   }
 }
