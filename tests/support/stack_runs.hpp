@@ -412,6 +412,26 @@ Results run_training(Index steps = 200, std::uint64_t seed = 21) {
   return r;
 }
 
+/// What of a float training run two backends can be asked to share: the first `early` losses
+/// ("loss.early") and the mean of the last `tail` losses ("loss.tail_mean"). Float rounding
+/// differences between backends (summation orders, FMA contraction, libm) are amplified by every
+/// step, so after hundreds of steps the trajectories, hence the final parameters, are different
+/// samples of the same training; their early losses still agree closely and their final
+/// loss levels statistically. Throws config_error unless `run` has a loss history of at least
+/// max(early, tail) steps.
+inline Results training_summary(const Results& run, Index early = 5, Index tail = 20) {
+  const std::vector<double>* loss = run.find("loss");
+  if (loss == nullptr || early <= 0 || tail <= 0 || Index(loss->size()) < std::max(early, tail))
+    flowprior::raise_config("fpt::stack::training_summary",
+                            "needs a loss history of at least max(early, tail) steps");
+  Results r;
+  r.put("loss.early", std::vector<double>(loss->begin(), loss->begin() + early));
+  double s = 0;
+  for (auto it = loss->end() - tail; it != loss->end(); ++it) s += *it;
+  r.put("loss.tail_mean", s / double(tail));
+  return r;
+}
+
 // ------------------------------------------------------------------------------------------------
 // d) the latent aligner
 
