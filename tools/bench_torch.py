@@ -15,7 +15,13 @@ depth 4; 1000 alignment rows, batch 256). Rows are network evaluations (latents 
 bench_model's items_per_second. Prints one JSON object per case on stdout:
   {"case": ..., "rows_per_s": ..., "gflops": ..., "seconds": [...], "threads": ..., "blas": ...}
 
+With --device cuda (scripts/gpu-check.sh) every tensor lives on the GPU, each call ends with
+torch.cuda.synchronize(), and the GPU cases of bench_cuda are added: align_paper_65k (65,536
+rows) and train_paper (batch 4096), PyTorch eager in float32 (TF32 off: torch's default for
+matmul), to set beside BM_CudaAlignmentLoss and BM_CudaTrainStep.
+
 Usage: python3 tools/bench_torch.py [--threads N] [--repetitions R] [--min-time S] [--cases ...]
+                                    [--device cpu|cuda]
 Not part of the test command; needs Debian's python3-torch (which multiplies through whatever
 libblas.so.3 the alternatives name: tools/compare_torch.sh points it at OpenBLAS).
 """
@@ -48,8 +54,22 @@ def loaded_blas():
     return sorted(names)
 
 
+DEVICE = "cpu"
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed(fn, repetitions, min_time):
     """Median-ready list of seconds per call: each repetition runs fn until min_time has passed."""
+    inner = fn
+
+    def fn():  # noqa: F811  every call waits for the device
+        inner()
+        sync()
+
     fn()  # warm-up
     fn()
     out = []
@@ -76,7 +96,7 @@ def matmul_flops_per_row(dim, width, depth, freq=256):
 
 def make_net(dim, width, depth, seed=0):
     torch.manual_seed(seed)
-    net = SimpleMLPAdaLN(dim=dim, width=width, depth=depth).float()
+    net = SimpleMLPAdaLN(dim=dim, width=width, depth=depth).float().to(DEVICE)
     with torch.no_grad():  # non-degenerate weights (the released init zeroes the last layers)
         for p in net.parameters():
             p.normal_(0.0, 0.02)
@@ -84,9 +104,9 @@ def make_net(dim, width, depth, seed=0):
 
 
 def case_sgemm(args):
-    a = torch.randn(1024, 1024)
-    b = torch.randn(1024, 4096)
-    c = torch.empty(1024, 4096)
+    a = torch.randn(1024, 1024, device=DEVICE)
+    b = torch.randn(1024, 4096, device=DEVICE)
+    c = torch.empty(1024, 4096, device=DEVICE)
     secs = timed(lambda: torch.mm(a, b, out=c), args.repetitions, args.min_time)
     return dict(rows_per_s=None, gflops=2 * 1024 * 4096 * 1024 / statistics.median(secs) / 1e9,
                 seconds=secs)
@@ -98,9 +118,9 @@ def case_align(args, dim, width, depth, rows):
     net = make_net(dim, width, depth)
     for p in net.parameters():
         p.requires_grad_(False)  # frozen prior: only dL/dy
-    y = (torch.rand(N, dim) * 2 - 1).requires_grad_(True)
-    t = torch.rand(N * K)
-    eps = torch.randn(N * K, dim)
+    y = (torch.rand(N, dim, device=DEVICE) * 2 - 1).requires_grad_(True)
+    t = torch.rand(N * K, device=DEVICE)
+    eps = torch.randn(N * K, dim, device=DEVICE)
 
     def step():
         y.grad = None
@@ -116,16 +136,17 @@ def case_align(args, dim, width, depth, rows):
 
 def case_train(args, dim, width, depth, batch):
     net = make_net(dim, width, depth)
-    targets = torch.rand(8192, dim) * 4 - 2
+    targets = torch.rand(8192, dim, device=DEVICE) * 4 - 2
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.01)
     ema = [p.detach().clone() for p in net.parameters()]
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
 
     def step():
-        idx = torch.randint(0, targets.shape[0], (batch,), generator=gen)
+        idx = torch.randint(0, targets.shape[0], (batch,), generator=gen, device=DEVICE)
         x = targets[idx]
-        t = (torch.arange(batch, dtype=torch.float32) + torch.rand(batch)) / batch  # stratified
-        eps = torch.randn(batch, dim)
+        t = (torch.arange(batch, dtype=torch.float32, device=DEVICE)
+             + torch.rand(batch, device=DEVICE)) / batch  # stratified
+        eps = torch.randn(batch, dim, device=DEVICE)
         xt, u = (1 - t[:, None]) * x + t[:, None] * eps, eps - x
         loss = torch.nn.functional.mse_loss(net(xt, t), u)
         opt.zero_grad(set_to_none=True)
@@ -149,6 +170,7 @@ CASES = {
     "train_paper": lambda a: case_train(a, 32, 1024, 6, 4096),
     "align_toy": lambda a: case_align(a, 2, 512, 4, 1000),
     "train_toy": lambda a: case_train(a, 2, 512, 4, 256),
+    "align_paper_65k": lambda a: case_align(a, 32, 1024, 6, 65536),
 }
 
 
@@ -157,15 +179,21 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repetitions", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.5)
-    ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--cases", nargs="*", default=None, choices=list(CASES))
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if args.cases is None:
+        args.cases = ["sgemm", "align_paper_65k", "train_paper"] if DEVICE == "cuda" else [
+            c for c in CASES if c != "align_paper_65k"]
     torch.set_num_threads(args.threads)
     blas = loaded_blas()
     for name in args.cases:
         with torch.enable_grad():
             r = CASES[name](args)
         r.update(case=name, threads=torch.get_num_threads(), torch=torch.__version__,
-                 blas=loaded_blas() or blas)
+                 blas=loaded_blas() or blas, device=DEVICE)
         print(json.dumps(r), flush=True)
 
 

@@ -60,7 +60,7 @@ endforeach()
 # alone, to name the ones that break.
 function(_nvcc_compiles name text out_rc out_text)
   file(WRITE "${WORK}/${name}.cu" "${text}")
-  execute_process(COMMAND "${NVCC}" ${_flags} -arch=sm_90 -c "${WORK}/${name}.cu"
+  execute_process(COMMAND "${NVCC}" ${_flags} --extended-lambda -arch=sm_90 -c "${WORK}/${name}.cu"
                           -o "${WORK}/${name}.o"
                   RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
   file(REMOVE "${WORK}/${name}.o")

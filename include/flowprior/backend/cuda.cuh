@@ -27,6 +27,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <flowprior/backend/batch_args.hpp>
 #include <flowprior/backend/kernel_backend.hpp>
@@ -111,6 +112,13 @@ __global__ void to_bf16(Index rows, Index cols, Index ld, const Src* src, __nv_b
 
 }  // namespace cuda_detail
 
+/// The number of device allocations made by DeviceBuffer (all threads) since the program
+/// started: the tests check that a warmed-up step makes none.
+inline std::atomic<long>& device_allocations() {
+  static std::atomic<long> n{0};
+  return n;
+}
+
 /// The number of CUDA devices visible, 0 when there is none or no driver (never throws): the
 /// GPU tests skip on 0.
 inline int cuda_device_count() noexcept {
@@ -163,6 +171,7 @@ class DeviceBuffer {
       void* fresh = nullptr;
       const std::string call = "cudaMalloc(" + std::to_string(n * sizeof(T)) + " bytes)";
       cuda_detail::check(cudaMalloc(&fresh, n * sizeof(T)), call.c_str());
+      ++device_allocations();
       if (size_ > 0) {
         const cudaError_t e = cudaMemcpy(fresh, data_, size_ * sizeof(T), cudaMemcpyDeviceToDevice);
         if (e != cudaSuccess) {
