@@ -4,20 +4,27 @@
 // parameters and generators are made on the host identically for both; results come back through
 // copy_to_host and are compared with fpt::stack::compare.
 //
-// Tolerances (relative to each element, or to its entry's largest magnitude: stack_runs.hpp):
-// - double passes, losses, aligner, ODE: 1e-10. The kernel bodies are the same; cuBLAS sums the
-//   products in another order and blocking, the device contracts a * b + c into FMAs and its
-//   libm differs by an ulp or two, so single operations differ by ~1e-16 relative, amplified
-//   through a few layers, 30 Adam steps on the latents and 8-step solves (Dopri5's accepted steps
-//   must be the same: its step-size control sees differences far below its tolerance 1e-4).
-// - double training, 200 steps: 1e-7 (see kTrainDouble).
-// - float passes, losses, aligner, ODE: 2e-4 (see kPassFloat).
-// - float training: the trajectories diverge chaotically over hundreds of steps (each step
-//   amplifies the previous rounding differences), so only training_summary is compared: the
-//   first five losses to 1e-3, the mean of the last twenty within 10 %.
+// Tolerances (relative to each element, or to its entry's largest magnitude: stack_runs.hpp),
+// those of the host kernels against CpuBackend (tests/kernel/test_kernel_stack_flow.cpp), whose
+// sources of difference are the same kind: the kernel bodies are the same code on both sides,
+// but cuBLAS sums the products in another order and blocking, the device contracts a * b + c
+// into FMAs and its libm (exp, log, sin, cos) differs by an ulp or two.
+// - double, every run (200 training steps included): 1e-10. The host analogue measured 5e-15
+//   (Dopri5 likelihood) and 1.6e-15 after 200 steps.
+// - float, passes, losses, aligner, ODE: 5e-5. The host analogue measured 3.4e-7 for the passes
+//   and 4e-6 for the Dopri5 likelihood (its adaptive steps accumulate every stage's differences);
+//   a GPU's FMAs add rounding differences of the same size.
+// - float training: each step feeds the earlier steps' rounding differences back through Adam, so
+//   over hundreds of steps two backends may give two different samples of the same training (a
+//   chaotic divergence of the parameters). The host analogue stayed within 1.3e-6 after 200 steps
+//   at this size (clipping at 1, lr 1e-2), so the run is held loosely, to 1e-3, and its summary
+//   (the first losses, the final loss level: training_summary) to 10 %.
+// Not yet run on a GPU (the machines that built it had none): the float bounds have a margin of
+// about 10x over the host measurements.
 #include <flowprior/backend/cuda.cuh>
 #include <flowprior/backend/kernel_backend.hpp>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "catch.hpp"
@@ -29,15 +36,14 @@ using Host = flowprior::HostKernelBackend;
 
 namespace {
 
-constexpr double kPassDouble = 1e-10;
-constexpr double kPassFloat = 2e-4;
-constexpr double kTrainDouble = 1e-7;
-constexpr double kTrainEarlyFloat = 1e-3;
-constexpr double kTrainTailFloat = 0.1;
+constexpr double kDouble = 1e-10;
+constexpr double kPassFloat = 5e-5;
+constexpr double kTrainFloat = 1e-3;
+constexpr double kTrainSummaryFloat = 0.1;
 
 template <class S>
 constexpr double pass_tol() {
-  return std::is_same<S, double>::value ? kPassDouble : kPassFloat;
+  return std::is_same<S, double>::value ? kDouble : kPassFloat;
 }
 
 void require_agree(const st::Results& host, const st::Results& gpu, double rtol) {
@@ -67,22 +73,14 @@ TEMPLATE_TEST_CASE("cuda stack: fields, losses, aligner and ODE agree with the h
 }
 
 TEST_CASE("cuda stack: 200 training steps in double agree with the host kernels", "[cuda][stack]") {
-  require_agree(st::run_training<Host, double>(200), st::run_training<Gpu, double>(200),
-                kTrainDouble);
+  require_agree(st::run_training<Host, double>(200), st::run_training<Gpu, double>(200), kDouble);
 }
 
-TEST_CASE("cuda stack: 200 training steps in float agree with the host kernels statistically",
+TEST_CASE("cuda stack: 200 training steps in float agree with the host kernels loosely",
           "[cuda][stack]") {
-  // Chaotic divergence over hundreds of steps (file comment): the early losses closely, the
-  // final loss level loosely; the trajectories themselves are not compared.
+  // Chaotic over many steps (file comment): the run loosely, its summary to 10 %.
   const st::Results host = st::run_training<Host, float>(200),
                     gpu = st::run_training<Gpu, float>(200);
-  const st::Results h = st::training_summary(host), g = st::training_summary(gpu);
-  st::Results he, ge, ht, gt;
-  he.put("loss.early", *h.find("loss.early"));
-  ge.put("loss.early", *g.find("loss.early"));
-  ht.put("loss.tail_mean", *h.find("loss.tail_mean"));
-  gt.put("loss.tail_mean", *g.find("loss.tail_mean"));
-  require_agree(he, ge, kTrainEarlyFloat);
-  require_agree(ht, gt, kTrainTailFloat);
+  require_agree(host, gpu, kTrainFloat);
+  require_agree(st::training_summary(host), st::training_summary(gpu), kTrainSummaryFloat);
 }
