@@ -13,6 +13,9 @@ packages=(
   # Fashion-MNIST, the default data set of the image examples and tests (IDX files under
   # /usr/share/datasets/fashion-mnist).
   dataset-fashion-mnist
+  # MPI for data-parallel training (flowprior::mpi) and its tests under mpirun
+  # (docs/distributed.md).
+  libopenmpi-dev openmpi-bin
   # The format gate of the test command (tests/gates; the header gate's nvcc is /usr/local/cuda).
   clang-format
 )

@@ -33,5 +33,6 @@
 #include <flowprior/prior.hpp>
 #include <flowprior/train/align.hpp>
 #include <flowprior/train/checkpoint.hpp>
+#include <flowprior/train/communicator.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <flowprior/version.hpp>

@@ -3,7 +3,8 @@
 # of them together with nvcc for sm_90 (no header change may break the CUDA build; no GPU is
 # needed; on a failure each header is compiled alone with nvcc to name the culprits).
 #   cmake -DROOTS="<include dirs>" -DINCLUDES="<extra include dirs>" -DCXX=<c++> [-DNVCC=<nvcc>]
-#         -DWORK=<scratch dir> -P check_headers.cmake
+#         -DWORK=<scratch dir> [-DSKIP_MPI=ON] -P check_headers.cmake
+# SKIP_MPI leaves out flowprior/mpi/ (the MPI communicator needs <mpi.h>: built without MPI).
 # Headers of the CUDA backend (*.cuh) go to nvcc only. Fails listing every header that did not
 # compile, with the compiler's first lines.
 if(NOT ROOTS OR NOT CXX OR NOT WORK)
@@ -39,6 +40,10 @@ foreach(_root IN LISTS ROOTS)
   file(GLOB_RECURSE _headers RELATIVE "${_root}" "${_root}/flowprior/*.hpp" "${_root}/flowprior/*.cuh")
   list(SORT _headers)
   foreach(_rel IN LISTS _headers)
+    if(SKIP_MPI AND _rel MATCHES "^flowprior/mpi/")
+      message(STATUS "check_headers: <${_rel}> left out (built without MPI: no <mpi.h>)")
+      continue()
+    endif()
     math(EXPR _count "${_count} + 1")
     string(MAKE_C_IDENTIFIER "${_rel}" _id)
     if(NOT _rel MATCHES "\\.cuh$")

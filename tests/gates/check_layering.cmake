@@ -15,7 +15,8 @@ set(_layers
   "loss ode"                         # 5  flow-matching and alignment losses, ODE solvers
   "train eval"                       # 6  trainer, aligner, checkpoints; evaluation metrics
   "flowprior.hpp"                    # 7  the umbrella header of the numerics library
-  "plot datasets"                    # 8  optional components flowprior::plot, flowprior::datasets
+  "plot datasets mpi"                # 8  optional components flowprior::plot, flowprior::datasets,
+                                     #    flowprior::mpi (the MPI communicator)
   "toy2d")                           # 9  optional component flowprior::toy2d (examples/extras)
 
 set(_rank 0)

@@ -85,6 +85,11 @@ TEMPLATE_TEST_CASE("kernel backend: Philox noise and time scans give the CPU's b
     Cpu::gaussian_noise(c.cpu, 0x1234u, 7u, n_cpu.view(), anti);
     Ker::gaussian_noise(c.ker, 0x1234u, 7u, n_ker.view(), anti);
     require_close(n_cpu, n_ker, "gaussian_noise", 0.0, 0.0);  // the same bits
+    // A slice from column 4 on is exactly those columns of the wider draw.
+    Mat<S> slice(5, 8, 2);
+    Ker::gaussian_noise(c.ker, 0x1234u, 7u, slice.view(), anti, Index(4));
+    for (Index j = 0; j < 8; ++j)
+      for (Index i = 0; i < 5; ++i) REQUIRE(slice.at(i, j) == n_ker.at(i, j + 4));
   }
   Mat<S> t(1, 9);
   const S tv[] = {0.1, 0.1, 0.5, 0.5, 0.5, 0.9, 0.1, 1.0, 1.0};

@@ -160,6 +160,9 @@ struct GuardedBackend {
   using Buffer = GuardedBuffer<T>;
 
   static constexpr const char* name() { return "guarded-cpu"; }
+  /// Not host-accessible: its memory is reached only through the primitives and the host copies
+  /// (as a device backend's), so the communicator's staging path is tested on it.
+  static constexpr bool host_memory = false;
   static const char* gemm_engine() { return flowprior::CpuBackend::gemm_engine(); }
 
   template <class S>

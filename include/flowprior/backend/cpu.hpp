@@ -57,6 +57,10 @@ struct CpuBackend {
   using Buffer = std::vector<S, Eigen::aligned_allocator<S>>;
 
   static constexpr const char* name() { return "cpu"; }
+  /// Buffers are ordinary host memory: a host library (MPI, docs/distributed.md) may read and
+  /// write them in place. A backend without this member (or with false) is reached through
+  /// copy_to_host / copy_from_host.
+  static constexpr bool host_memory = true;
   /// The GEMM engine compiled in: "eigen", "openblas" or "blis" (cpu_blas.hpp).
   static const char* gemm_engine() { return detail::gemm_engine_name(); }
 
@@ -320,21 +324,24 @@ struct CpuBackend {
   // (core/random.hpp), the time reversal of a reversed prior, the time groups of a batch, and the
   // scans behind the argument checks (backend/checks.hpp).
 
-  /// Standard normal noise: out(i, j) = n(i + j * out.rows), where n(e) is element e of the
-  /// Philox stream (key, stream): pair e / 2 of philox_normal_pair, its first value for even e,
-  /// its second for odd e, rounded to S. With antithetic_K > 0, the columns j with j %
-  /// antithetic_K odd hold the negation of column j - 1 instead (antithetic pairs). Every element
-  /// is a function of its position alone: any split of the work gives the same bits.
+  /// Standard normal noise: out(i, j) = n(i + (col0 + j) * out.rows), where n(e) is element e
+  /// of the Philox stream (key, stream): pair e / 2 of philox_normal_pair, its first value for
+  /// even e, its second for odd e, rounded to S. With antithetic_K > 0, the columns with
+  /// (col0 + j) % antithetic_K odd hold the negation of their left neighbour instead (antithetic
+  /// pairs; col0 a multiple of antithetic_K). Every element is a function of its position alone:
+  /// any split of the work gives the same bits, and `col0` > 0 gives exactly columns col0, col0 +
+  /// 1, ... of a wider draw (one rank's slice of a global batch, docs/distributed.md).
   /// docs/math/flow_matching.md "Sampling".
   template <class S>
   static void gaussian_noise(Context&, std::uint64_t key, std::uint64_t stream, MatrixView<S> out,
-                             Index antithetic_K) {
+                             Index antithetic_K, Index col0 = 0) {
     const Index d = out.rows;
     // A Philox block with a logarithm, a square root and a sine costs some 20 element copies.
     detail::for_cols(16 * d, out.cols, [&](Index j0, Index j1) {
       for (Index j = j0; j < j1; ++j) {
-        const bool negated = antithetic_K > 0 && (j % antithetic_K) % 2 == 1;
-        const Index src = negated ? j - 1 : j;
+        const Index jg = col0 + j;  // the column of the wider draw
+        const bool negated = antithetic_K > 0 && (jg % antithetic_K) % 2 == 1;
+        const Index src = negated ? jg - 1 : jg;
         S* o = out.col(j);
         std::uint64_t have = ~std::uint64_t(0);
         NormalPair z{0, 0};

@@ -101,18 +101,21 @@ struct BasicOps {
         FLOWPRIOR_LAMBDA(Index i, Index j) { B_out(i, j) = A(i, idx[j]); });
   }
 
-  /// Standard normal noise from the Philox stream (key, stream), element i + j rows of out a
-  /// function of its position alone (the bits of CpuBackend::gaussian_noise, in double then
-  /// rounded to S); with antithetic_K > 0 the columns j with j % antithetic_K odd are minus
-  /// column j - 1. One body per pair of elements of the stream (one Philox block each).
+  /// Standard normal noise from the Philox stream (key, stream): out(i, j) is element
+  /// i + (col0 + j) rows of the stream, a function of its position alone (the bits of
+  /// CpuBackend::gaussian_noise, in double then rounded to S), so col0 > 0 gives exactly columns
+  /// col0, col0 + 1, ... of a wider draw (one rank's slice of a data-parallel batch). With
+  /// antithetic_K > 0 the columns whose global index (col0 + j) % antithetic_K is odd are minus
+  /// their left neighbour (col0 a multiple of antithetic_K). One body per element.
   template <class S>
   static void gaussian_noise(Context& ctx, std::uint64_t key, std::uint64_t stream,
-                             MatrixView<S> out, Index antithetic_K) {
+                             MatrixView<S> out, Index antithetic_K, Index col0 = 0) {
     const Index d = out.rows;
     K::for_each_element(
         ctx, out.rows, out.cols, FLOWPRIOR_LAMBDA(Index i, Index j) {
-          const bool negated = antithetic_K > 0 && (j % antithetic_K) % 2 == 1;
-          const Index src = negated ? j - 1 : j;
+          const Index jg = col0 + j;
+          const bool negated = antithetic_K > 0 && (jg % antithetic_K) % 2 == 1;
+          const Index src = negated ? jg - 1 : jg;
           const auto e = static_cast<std::uint64_t>(i + src * d);
           const NormalPair z = philox_normal_pair(key, stream, e >> 1);
           const double v = (e & 1) ? z.z1 : z.z0;

@@ -52,6 +52,14 @@ class device_error : public error {
   using error::error;
 };
 
+/// A collective operation between processes failed (docs/distributed.md): an MPI call returned an
+/// error, another rank failed or stopped answering within the deadline. The message names the
+/// call and the rank that reports it.
+class distributed_error : public error {
+ public:
+  using error::error;
+};
+
 /// An internal invariant failed (only thrown when FLOWPRIOR_ASSERT is enabled).
 class assert_error : public error {
  public:

@@ -193,6 +193,14 @@ struct FlowDraws {
   ContextSlot<Backend> ctx_;
 };
 
+/// The slice of a wider batch that one process draws for (data-parallel training,
+/// docs/distributed.md): rows [first_row, first_row + N) of a batch of `total_rows` rows. The
+/// default (total_rows < 0) is the whole batch.
+struct DrawShard {
+  Index first_row = 0;    ///< the first row of the slice in the wide batch
+  Index total_rows = -1;  ///< rows of the wide batch; < 0: the slice is the whole batch
+};
+
 /// Fills `out` with N rows x K draws: t from `sampler`, eps ~ N(0, I). With `antithetic`,
 /// draws come in pairs (k = 2j, 2j + 1) whose noises are eps and -eps (K must be even); each
 /// draw keeps its own t from the sampler, so grids and strata stay intact. The estimator stays
@@ -209,10 +217,24 @@ struct FlowDraws {
 /// column order (a stratified sampler first shuffles its strata), and copied to the backend.
 /// Time convention: `conv`, recorded in out.convention (the samplers are symmetric in t except a
 /// logit-normal with mean != 0, whose mean is in `conv`).
+///
+/// With a `shard` of a wider batch of R = shard.total_rows rows, the draws are exactly rows
+/// [first_row, first_row + N) of the draws this call makes for R rows: the R K times are drawn
+/// (on the host, the generator advancing as for R rows) and the slice kept, and the noise is
+/// columns first_row K ... of the wide noise (Backend::gaussian_noise's column offset). Every
+/// process of a data-parallel run, each with the same generator, so draws its part of one
+/// global batch (docs/distributed.md). config_error unless 0 <= first_row and first_row + N <= R.
 template <class S, class Backend>
 void draw(FlowDraws<S, Backend>& out, Convention conv, Index rows, Index dim, Index K,
-          const TimeSampler& sampler, Rng& rng, bool antithetic = false, Index time_group = 1) {
+          const TimeSampler& sampler, Rng& rng, bool antithetic = false, Index time_group = 1,
+          const DrawShard& shard = {}) {
   sampler.validate();
+  const Index total_rows = shard.total_rows < 0 ? rows : shard.total_rows;
+  if (shard.first_row < 0 || rows < 0 || shard.first_row > total_rows - rows)
+    raise_config("loss::draw", "the shard's rows [" + std::to_string(shard.first_row) + ", " +
+                                   std::to_string(shard.first_row) + " + " + std::to_string(rows) +
+                                   ") do not lie in the " + std::to_string(total_rows) +
+                                   " rows of the batch");
   if (antithetic && K % 2 != 0)
     raise_config("loss::draw", "antithetic draws need an even K, got " + std::to_string(K));
   if (time_group <= 0)
@@ -220,7 +242,10 @@ void draw(FlowDraws<S, Backend>& out, Convention conv, Index rows, Index dim, In
   if (time_group > 1 && sampler.kind == TimeSampler::Kind::Grid)
     raise_config("loss::draw", "grid times cannot be shared by time groups");
   out.resize(conv, rows, dim, K);
-  const Index M = out.cols();
+  const Index M_local = out.cols();
+  const Index col0 = shard.first_row * K;  // no overflow: first_row + rows <= total_rows
+  const Index M = checked_mul("loss::draw", "total rows x K", total_rows, K);
+  if (M > M_local) checked_resize("loss::draw", "the times of the batch", out.t_host, M);
   const Index G = time_group;
   const Index n_times = M / G + (M % G != 0);  // one time per run of G columns
   const std::uint64_t key = rng();
@@ -256,8 +281,8 @@ void draw(FlowDraws<S, Backend>& out, Convention conv, Index rows, Index dim, In
     }
     th[col] = static_cast<S>(std::min(std::max(tt, 0.0), 1.0));
   }
-  Backend::copy_from_host(th, M, out.t.data());
-  Backend::gaussian_noise(out.context(), key, 0, out.noise(), antithetic ? K : 0);
+  Backend::copy_from_host(th + col0, M_local, out.t.data());
+  Backend::gaussian_noise(out.context(), key, 0, out.noise(), antithetic ? K : 0, col0);
 }
 
 }  // namespace loss

@@ -28,6 +28,7 @@
 #include <flowprior/core/random.hpp>
 #include <flowprior/io/safetensors.hpp>
 #include <flowprior/io/state_dict.hpp>
+#include <flowprior/train/communicator.hpp>
 #include <flowprior/train/mar.hpp>
 #include <flowprior/train/reconstruction.hpp>
 #include <flowprior/train/trainer.hpp>
@@ -312,23 +313,43 @@ inline void expect_format(const Safetensors& st, const char* want) {
 /// Saves the trainer's state, its field and the generator `rng` atomically to `path`, with a
 /// CRC-32 of the whole file in its metadata (format `checkpoint-2`, docs/formats.md
 /// "Checkpoints"). `extra_metadata` is stored as user.<key>.
+///
+/// With the trainer's communicator of several ranks (docs/distributed.md "Checkpoints") the call
+/// is collective: rank 0 writes (the ranks hold the same state), then all ranks agree on the
+/// outcome, so it returns on every rank once the file is complete; if rank 0's write failed,
+/// rank 0 rethrows its io_error and the others throw distributed_error.
 template <class Field>
 void save_checkpoint(const std::string& path, const train::FlowMatchingTrainer<Field>& trainer,
                      const Field& field, const Rng& rng,
                      const std::map<std::string, std::string>& extra_metadata = {},
                      WriteFaults faults = {}) {
-  detail::write_state(path, detail::checkpoint_format(), detail::flow_config_entries(trainer),
-                      field, trainer.optimizer(), trainer.ema(), rng, extra_metadata, faults);
+  train::Communicator& comm = trainer.communicator();
+  train::agree_on(
+      comm, "save_checkpoint",
+      [&] {
+        detail::write_state(path, detail::checkpoint_format(), detail::flow_config_entries(trainer),
+                            field, trainer.optimizer(), trainer.ema(), rng, extra_metadata, faults);
+      },
+      comm.rank() == 0);
 }
+
+namespace detail {
+template <class Field>
+void load_flow(const Safetensors& st, train::FlowMatchingTrainer<Field>& trainer, Field& field,
+               Rng& rng) {
+  detail::expect_format(st, detail::checkpoint_format());
+  detail::read_state(st, detail::flow_config_entries(trainer), field, trainer.optimizer(),
+                     trainer.ema(), rng);
+}
+}  // namespace detail
 
 /// Restores a parsed checkpoint `st` into `trainer`, `field` and `rng`: see the overload taking
 /// a path. `st` must carry a checksum (Safetensors::read verifies it).
 template <class Field>
 void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& trainer,
                      Field& field, Rng& rng) {
-  detail::expect_format(st, detail::checkpoint_format());
-  detail::read_state(st, detail::flow_config_entries(trainer), field, trainer.optimizer(),
-                     trainer.ema(), rng);
+  train::agree_on(trainer.communicator(), "load_checkpoint",
+                  [&] { detail::load_flow(st, trainer, field, rng); });
 }
 
 /// Restores a checkpoint written by save_checkpoint into `trainer`, `field` and `rng`. The
@@ -338,10 +359,15 @@ void load_checkpoint(const Safetensors& st, train::FlowMatchingTrainer<Field>& t
 /// names the entry and both values). Nothing is modified unless the whole file is valid: the
 /// checksum, the metadata, every tensor and the optimizer state are checked first. Every error
 /// is an io_error naming the file.
+///
+/// With the trainer's communicator of several ranks, every rank reads the file (it must be
+/// visible to all: a shared folder) and the ranks agree on the outcome: a rank that fails
+/// rethrows its error, the others throw distributed_error; no rank continues alone.
 template <class Field>
 void load_checkpoint(const std::string& path, train::FlowMatchingTrainer<Field>& trainer,
                      Field& field, Rng& rng) {
-  load_checkpoint(Safetensors::read(path), trainer, field, rng);
+  train::agree_on(trainer.communicator(), "load_checkpoint",
+                  [&] { detail::load_flow(Safetensors::read(path), trainer, field, rng); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,13 +410,22 @@ inline std::vector<std::pair<std::string, std::string>> reconstruction_absent_en
 /// moments, the counters, the configuration, the generator `rng` and the caller's entries as
 /// user.<key>, e.g. a data loader's position) atomically to `path`, with a CRC-32 of the whole
 /// file (format `reconstruction-checkpoint-1`, docs/formats.md "Checkpoints").
+///
+/// With the trainer's communicator of several ranks: rank 0 writes and the ranks agree on the
+/// outcome, as the flow-matching overload.
 template <class Model>
 void save_checkpoint(const std::string& path, const train::ReconstructionTrainer<Model>& trainer,
                      const Rng& rng, const std::map<std::string, std::string>& extra_metadata = {},
                      WriteFaults faults = {}) {
-  detail::write_state(path, detail::reconstruction_format(),
-                      detail::reconstruction_config_entries(trainer), trainer.model(),
-                      trainer.optimizer(), trainer.ema(), rng, extra_metadata, faults);
+  train::Communicator& comm = trainer.communicator();
+  train::agree_on(
+      comm, "save_checkpoint",
+      [&] {
+        detail::write_state(path, detail::reconstruction_format(),
+                            detail::reconstruction_config_entries(trainer), trainer.model(),
+                            trainer.optimizer(), trainer.ema(), rng, extra_metadata, faults);
+      },
+      comm.rank() == 0);
 }
 
 /// Restores a parsed reconstruction checkpoint `st` into `trainer` (its model, optimizer and EMA)
@@ -399,20 +434,31 @@ void save_checkpoint(const std::string& path, const train::ReconstructionTrainer
 /// names the entry and both values; a file without trainer.kl_beta or model.config.posterior,
 /// written before they existed, has kl_beta 0 and a deterministic posterior). Nothing is modified unless the whole file is valid; every error is an
 /// io_error naming the file. The caller's user.* entries are in st.metadata().
+/// With the trainer's communicator of several ranks, the ranks agree on the outcome (as the
+/// flow-matching overload).
 template <class Model>
 void load_checkpoint(const Safetensors& st, train::ReconstructionTrainer<Model>& trainer,
                      Rng& rng) {
-  detail::expect_format(st, detail::reconstruction_format());
-  detail::read_state(st, detail::reconstruction_config_entries(trainer), trainer.model(),
-                     trainer.optimizer(), trainer.ema(), rng,
-                     detail::reconstruction_absent_entries());
+  train::agree_on(trainer.communicator(), "load_checkpoint", [&] {
+    detail::expect_format(st, detail::reconstruction_format());
+    detail::read_state(st, detail::reconstruction_config_entries(trainer), trainer.model(),
+                       trainer.optimizer(), trainer.ema(), rng,
+                       detail::reconstruction_absent_entries());
+  });
 }
 
-/// load_checkpoint(Safetensors::read(path), trainer, rng).
+/// load_checkpoint(Safetensors::read(path), trainer, rng); the read is inside the ranks'
+/// agreement too.
 template <class Model>
 void load_checkpoint(const std::string& path, train::ReconstructionTrainer<Model>& trainer,
                      Rng& rng) {
-  load_checkpoint(Safetensors::read(path), trainer, rng);
+  train::agree_on(trainer.communicator(), "load_checkpoint", [&] {
+    const Safetensors st = Safetensors::read(path);
+    detail::expect_format(st, detail::reconstruction_format());
+    detail::read_state(st, detail::reconstruction_config_entries(trainer), trainer.model(),
+                       trainer.optimizer(), trainer.ema(), rng,
+                       detail::reconstruction_absent_entries());
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

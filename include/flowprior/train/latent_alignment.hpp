@@ -22,6 +22,7 @@
 #include <flowprior/loss/draws.hpp>
 #include <flowprior/loss/flow_loss.hpp>
 #include <flowprior/prior.hpp>
+#include <flowprior/train/communicator.hpp>
 #include <string>
 
 namespace flowprior {
@@ -86,13 +87,21 @@ class LatentAlignmentLoss {
     const LentContext<loss::FlowDraws<S, Backend>, Context> lend_draws(draws_, ctx);
     const LentContext<loss::LossWorkspace<Field>, Context> lend_ws(ws_, ctx);
     check_shape("LatentAlignmentLoss", "y", y, prior_.dim(), y.cols);
+    const int P = comm_ ? comm_->size() : 1, r = comm_ ? comm_->rank() : 0;
+    const loss::DrawShard shard{y.cols * r, y.cols * P};
     loss::draw(draws_, conv_, y.cols, prior_.dim(), cfg_.K, cfg_.sampler, rng_, false,
-               cfg_.time_group);
+               cfg_.time_group, shard);
     const double total =
         loss::alignment_loss(prior_, conv_, y, draws_, opt_, ws_, VectorView<S>(), d_y);
     last_ = total / cfg_.weight;
     return total;
   }
+
+  /// Data-parallel training (docs/distributed.md): with the trainer's communicator, the draws of
+  /// rank r are the slice [r N, (r + 1) N) of the draws for the N x size() latent columns of
+  /// the global batch (every rank's y has the same N). Only rank() and size() are read: the loss
+  /// communicates nothing (the trainer averages the gradient). nullptr: one process.
+  void set_communicator(const Communicator* ranks) { comm_ = ranks; }
 
   /// L_align of the last call without the weight (0 before the first, or with weight 0).
   double last_unweighted() const { return last_; }
@@ -110,6 +119,7 @@ class LatentAlignmentLoss {
   loss::FlowDraws<S, Backend> draws_;
   loss::LossWorkspace<Field> ws_;
   double last_ = 0;
+  const Communicator* comm_ = nullptr;  ///< not owned; nullptr: one process
 };
 
 }  // namespace train

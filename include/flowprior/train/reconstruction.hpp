@@ -23,6 +23,7 @@
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/optim/optimizer.hpp>
+#include <flowprior/train/communicator.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <functional>
 #include <limits>
@@ -118,6 +119,12 @@ bool gaussian_posterior(const Model& m) {
 /// posterior y is the sample z = mu + exp(logvar / 2) eps that the decoder reads (eps drawn from
 /// the generator given to step), and L gains beta KL, KL = mean over the B T d latent elements of
 /// (mu^2 + exp(logvar) - 1 - logvar) / 2 (docs/math/tokenizer.md (11)).
+///
+/// Data-parallel training (docs/distributed.md): with set_communicator, each rank passes its
+/// slice of the global batch (the same number of images on every rank, rank r holding images
+/// [r B, (r + 1) B)); the gradient and the losses are averaged over the ranks with one
+/// all-reduce, the posterior's noise is the slice of the global batch's, and every rank takes
+/// the update one process would take with the global batch (up to the order of the sums).
 template <class Model>
 class ReconstructionTrainer {
  public:
@@ -140,7 +147,8 @@ class ReconstructionTrainer {
       raise_config("ReconstructionConfig",
                    "kl_beta must be 0 for a model with a deterministic posterior, got " +
                        short_number(cfg_.kl_beta));
-    Backend::resize(grads_, model.num_params());
+    Backend::resize(grads_, checked_add("ReconstructionTrainer", "parameters + slots",
+                                        model.num_params(), Exchange::slots()));
   }
 
   /// One step on the batch x (C H W, B >= 1 images; backend memory), with an optional loss on
@@ -178,6 +186,47 @@ class ReconstructionTrainer {
  private:
   ReconstructionStats run(ConstMatrixView<S> x, Rng* rng, const LatentLoss& latent_loss) {
     const char* w = "ReconstructionTrainer::step";
+    const int P = comm().size();
+    const Index n = model_.num_params();
+    const VectorView<S> g(grads_.data(), n);
+    Context& ctx = ws_.context();
+    ReconstructionStats st;
+    std::exception_ptr err;
+    try {
+      local_part(x, rng, latent_loss, st);
+    } catch (...) {
+      if (P == 1) throw;
+      err = std::current_exception();
+    }
+    if (P > 1) {
+      double partial[3] = {st.mse, st.kl, st.latent_loss};
+      const int failed =
+          exchange_.run(comm(), ctx, grads_.data(), st.loss, err != nullptr, x.cols, w, partial, 3);
+      if (err) std::rethrow_exception(err);
+      if (failed > 0)
+        raise_distributed(w, comm().rank(),
+                          std::to_string(failed) + " other rank(s) failed at step " +
+                              std::to_string(adam_.steps() + 1) +
+                              " (their own error says why); the step was applied on no rank");
+      st.mse = partial[0];
+      st.kl = partial[1];
+      st.latent_loss = partial[2];
+    }
+    try {
+      st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
+    } catch (const numeric_error& e) {
+      step_parts::raise_diverged(w, adam_.steps() + 1, e);
+    }
+    st.lr = cfg_.schedule.at(adam_.steps());
+    step_parts::apply_update(ctx, adam_, ema_, model_.parameters(), ConstVectorView<S>(g), st.lr);
+    st.step = adam_.steps();
+    return st;
+  }
+
+  /// This rank's part of a step: the checks, forward, loss and backward into the gradient.
+  void local_part(ConstMatrixView<S> x, Rng* rng, const LatentLoss& latent_loss,
+                  ReconstructionStats& st) {
+    const char* w = "ReconstructionTrainer::step";
     const Index D = model_.image_dim();
     if (x.rows != D || x.cols < 1)
       flowprior::detail::raise_shape(w, "x", x.rows, x.cols, D, x.cols < 1 ? 1 : x.cols);
@@ -191,11 +240,11 @@ class ReconstructionTrainer {
     if (gaussian_) key = (*rng)();  // drawn before anything can fail: one value per step
     const Index n = model_.num_params();
     const VectorView<S> g(grads_.data(), n);
-    ReconstructionStats st;
     try {
       double kl_weight = 0;
       if (gaussian_) {
-        Backend::gaussian_noise(ctx, key, 0, eps, 0);
+        // Rank r's images are columns [r B T, (r + 1) B T) of the global batch's latents.
+        Backend::gaussian_noise(ctx, key, 0, eps, 0, eps.cols * comm().rank());
         model_.forward(x, ConstMatrixView<S>(eps), y, recon, ws_);
         const double n_lat = double(y.rows) * double(y.cols);
         st.kl = model_.kl_divergence(ws_) / n_lat;
@@ -229,14 +278,9 @@ class ReconstructionTrainer {
         model_.backward(ws_, ConstMatrixView<S>(d_recon), d_y_extra, kl_weight, g, MatrixView<S>());
       else
         model_.backward(ws_, ConstMatrixView<S>(d_recon), d_y_extra, g, MatrixView<S>());
-      st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
     } catch (const numeric_error& e) {
       step_parts::raise_diverged(w, adam_.steps() + 1, e);
     }
-    st.lr = cfg_.schedule.at(adam_.steps());
-    step_parts::apply_update(ctx, adam_, ema_, model_.parameters(), ConstVectorView<S>(g), st.lr);
-    st.step = adam_.steps();
-    return st;
   }
 
  public:
@@ -258,6 +302,18 @@ class ReconstructionTrainer {
   /// Runs the steps on `ctx` from now on (not owned); nullptr returns to the workspace's own.
   void set_context(Context* ctx) { ws_.set_context(ctx); }
 
+  /// The communicator the steps run on (a LocalCommunicator unless set_communicator was called).
+  Communicator& communicator() const { return comm(); }
+  /// Runs the steps on the ranks of `ranks` from now on (not owned); nullptr returns to one
+  /// process. Collective: rank 0's parameters, optimizer state and EMA are broadcast to the
+  /// others. A latent loss that draws (LatentAlignmentLoss) needs the same communicator.
+  void set_communicator(Communicator* ranks) {
+    const char* w = "ReconstructionTrainer::set_communicator";
+    exchange_.prepare(model_.num_params());
+    comm_ = ranks;
+    step_parts::broadcast_state<S, Backend>(comm(), model_.parameters(), &adam_, &ema_, w);
+  }
+
   /// Copies the EMA weights into `target` (a model of the same configuration): Backend::copy on
   /// context(); throws shape_error if the parameter counts differ.
   void copy_ema_to(Model& target) {
@@ -266,6 +322,9 @@ class ReconstructionTrainer {
   }
 
  private:
+  using Exchange = step_parts::GradientExchange<S, Backend>;
+  Communicator& comm() const { return comm_ ? *comm_ : local_; }
+
   Index latent_rows() const { return model_.config().latent_dim; }
   Index latent_cols(Index B) const {
     return checked_mul("ReconstructionTrainer", "batch x latent tokens", B,
@@ -307,6 +366,9 @@ class ReconstructionTrainer {
   typename Backend::template Buffer<S> grads_, y_, d_y_, recon_, d_recon_, eps_;
   Index capacity_ = 0;
   ConstMatrixView<S> y_last_, recon_last_;
+  mutable LocalCommunicator local_;
+  Communicator* comm_ = nullptr;  ///< not owned; nullptr: local_
+  Exchange exchange_;
 };
 
 }  // namespace train

@@ -20,6 +20,7 @@
 #include <flowprior/loss/flow_loss.hpp>
 #include <flowprior/optim/optimizer.hpp>
 #include <flowprior/prior.hpp>
+#include <flowprior/train/communicator.hpp>
 #include <functional>
 #include <limits>
 #include <string>
@@ -203,6 +204,12 @@ struct StepStats {
 /// zeroing, the clipping, the Adam step and the EMA update. set_context lends the caller's
 /// instead. Matrices passed to the steps (targets, batches) are backend memory, as the field's
 /// parameters are: the trainer reads their elements only through backend primitives.
+///
+/// Data-parallel training (docs/distributed.md): set_communicator makes the steps collective.
+/// Every rank holds the same generator; each step's draws are those of the global batch of
+/// batch x size() rows, of which rank r takes rows [r batch, (r + 1) batch); the gradients and
+/// losses are averaged over the ranks with one all-reduce, so every rank takes the same update,
+/// the one a single process would take with the global batch (up to the order of the sums).
 template <class Field>
 class FlowMatchingTrainer {
   static_assert(nn::check_trainable_field<Field>(),
@@ -224,7 +231,8 @@ class FlowMatchingTrainer {
         adam_(field.num_params(), cfg.adam),
         ema_(field.parameters(), cfg.ema_decay),
         batch_index_host_(static_cast<std::size_t>(cfg.batch)) {
-    Backend::resize(grads_, field.num_params());
+    Backend::resize(grads_, checked_add("FlowMatchingTrainer", "parameters + slots",
+                                        field.num_params(), Exchange::slots()));
     Backend::resize(batch_,
                     checked_mul("FlowMatchingTrainer", "dim x batch", field.dim(), cfg.batch));
     Backend::resize(batch_index_, cfg.batch);
@@ -233,24 +241,36 @@ class FlowMatchingTrainer {
   /// One step on a batch drawn uniformly with replacement from the columns of `targets`: the
   /// column indices are drawn on the host from rng (one uniform01 per row of the batch), uploaded
   /// (Backend::copy_from_host) and gathered by Backend::gather_cols; no allocation once warmed.
+  ///
+  /// With a communicator of P ranks, every rank draws the batch x P indices of the global batch
+  /// (the generator advances as for one process with batch x P) and gathers its slice.
   StepStats step(ConstMatrixView<S> targets, Rng& rng) {
-    const char* w = "FlowMatchingTrainer::step";
-    check_shape(w, "targets", targets, field_.dim(), targets.cols);
-    if (targets.cols == 0) raise_config(w, "targets must hold at least one sample");
-    for (Index j = 0; j < cfg_.batch; ++j)  // host data: the indices, not the targets
-      batch_index_host_[static_cast<std::size_t>(j)] =
-          std::min<Index>(targets.cols - 1, Index(uniform01(rng) * double(targets.cols)));
-    Backend::copy_from_host(batch_index_host_.data(), cfg_.batch, batch_index_);
-    MatrixView<S> b = batch_view();
-    Backend::gather_cols(ws_.context(), targets, batch_index_.data(), b);
-    return step_on(b, rng);
+    return step_impl(rng, [&]() -> ConstMatrixView<S> {
+      const char* w = "FlowMatchingTrainer::step";
+      check_shape(w, "targets", targets, field_.dim(), targets.cols);
+      if (targets.cols == 0) raise_config(w, "targets must hold at least one sample");
+      const Index global = cfg_.batch * comm().size();  // checked by set_communicator
+      for (Index j = 0; j < global; ++j)                // host data: the indices, not the targets
+        batch_index_host_[static_cast<std::size_t>(j)] =
+            std::min<Index>(targets.cols - 1, Index(uniform01(rng) * double(targets.cols)));
+      Backend::copy_from_host(batch_index_host_.data() + cfg_.batch * comm().rank(), cfg_.batch,
+                              batch_index_);
+      MatrixView<S> b = batch_view();
+      Backend::gather_cols(ws_.context(), targets, batch_index_.data(), b);
+      return b;
+    });
   }
 
-  /// One step on a batch produced by `sample` (e.g. an analytic target or a data loader).
+  /// One step on a batch produced by `sample` (e.g. an analytic target or a data loader). With a
+  /// communicator of P ranks, `sample` fills the global batch (dim, batch x P) on every rank
+  /// and the rank keeps its slice of columns.
   StepStats step_with(const BatchSampler& sample, Rng& rng) {
-    MatrixView<S> b = batch_view();
-    sample(b, rng);
-    return step_on(b, rng);
+    return step_impl(rng, [&]() -> ConstMatrixView<S> {
+      const MatrixView<S> all(batch_.data(), field_.dim(), cfg_.batch * comm().size());
+      sample(all, rng);
+      return ConstMatrixView<S>(batch_.data() + field_.dim() * cfg_.batch * comm().rank(),
+                                field_.dim(), cfg_.batch);
+    });
   }
 
   /// One step on the given batch (dim, any number of rows).
@@ -259,35 +279,34 @@ class FlowMatchingTrainer {
   /// N ...: the step was not applied", and the parameters, the optimizer and the EMA keep their
   /// values (the generator has advanced by the step's draws). The state is then still the last
   /// good one, and a checkpoint saved from it is loadable (docs/errors.md "Divergence").
+  ///
+  /// With a communicator of P ranks, `batch` is this rank's slice of a global batch of
+  /// batch.cols x P rows (every rank passes the same number of rows) and the step is collective
+  /// (docs/distributed.md): a rank whose part fails (bad batch, non-finite loss) rethrows its
+  /// error after the all-reduce, the others throw distributed_error; no rank applies the step.
   StepStats step_on(ConstMatrixView<S> batch, Rng& rng) {
-    const char* w = "FlowMatchingTrainer::step";
-    check_shape(w, "batch", batch, field_.dim(), batch.cols);
-    Context& ctx = ws_.context();
-    check_finite_on<Backend, S>(ctx, w, "batch", batch);  // bad data, not a divergence
-    {
-      const LentContext<loss::FlowDraws<S, Backend>, Context> lend_draws(draws_, ctx);
-      loss::draw(draws_, conv_, batch.cols, field_.dim(), cfg_.K, cfg_.sampler, rng,
-                 cfg_.antithetic, cfg_.time_group);
-    }
-    const Index n = field_.num_params();
-    Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
-    VectorView<S> g(grads_.data(), n);
-    const Prior<Field> prior(field_, conv_);
-    StepStats st;
-    try {
-      st.loss = loss::flow_matching_loss(prior, conv_, batch, draws_, cfg_.reduction, ws_, g);
-      st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
-    } catch (const numeric_error& e) {
-      // Non-finite values in the loss or the gradient: nothing has been modified yet.
-      step_parts::raise_diverged(w, adam_.steps() + 1, e);
-    }
-    st.lr = cfg_.schedule.at(adam_.steps());
-    step_parts::apply_update(ctx, adam_, ema_, field_.parameters(), ConstVectorView<S>(g), st.lr);
-    st.step = adam_.steps();
-    return st;
+    return step_impl(rng, [&] { return batch; });
   }
 
   Index steps() const { return adam_.steps(); }
+  /// The communicator the steps run on (a LocalCommunicator unless set_communicator was called).
+  Communicator& communicator() const { return comm(); }
+
+  /// Runs the steps on the ranks of `ranks` from now on (not owned: the caller keeps it alive
+  /// while the trainer uses it); nullptr returns to one process. Collective: every rank calls it;
+  /// rank 0's parameters, optimizer state and EMA are broadcast to the others (so the ranks
+  /// start equal whatever their initialisation). Sizes the buffers for the global batch (batch
+  /// x size()); config_error when that overflows or cannot fit.
+  void set_communicator(Communicator* ranks) {
+    const char* w = "FlowMatchingTrainer::set_communicator";
+    Communicator* c = ranks ? ranks : &local_;
+    const Index global = checked_mul(w, "batch x ranks", cfg_.batch, Index(c->size()));
+    checked_resize(w, "the batch indices", batch_index_host_, global);
+    Backend::resize(batch_, checked_mul(w, "dim x batch x ranks", field_.dim(), global));
+    exchange_.prepare(field_.num_params());
+    comm_ = ranks;
+    step_parts::broadcast_state<S, Backend>(*c, field_.parameters(), &adam_, &ema_, w);
+  }
   const TrainerConfig& config() const { return cfg_; }
   Convention convention() const { return conv_; }
   optim::Adam<S, Backend>& optimizer() { return adam_; }
@@ -309,6 +328,66 @@ class FlowMatchingTrainer {
   }
 
  private:
+  using Exchange = step_parts::GradientExchange<S, Backend>;
+
+  /// A step on the batch `prepare` returns (this rank's slice). One process: as it always was.
+  /// P ranks: every failure before the all-reduce (the batch, its checks, the draws, the loss)
+  /// becomes this rank's failure flag in the all-reduce, so no rank waits for a rank that threw.
+  template <class Prepare>
+  StepStats step_impl(Rng& rng, Prepare&& prepare) {
+    const char* w = "FlowMatchingTrainer::step";
+    const int P = comm().size();
+    Context& ctx = ws_.context();
+    const Index n = field_.num_params();
+    VectorView<S> g(grads_.data(), n);
+    StepStats st;
+    std::exception_ptr err;
+    Index rows = 0;
+    try {
+      const ConstMatrixView<S> batch = prepare();
+      check_shape(w, "batch", batch, field_.dim(), batch.cols);
+      check_finite_on<Backend, S>(ctx, w, "batch", batch);  // bad data, not a divergence
+      rows = batch.cols;
+      {
+        const LentContext<loss::FlowDraws<S, Backend>, Context> lend_draws(draws_, ctx);
+        const loss::DrawShard shard{rows * comm().rank(), rows * P};
+        loss::draw(draws_, conv_, rows, field_.dim(), cfg_.K, cfg_.sampler, rng, cfg_.antithetic,
+                   cfg_.time_group, shard);
+      }
+      Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
+      const Prior<Field> prior(field_, conv_);
+      try {
+        st.loss = loss::flow_matching_loss(prior, conv_, batch, draws_, cfg_.reduction, ws_, g);
+        if (P == 1) st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
+      } catch (const numeric_error& e) {
+        // Non-finite values in the loss or the gradient: nothing has been modified yet.
+        step_parts::raise_diverged(w, adam_.steps() + 1, e);
+      }
+    } catch (...) {
+      if (P == 1) throw;
+      err = std::current_exception();
+    }
+    if (P > 1) {
+      const int failed =
+          exchange_.run(comm(), ctx, grads_.data(), st.loss, err != nullptr, rows, w);
+      if (err) std::rethrow_exception(err);
+      if (failed > 0)
+        raise_distributed(w, comm().rank(),
+                          std::to_string(failed) + " other rank(s) failed at step " +
+                              std::to_string(adam_.steps() + 1) +
+                              " (their own error says why); the step was applied on no rank");
+      try {  // the averaged gradient is the same on every rank: all clip, or all refuse
+        st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
+      } catch (const numeric_error& e) {
+        step_parts::raise_diverged(w, adam_.steps() + 1, e);
+      }
+    }
+    st.lr = cfg_.schedule.at(adam_.steps());
+    step_parts::apply_update(ctx, adam_, ema_, field_.parameters(), ConstVectorView<S>(g), st.lr);
+    st.step = adam_.steps();
+    return st;
+  }
+
   MatrixView<S> batch_view() { return {batch_.data(), field_.dim(), cfg_.batch}; }
 
   Field& field_;
@@ -322,6 +401,11 @@ class FlowMatchingTrainer {
   typename Backend::template Buffer<Index> batch_index_;  ///< the same, uploaded
   loss::FlowDraws<S, Backend> draws_;
   loss::LossWorkspace<Field> ws_;
+  mutable LocalCommunicator local_;
+  Communicator* comm_ = nullptr;  ///< not owned; nullptr: local_
+  Exchange exchange_;
+
+  Communicator& comm() const { return comm_ ? *comm_ : local_; }
 };
 
 }  // namespace train

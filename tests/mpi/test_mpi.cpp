@@ -1,0 +1,348 @@
+// Data-parallel training on MPI (docs/distributed.md), run by CTest as `mpiexec -n 2 test_mpi`:
+// two ranks at batch B take the steps of one process at batch 2B with the same draws (flow
+// matching, the aligner, the autoencoder with a Gaussian posterior and the alignment term), the
+// ranks stay bit-identical, a checkpoint written by rank 0 resumes on every rank bit for bit, a
+// rank that throws makes the other throw at once, and (hidden tag, its own CTest run) a rank
+// killed mid-run makes the other throw distributed_error within the deadline.
+#define CATCH_CONFIG_RUNNER
+#include <unistd.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <flowprior/flowprior.hpp>
+#include <flowprior/mpi/communicator.hpp>
+#include <flowprior/nn/tokenizer.hpp>
+#include <flowprior/train/latent_alignment.hpp>
+#include <flowprior/train/reconstruction.hpp>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "fixtures.hpp"
+
+using flowprior::ConstMatrixView;
+using flowprior::Convention;
+using flowprior::Index;
+using flowprior::MatrixView;
+using flowprior::Rng;
+using flowprior::VectorView;
+namespace nn = flowprior::nn;
+namespace train = flowprior::train;
+namespace fmpi = flowprior::mpi;
+using Net = nn::AdaLNMlp<double>;
+using Catch::Matchers::Contains;
+
+namespace {
+
+fmpi::MpiOptions fast() {
+  fmpi::MpiOptions o;
+  o.timeout_s = 5.0;  // the tests' deadline: a hang fails within it
+  return o;
+}
+
+nn::AdaLNMlpConfig small_net() {
+  nn::AdaLNMlpConfig c;
+  c.dim = 2;
+  c.width = 8;
+  c.depth = 2;
+  c.time_freq_dim = 8;
+  return c;
+}
+
+train::TrainerConfig trainer_config(Index batch) {
+  train::TrainerConfig tc;
+  tc.batch = batch;
+  tc.K = 2;
+  tc.antithetic = true;
+  tc.sampler = flowprior::loss::TimeSampler::stratified();
+  tc.schedule = flowprior::optim::LrSchedule::constant(1e-2);
+  tc.clip_norm = 0.5;  // clipping acts on the averaged gradient
+  tc.ema_decay = 0.9;
+  return tc;
+}
+
+Eigen::MatrixXd targets(Index n) {
+  Rng rng(3);
+  Eigen::MatrixXd t(2, n);
+  for (Index i = 0; i < t.size(); ++i) t.data()[i] = 2 * flowprior::uniform01(rng) - 1;
+  return t;
+}
+
+std::vector<double> params_of(const VectorView<double>& p) {
+  return std::vector<double>(p.data, p.data + p.size);
+}
+
+double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  REQUIRE(a.size() == b.size());
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    m = std::max(m, std::abs(a[i] - b[i]) / std::max(1.0, std::abs(b[i])));
+  return m;
+}
+
+// Whether every rank holds exactly rank 0's values.
+bool same_on_all_ranks(train::Communicator& comm, const std::vector<double>& v) {
+  std::vector<double> root = v;
+  comm.broadcast(root.data(), Index(root.size()), 0, "test");
+  double differ = root == v ? 0.0 : 1.0;
+  comm.allreduce_sum(&differ, 1, "test");
+  return differ == 0.0;
+}
+
+}  // namespace
+
+// Tolerance: the two runs differ only in the order of the sums over the batch (each rank sums
+// B rows, then the two means are added, against one sum of 2B rows) and in the GEMM blocking of
+// batches of different widths: double rounding, about 1e-16 relative per step, which Adam's
+// normalisation can raise to ~1e-13 over a few steps. 1e-10 leaves room; a wrong slice of the
+// draws or a wrong average gives differences of order 1e-3.
+TEST_CASE("mpi: two ranks at batch B take the steps of one process at batch 2B", "[mpi]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  REQUIRE(comm.size() == 2);
+  const Eigen::MatrixXd data = targets(40);
+  const ConstMatrixView<double> tv(data.data(), 2, data.cols());
+  const Index B = 6, steps = 5;
+
+  Net net(small_net());
+  Rng init(comm.rank() == 0 ? 7 : 99);  // rank 1 starts elsewhere: set_communicator broadcasts
+  net.init(init);
+  train::FlowMatchingTrainer<Net> dist(net, Convention::Paper, trainer_config(B));
+  dist.set_communicator(&comm);
+  Rng rng(11);
+  std::vector<double> losses;
+  for (Index s = 0; s < steps; ++s) losses.push_back(dist.step(tv, rng).loss);
+
+  Net ref(small_net());
+  Rng init_ref(7);
+  ref.init(init_ref);
+  train::FlowMatchingTrainer<Net> one(ref, Convention::Paper, trainer_config(2 * B));
+  Rng rng_ref(11);
+  for (Index s = 0; s < steps; ++s) {
+    const double l = one.step(tv, rng_ref).loss;
+    CHECK(std::abs(l - losses[std::size_t(s)]) <= 1e-12 * std::max(1.0, std::abs(l)));
+  }
+  CHECK(rng() == rng_ref());  // the generators advanced alike
+  const auto p = params_of(net.parameters()), q = params_of(ref.parameters());
+  CHECK(max_rel_diff(p, q) < 1e-10);
+  CHECK(max_rel_diff(dist.ema().weights(), one.ema().weights()) < 1e-10);
+  // The ranks hold the same parameters bit for bit (they take the same averaged update).
+  CHECK(same_on_all_ranks(comm, p));
+}
+
+TEST_CASE("mpi: step_with samples the global batch and keeps the rank's slice", "[mpi]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  const Index B = 4;
+  auto sampler = [](MatrixView<double> b, Rng& r) {
+    for (Index j = 0; j < b.cols; ++j)
+      for (Index i = 0; i < b.rows; ++i) b.col(j)[i] = 2 * flowprior::uniform01(r) - 1;
+  };
+  Net a(small_net()), b(small_net());
+  Rng ia(5), ib(5);
+  a.init(ia);
+  b.init(ib);
+  train::TrainerConfig cfg = trainer_config(B);
+  cfg.time_group = 3;  // groups that straddle the ranks' slices
+  cfg.antithetic = false;
+  cfg.sampler = flowprior::loss::TimeSampler::uniform();
+  train::FlowMatchingTrainer<Net> dist(a, Convention::Code, cfg);
+  dist.set_communicator(&comm);
+  cfg.batch = 2 * B;
+  train::FlowMatchingTrainer<Net> one(b, Convention::Code, cfg);
+  Rng r1(21), r2(21);
+  for (int s = 0; s < 4; ++s) {
+    const double l1 = dist.step_with(sampler, r1).loss, l2 = one.step_with(sampler, r2).loss;
+    CHECK(std::abs(l1 - l2) <= 1e-12 * std::max(1.0, std::abs(l2)));
+  }
+  CHECK(max_rel_diff(params_of(a.parameters()), params_of(b.parameters())) < 1e-10);
+}
+
+TEST_CASE("mpi: the aligner moves each rank's shard as one process moves all latents", "[mpi]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  Net net(small_net());
+  Rng init(7);
+  net.init(init);
+  const flowprior::Prior<Net> prior(net, Convention::Paper);
+  const Index n = 5;
+  Rng yr(13);
+  Eigen::MatrixXd all(2, 2 * n);
+  for (Index i = 0; i < all.size(); ++i) all.data()[i] = flowprior::normal01(yr);
+  Eigen::MatrixXd mine = all.middleCols(n * comm.rank(), n);
+  train::AlignConfig cfg;
+  cfg.K = 3;
+  train::LatentAligner<Net> dist(prior, Convention::Paper, n, cfg);
+  dist.set_communicator(&comm);
+  train::LatentAligner<Net> one(prior, Convention::Paper, 2 * n, cfg);
+  Rng r1(4), r2(4);
+  for (int s = 0; s < 4; ++s) {
+    const double l1 = dist.step(MatrixView<double>(mine.data(), 2, n), r1);
+    const double l2 = one.step(MatrixView<double>(all.data(), 2, 2 * n), r2);
+    CHECK(std::abs(l1 - l2) <= 1e-12 * std::max(1.0, std::abs(l2)));
+  }
+  // Per-latent gradients and elementwise Adam: the shard is bit-identical.
+  const Eigen::MatrixXd expect = all.middleCols(n * comm.rank(), n);
+  CHECK((mine - expect).cwiseAbs().maxCoeff() == 0.0);
+}
+
+TEST_CASE("mpi: the autoencoder with a Gaussian posterior and the alignment term", "[mpi]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  using Model = nn::TokenizerAE<double>;
+  nn::TokenizerConfig c;
+  c.image_size = 4;
+  c.channels = 2;
+  c.patch = 2;
+  c.width = 8;
+  c.heads = 2;
+  c.depth = 1;
+  c.dec_depth = 1;
+  c.latent_tokens = 2;
+  c.latent_dim = 2;
+  c.posterior = nn::Posterior::gaussian;
+  Net net(small_net());
+  Rng pi(7);
+  net.init(pi);
+  const flowprior::Prior<Net> prior(net, Convention::Paper);
+  train::LatentAlignmentConfig ac;
+  ac.weight = 0.1;
+  ac.K = 2;
+
+  Model m1(c), m2(c);
+  Rng i1(comm.rank() == 0 ? 5 : 6), i2(5);
+  m1.init(i1);
+  m2.init(i2);
+  train::ReconstructionConfig rc;
+  rc.kl_beta = 0.05;
+  rc.schedule = flowprior::optim::LrSchedule::constant(3e-3);
+  train::ReconstructionTrainer<Model> dist(m1, rc), one(m2, rc);
+  dist.set_communicator(&comm);
+  Rng a1(8), a2(8), r1(9), r2(9);
+  train::LatentAlignmentLoss<Net> al1(prior, Convention::Paper, ac, a1),
+      al2(prior, Convention::Paper, ac, a2);
+  al1.set_communicator(&comm);
+  const Index B = 3;
+  Rng xr(1);
+  Eigen::MatrixXd x(m1.image_dim(), 2 * B);
+  for (int s = 0; s < 3; ++s) {
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = 2 * flowprior::uniform01(xr) - 1;
+    const auto s1 =
+        dist.step(ConstMatrixView<double>(x.data() + x.rows() * B * comm.rank(), x.rows(), B), r1,
+                  std::ref(al1));
+    const auto s2 = one.step(ConstMatrixView<double>(x.data(), x.rows(), 2 * B), r2, std::ref(al2));
+    CHECK(std::abs(s1.loss - s2.loss) <= 1e-12 * std::max(1.0, std::abs(s2.loss)));
+    CHECK(std::abs(s1.mse - s2.mse) <= 1e-12);
+    CHECK(std::abs(s1.kl - s2.kl) <= 1e-12);
+  }
+  CHECK(max_rel_diff(params_of(m1.parameters()), params_of(m2.parameters())) < 1e-10);
+  CHECK(same_on_all_ranks(comm, params_of(m1.parameters())));
+}
+
+TEST_CASE("mpi: a checkpoint written by rank 0 resumes on every rank bit for bit", "[mpi]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  // One folder for both ranks: rank 0's pid names it.
+  double pid = comm.rank() == 0 ? double(::getpid()) : 0.0;
+  comm.broadcast(&pid, 1, 0, "test");
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("flowprior_mpi_test_" + std::to_string(static_cast<long>(pid)));
+  if (comm.rank() == 0) std::filesystem::create_directories(dir);
+  comm.barrier("test");
+  const std::string path = (dir / "run.ckpt.safetensors").string();
+  const Eigen::MatrixXd data = targets(30);
+  const ConstMatrixView<double> tv(data.data(), 2, data.cols());
+
+  Net a(small_net());
+  Rng ia(7);
+  a.init(ia);
+  train::FlowMatchingTrainer<Net> ta(a, Convention::Paper, trainer_config(4));
+  ta.set_communicator(&comm);
+  Rng ra(12);
+  for (int s = 0; s < 3; ++s) ta.step(tv, ra);
+  train::save_checkpoint(path, ta, a, ra);
+  CHECK(std::filesystem::exists(path));  // complete on every rank when the call returns
+  for (int s = 0; s < 3; ++s) ta.step(tv, ra);
+
+  Net b(small_net());
+  Rng ib(1234);  // overwritten by the checkpoint
+  b.init(ib);
+  train::FlowMatchingTrainer<Net> tb(b, Convention::Paper, trainer_config(4));
+  tb.set_communicator(&comm);
+  Rng rb(0);
+  train::load_checkpoint(path, tb, b, rb);
+  for (int s = 0; s < 3; ++s) tb.step(tv, rb);
+  CHECK(params_of(a.parameters()) == params_of(b.parameters()));
+  CHECK(ta.ema().weights() == tb.ema().weights());
+  CHECK(tb.steps() == 6);
+
+  // A file rank 1 cannot read is an error on both ranks, not a hang.
+  const std::string missing = comm.rank() == 0 ? path : path + ".missing";
+  CHECK_THROWS_AS(train::load_checkpoint(missing, tb, b, rb), flowprior::error);
+  comm.barrier("test");
+  if (comm.rank() == 0) std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("mpi: a rank that throws makes the other throw distributed_error at once", "[mpi]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  Net net(small_net());
+  Rng init(7);
+  net.init(init);
+  train::FlowMatchingTrainer<Net> tr(net, Convention::Paper, trainer_config(4));
+  tr.set_communicator(&comm);
+  Eigen::MatrixXd batch = targets(4);
+  Rng rng(3);
+  tr.step_on(ConstMatrixView<double>(batch.data(), 2, 4), rng);
+  const auto before = params_of(net.parameters());
+  if (comm.rank() == 1) batch(1, 2) = std::nan("");
+  const auto t0 = std::chrono::steady_clock::now();
+  if (comm.rank() == 1) {
+    CHECK_THROWS_AS(tr.step_on(ConstMatrixView<double>(batch.data(), 2, 4), rng),
+                    flowprior::numeric_error);
+  } else {
+    CHECK_THROWS_WITH(tr.step_on(ConstMatrixView<double>(batch.data(), 2, 4), rng),
+                      Contains("[flowprior.distributed]") && Contains("1 other rank(s) failed"));
+  }
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));  // not the deadline
+  CHECK(params_of(net.parameters()) == before);                            // applied on no rank
+  CHECK(tr.steps() == 1);
+  // Different batch sizes on the ranks are refused on both.
+  const Index cols = comm.rank() == 0 ? 4 : 3;
+  batch(1, 2) = 0.5;
+  CHECK_THROWS_WITH(tr.step_on(ConstMatrixView<double>(batch.data(), 2, cols), rng),
+                    Contains("batches differ in size"));
+}
+
+// Run by its own CTest case (tests/CMakeLists.txt): rank 1 kills itself mid-run; rank 0 must
+// report distributed_error within the deadline and say so on stdout (mpiexec then reports the
+// dead rank and fails the job, so the test matches rank 0's line, not the exit status).
+TEST_CASE("mpi: a rank killed mid-run makes the other stop with distributed_error",
+          "[.mpi_killed]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  Net net(small_net());
+  Rng init(7);
+  net.init(init);
+  train::FlowMatchingTrainer<Net> tr(net, Convention::Paper, trainer_config(4));
+  tr.set_communicator(&comm);
+  const Eigen::MatrixXd data = targets(30);
+  const ConstMatrixView<double> tv(data.data(), 2, data.cols());
+  Rng rng(3);
+  for (int s = 0; s < 3; ++s) tr.step(tv, rng);
+  if (comm.rank() == 1) std::raise(SIGKILL);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    for (int s = 0; s < 1000; ++s) tr.step(tv, rng);
+    std::printf("RANK0: no error\n");
+  } catch (const flowprior::distributed_error& e) {
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("RANK0 distributed_error after %.1f s: %s\n", secs, e.what());
+    std::fflush(stdout);
+    CHECK(secs < 10.0);
+  }
+}
+
+int main(int argc, char** argv) {
+  fmpi::Session session(&argc, &argv);
+  return Catch::Session().run(argc, argv);
+}
