@@ -6,6 +6,8 @@
 //   --device cuda           CudaBackend (builds with flowprior::cuda, a machine with a GPU).
 // The three run the same code (examples/device_run/run.hpp), not three code paths. Writes
 // <out>/metrics.json and <out>/device.png (targets, latents before and after, loss curves).
+// Built with flowprior::mpi it also runs data-parallel, unchanged: `mpirun -np N 05_device ...`
+// (--batch and --latents are the totals over the ranks; rank 0 prints and writes).
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
@@ -14,9 +16,14 @@
 #include <flowprior/flowprior.hpp>
 #include <flowprior/plot/figure.hpp>
 #include <flowprior/toy2d/progress.hpp>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+#include <flowprior/mpi/communicator.hpp>
+#endif
 
 #include "device_run/run.hpp"
 #include "example_cli.hpp"
@@ -97,6 +104,21 @@ void plot(const std::string& path, const std::vector<float>& targets,
 
 int main(int argc, char** argv) {
   using flowprior::Index;
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+  // One process without mpirun (MPI's singleton start), or every rank of `mpirun -np N`.
+  std::unique_ptr<flowprior::mpi::Session> session;
+  std::unique_ptr<flowprior::mpi::MpiCommunicator> ranks;
+  try {
+    session = std::make_unique<flowprior::mpi::Session>(&argc, &argv);
+    ranks = std::make_unique<flowprior::mpi::MpiCommunicator>();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  const bool lead = ranks->rank() == 0, many = ranks->size() > 1;
+#else
+  const bool lead = true, many = false;
+#endif
   CLI::App app{
       "Train a 2-D flow prior, score it, align latents to it: on cpu, host-kernels or cuda"};
   example::DeviceRunConfig cfg;
@@ -116,10 +138,14 @@ int main(int argc, char** argv) {
   app.add_option("--align-steps", cfg.align_steps, "alignment steps (>= 0)");
   app.add_option("--seed", cfg.seed, "random seed")->check(example::kNonNegativeInteger);
   app.add_flag("--quiet", quiet, "no progress bars");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return lead ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
+  }
   const char* w = "05_device";
   auto bad = [&](bool fail, const std::string& what) {
-    if (fail) std::fprintf(stderr, "error: [flowprior.config] %s: %s\n", w, what.c_str());
+    if (fail && lead) std::fprintf(stderr, "error: [flowprior.config] %s: %s\n", w, what.c_str());
     return fail;
   };
   if (bad(samples <= 0, "--samples must be positive") ||
@@ -133,16 +159,21 @@ int main(int argc, char** argv) {
     return 1;
 #if !defined(FLOWPRIOR_EXAMPLE_CUDA)
   if (device == "cuda") {
-    std::fprintf(stderr,
-                 "error: [flowprior.config] %s: --device cuda needs a build with the CUDA backend "
-                 "(configure with -DFLOWPRIOR_CUDA=ON; docs/cuda.md)\n",
-                 w);
+    if (lead)
+      std::fprintf(
+          stderr,
+          "error: [flowprior.config] %s: --device cuda needs a build with the CUDA backend "
+          "(configure with -DFLOWPRIOR_CUDA=ON; docs/cuda.md)\n",
+          w);
     return 1;
   }
 #endif
   try {
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+    cfg.comm = ranks.get();
+#endif
     std::error_code ec;
-    std::filesystem::create_directories(out, ec);
+    if (lead) std::filesystem::create_directories(out, ec);
     if (ec)
       throw flowprior::io_error("[flowprior.io] " + out + ": cannot create the output folder (" +
                                 ec.message() + ")");
@@ -155,8 +186,8 @@ int main(int argc, char** argv) {
       ring.sample(flowprior::MatrixView<double>(x), data_rng);
       for (Index i = 0; i < x.size(); ++i) targets[std::size_t(i)] = float(x.data()[i]);
     }
-    flowprior::util::Progress prior_bar("prior  ", cfg.prior_steps, !quiet);
-    flowprior::util::Progress align_bar("align  ", cfg.align_steps, !quiet);
+    flowprior::util::Progress prior_bar("prior  ", cfg.prior_steps, !quiet && lead);
+    flowprior::util::Progress align_bar("align  ", cfg.align_steps, !quiet && lead);
     const example::DeviceProgress progress = [&](const char* stage, Index s, Index, double l) {
       char st[48];
       std::snprintf(st, sizeof st, "loss %.4f", l);
@@ -203,13 +234,15 @@ int main(int argc, char** argv) {
                         {"ring_nll_end", nll_end},
                         {"nearest_mode_counts", modes},
                         {"seconds", r.align_seconds}};
+    doc["ranks"] = cfg.comm != nullptr ? cfg.comm->size() : 1;
+    if (!lead) return 0;  // rank 0 writes and prints; the others hold the same results
     const std::string text =
         doc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
     flowprior::io::atomic_write(out + "/metrics.json",
                                 [&](flowprior::io::Writer& wr) { wr.write(text); });
     plot(out + "/device.png", targets, r);
 
-    std::printf("backend %s\n", r.backend.c_str());
+    std::printf("backend %s, %d rank(s)\n", r.backend.c_str(), doc["ranks"].get<int>());
     std::printf("prior:     %td steps in %.1f s, final loss %.4f\n", cfg.prior_steps,
                 r.train_seconds, r.prior_loss.empty() ? 0.0 : r.prior_loss.back());
     std::printf("ODE NLL of %zu targets under the prior: %.4f nats (exact ring: %.4f) in %.1f s\n",
@@ -221,6 +254,11 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+    // The other ranks may be waiting in a collective: end the job now (docs/distributed.md).
+    if (many) flowprior::mpi::MpiCommunicator::abort_all(1);
+#endif
+    (void)many;
     return 1;
   }
 }

@@ -16,6 +16,7 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cmath>
@@ -52,6 +53,13 @@ inline bool mpi_active() {
   return init && !fin;
 }
 
+/// Set when a communicator of this process breaks (a collective timed out or failed): MPI_Finalize
+/// would then wait for ranks that may be dead, so Session skips it.
+inline std::atomic<bool>& any_broken() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
 /// MPI_Init_thread / MPI_Finalize for a program's main (RAII; MPI_THREAD_FUNNELED: only the
 /// main thread calls MPI). Does nothing when MPI is already initialised by someone else.
 class Session {
@@ -65,8 +73,11 @@ class Session {
       flowprior::detail::raise<distributed_error>("[flowprior.distributed] MPI_Init_thread failed");
     owner_ = true;
   }
+  /// Finalises MPI, unless a communicator broke: MPI_Finalize is collective in practice and
+  /// would hang on a dead rank, so the process then ends without it (the run is failing anyway;
+  /// mpirun reports the ranks that ended without finalising).
   ~Session() {
-    if (owner_ && mpi_active()) MPI_Finalize();
+    if (owner_ && mpi_active() && !any_broken().load()) MPI_Finalize();
   }
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -176,6 +187,7 @@ class MpiCommunicator final : public train::Communicator {
       const auto now = clock::now();
       if (now >= deadline) {
         broken_ = true;
+        any_broken() = true;
         fail(call, what,
              "no answer from the other ranks within " + short_number(opt_.timeout_s) +
                  " s (a rank died, hangs, or failed outside a collective step)");
@@ -192,6 +204,7 @@ class MpiCommunicator final : public train::Communicator {
   void check(int rc, const char* call, const char* what) {
     if (rc == MPI_SUCCESS) return;
     broken_ = true;
+    any_broken() = true;
     char text[MPI_MAX_ERROR_STRING] = {0};
     int len = 0;
     MPI_Error_string(rc, text, &len);
