@@ -77,35 +77,34 @@ struct Core {
   /// one body per chunk, then one body that adds them. Returns the sum on the host.
   template <class F>
   static double reduce_chunks(Context& ctx, Index chunks, F partial) {
-    if (chunks <= 0) return 0.0;
-    double* part = scratch<double>(ctx, 0, chunks + 1);
-    Exec::launch(
-        ctx, chunks, FLOWPRIOR_LAMBDA(Index c) { part[c] = partial(c); });
-    Exec::launch(
-        ctx, 1, FLOWPRIOR_LAMBDA(Index) {
-          double s = 0;
-          for (Index c = 0; c < chunks; ++c) s += part[c];
-          part[chunks] = s;
-        });
-    double out = 0;
-    Exec::copy_to_host(part + chunks, 1, &out);
-    return out;
+    return combine_chunks(ctx, chunks, partial, false);
   }
 
-  /// The largest of partial(c) over the chunks (partials are >= 0 or NaN-free by contract),
-  /// 0 when there are none.
+  /// The largest of partial(c) over the chunks (partials >= 0, NaN skipped), 0 when there are
+  /// none.
   template <class F>
   static double max_chunks(Context& ctx, Index chunks, F partial) {
+    return combine_chunks(ctx, chunks, partial, true);
+  }
+
+  /// reduce_chunks (take_max false) or max_chunks (true): the partials into scratch slot 0, then
+  /// one body combines them in chunk order and the result is read back.
+  template <class F>
+  static double combine_chunks(Context& ctx, Index chunks, F partial, bool take_max) {
     if (chunks <= 0) return 0.0;
     double* part = scratch<double>(ctx, 0, chunks + 1);
     Exec::launch(
         ctx, chunks, FLOWPRIOR_LAMBDA(Index c) { part[c] = partial(c); });
     Exec::launch(
         ctx, 1, FLOWPRIOR_LAMBDA(Index) {
-          double m = 0;
-          for (Index c = 0; c < chunks; ++c)
-            if (part[c] > m) m = part[c];
-          part[chunks] = m;
+          double acc = 0;
+          for (Index c = 0; c < chunks; ++c) {
+            if (!take_max)
+              acc += part[c];
+            else if (part[c] > acc)
+              acc = part[c];
+          }
+          part[chunks] = acc;
         });
     double out = 0;
     Exec::copy_to_host(part + chunks, 1, &out);
