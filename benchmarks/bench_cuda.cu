@@ -20,6 +20,8 @@
 #include <flowprior/train/trainer.hpp>
 #include <vector>
 
+#include "bench_flops.hpp"
+
 namespace {
 
 using flowprior::CudaBackend;
@@ -66,25 +68,6 @@ Net paper_net(Index dim, Index width, Index depth) {
   return net;
 }
 
-/// Matrix-product FLOPs of the AdaLN head's time path per time value (forward; backward).
-struct TimePathFlops {
-  double forward = 0, backward = 0;
-};
-TimePathFlops time_path_flops(const Net& net) {
-  const auto& c = net.config();
-  const double W = double(c.width), F = double(c.time_freq_dim), L = double(c.depth);
-  TimePathFlops f;
-  f.forward = 2 * (F * W + W * W + L * 3 * W * W + 2 * W * W);
-  f.backward = f.forward + 2 * (L * 3 * W * W + 2 * W * W + W * W);
-  return f;
-}
-
-void set_flops(benchmark::State& state, double flops_per_iter) {
-  state.counters["FLOP"] =
-      benchmark::Counter(flops_per_iter * double(state.iterations()), benchmark::Counter::kIsRate,
-                         benchmark::Counter::kIs1000);
-}
-
 /// C (m x n) = A (m x k) B (k x n) through CudaBackend::gemm. Args {m, n, k, precision}.
 void BM_CudaGemm(benchmark::State& state) {
   if (!need_device(state)) return;
@@ -106,7 +89,7 @@ void BM_CudaGemm(benchmark::State& state) {
     run();
     sync();
   }
-  set_flops(state, 2.0 * double(m) * double(n) * double(k));
+  bench::set_flops(state, 2.0 * double(m) * double(n) * double(k));
   state.SetLabel(precision_name(p));
 }
 
@@ -147,12 +130,12 @@ void BM_CudaAlignmentLoss(benchmark::State& state) {
   }
   if (flowprior::device_allocations().load() != allocations)
     state.SkipWithError("the warmed-up loss allocated device memory");
-  const double t_path = time_path_flops(net).forward;
+  const double t_path = bench::time_path_flops(net.config()).forward;
   const double x_path =
       net.matmul_flops_per_row().forward - t_path + net.matmul_flops_per_row().vjp_x;
   const double groups = double(net.time_groups(ws.prior.field));
   state.SetItemsProcessed(state.iterations() * rows);
-  set_flops(state, x_path * double(rows) + t_path * groups);
+  bench::set_flops(state, x_path * double(rows) + t_path * groups);
   state.SetLabel(precision_name(p));
 }
 
@@ -188,11 +171,11 @@ void BM_CudaTrainStep(benchmark::State& state) {
   if (flowprior::device_allocations().load() != allocations)
     state.SkipWithError("the warmed-up step allocated device memory");
   const auto f = net.matmul_flops_per_row();
-  const TimePathFlops tp = time_path_flops(net);
+  const bench::TimePathFlops tp = bench::time_path_flops(net.config());
   const double groups = double((batch + group - 1) / group);
   state.SetItemsProcessed(state.iterations() * batch);
-  set_flops(state, (f.forward + f.backward - tp.forward - tp.backward) * double(batch) +
-                       (tp.forward + tp.backward) * groups);
+  bench::set_flops(state, (f.forward + f.backward - tp.forward - tp.backward) * double(batch) +
+                              (tp.forward + tp.backward) * groups);
   state.SetLabel(precision_name(p));
 }
 

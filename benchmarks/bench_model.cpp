@@ -21,6 +21,8 @@
 #include <memory>
 #include <string>
 
+#include "bench_flops.hpp"
+
 namespace {
 
 using flowprior::Index;
@@ -89,27 +91,6 @@ double flops_per_row(const flowprior::nn::MatmulFlops& f, Pass pass) {
   return 0;
 }
 
-/// "FLOP" is a rate printed with an SI prefix, e.g. FLOP=134.2G/s (JSON: FLOP/s as a number).
-void set_flops(benchmark::State& state, double flops_per_iter) {
-  state.counters["FLOP"] =
-      benchmark::Counter(flops_per_iter * double(state.iterations()), benchmark::Counter::kIsRate,
-                         benchmark::Counter::kIs1000);
-}
-
-/// Matrix-product FLOPs of the t-dependent part of the AdaLN head per time value: the time MLP
-/// and every adaLN modulation (forward), and their weight and input gradients (backward).
-struct TimePathFlops {
-  double forward = 0, backward = 0;
-};
-TimePathFlops time_path_flops(const flowprior::nn::AdaLNMlp<float>& net) {
-  const auto& c = net.config();
-  const double W = double(c.width), F = double(c.time_freq_dim), L = double(c.depth);
-  TimePathFlops f;
-  f.forward = 2 * (F * W + W * W + L * 3 * W * W + 2 * W * W);
-  f.backward = f.forward + 2 * (L * 3 * W * W + 2 * W * W + W * W);
-  return f;
-}
-
 /// Args {dim, width, depth, batch}. Inputs, outputs, gradient buffers and the workspace are
 /// allocated and warmed up (one untimed pass) before the loop; nothing allocates inside it.
 template <class Net, Pass kPass>
@@ -141,7 +122,7 @@ void BM_Field(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetItemsProcessed(batch * state.iterations());  // rows (samples) per second
-  set_flops(state, flops_per_row(net.matmul_flops_per_row(), kPass) * double(batch));
+  bench::set_flops(state, flops_per_row(net.matmul_flops_per_row(), kPass) * double(batch));
 }
 
 using AdaLN = flowprior::nn::AdaLNMlp<float>;
@@ -184,7 +165,7 @@ void BM_Gemm(benchmark::State& state) {
     benchmark::DoNotOptimize(C.data());
     benchmark::ClobberMemory();
   }
-  set_flops(state, 2.0 * double(m) * double(n) * double(k));
+  bench::set_flops(state, 2.0 * double(m) * double(n) * double(k));
 }
 
 void BM_Sgemm(benchmark::State& s) { BM_Gemm<float>(s); }
@@ -215,7 +196,7 @@ void BM_AlignmentLoss(benchmark::State& state) {
                                                              draws, opt, ws, {}, d_y));
     benchmark::ClobberMemory();
   }
-  const double t_path = time_path_flops(net).forward;  // per time value
+  const double t_path = bench::time_path_flops(net.config()).forward;  // per time value
   const double x_path =
       net.matmul_flops_per_row().forward - t_path + net.matmul_flops_per_row().vjp_x;
   const double groups = double(net.time_groups(ws.prior.field));
@@ -260,12 +241,12 @@ void BM_TrainStep(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   const auto f = net.matmul_flops_per_row();
-  const TimePathFlops tp = time_path_flops(net);
+  const bench::TimePathFlops tp = bench::time_path_flops(net.config());
   const double groups = double((batch + group - 1) / group);
   const double flops = (f.forward + f.backward - tp.forward - tp.backward) * double(batch) +
                        (tp.forward + tp.backward) * groups;
   state.SetItemsProcessed(state.iterations() * batch);
-  set_flops(state, flops);
+  bench::set_flops(state, flops);
   state.counters["groups"] = groups;
 }
 BENCHMARK(BM_TrainStep)
@@ -300,7 +281,7 @@ void BM_BackendSgemm(benchmark::State& state) {
     benchmark::DoNotOptimize(C.data());
     benchmark::ClobberMemory();
   }
-  set_flops(state, 2.0 * double(m) * double(n) * double(k));
+  bench::set_flops(state, 2.0 * double(m) * double(n) * double(k));
 }
 BENCHMARK(BM_BackendSgemm)
     ->ArgNames({"m", "n", "k", "ta", "tb"})
