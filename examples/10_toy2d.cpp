@@ -6,18 +6,42 @@
 // Every option is checked, and the output folder created and probed for writing, before any
 // work (docs/errors.md "Guarantees"). A diverging training stops with a non-zero exit and keeps
 // its last good checkpoint; --resume continues a stopped run from its checkpoint.
+//
+// Built with flowprior::mpi it also runs data-parallel, unchanged: `mpirun -np N 10_toy2d ...`
+// (--batch and --latents are the totals over the ranks and must be multiples of N; every rank
+// evaluates, rank 0 alone prints and writes; docs/distributed.md "Examples").
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
 #include <flowprior/flowprior.hpp>
 #include <flowprior/toy2d/figures.hpp>
+#include <memory>
 #include <string>
 #include <system_error>
+
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+#include <flowprior/mpi/communicator.hpp>
+#endif
 
 #include "example_cli.hpp"
 
 int main(int argc, char** argv) {
   using namespace flowprior;
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+  // One process without mpirun (MPI's singleton start), or every rank of `mpirun -np N`.
+  std::unique_ptr<mpi::Session> session;
+  try {
+    session = std::make_unique<mpi::Session>(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const bool lead = rank == 0;
+#else
+  const bool lead = true;
+#endif
   CLI::App app{"flowprior: the paper's 2-D proof of concept (flow prior + alignment loss)"};
   pipeline::Toy2dConfig cfg;
   std::string target = "ring5", out = "toy2d_out", conv = "code";
@@ -69,7 +93,23 @@ int main(int argc, char** argv) {
   app.add_flag("--resume", cfg.resume,
                "continue the prior's training from the checkpoint in --out (same options)");
   app.add_flag("--quiet", quiet, "no progress bars");
-  CLI11_PARSE(app, argc, argv);
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+  // Every rank evaluates the prior and the landscape itself (cheap in 2-D), so the ranks meet
+  // at every collective within their difference in speed; the deadline only ends a run whose
+  // rank hangs (a rank that throws ends the job with abort_all below).
+  mpi::MpiOptions mpi_options;
+  mpi_options.timeout_s = 600;
+  app.add_option("--mpi-timeout", mpi_options.timeout_s,
+                 "seconds a rank waits for the others at a collective under mpirun (> 0)");
+#endif
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return lead ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
+  }
+  // Before any work, on every rank alike (no collective yet): the options, then (rank 0) the
+  // output folder. Rank 0 prints the error; every rank exits 1.
+  std::unique_ptr<train::Communicator> ranks;
   try {
     if (paper) {  // the paper's preset; options given explicitly still win
       pipeline::Toy2dConfig p = pipeline::Toy2dConfig::paper();
@@ -110,25 +150,45 @@ int main(int argc, char** argv) {
     cfg.target = data::parse_toy2d(target);
     cfg.convention = conv == "paper" ? Convention::Paper : Convention::Code;
     cfg.progress = !quiet;
-    // Before any work: the options (config_error naming the option), then the output folder
-    // (created, then probed for writing by run_toy2d).
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+    ranks = std::make_unique<mpi::MpiCommunicator>(MPI_COMM_WORLD, mpi_options);
+    cfg.comm = ranks.get();
+#endif
+    // Before any work: the options (config_error naming the option; --batch and --latents
+    // multiples of the ranks), then the output folder (created, then probed for writing by
+    // run_toy2d).
     cfg.validate();
     std::error_code ec;
-    std::filesystem::create_directories(out, ec);
+    if (lead) std::filesystem::create_directories(out, ec);
     if (ec) io::fail(out, "cannot create the output folder (" + ec.message() + ")");
+  } catch (const std::exception& e) {
+    if (lead) std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  const bool many = cfg.ranks() > 1;
+  try {
     const auto result = pipeline::run_toy2d(cfg, out);
+    if (!lead) return 0;  // rank 0 prints and writes; the others hold the same results
     if (result.resumed_from >= 0)
       std::printf("resumed the prior's training from its checkpoint at step %td\n",
                   result.resumed_from);
     pipeline::write_metrics(out + "/metrics.json", pipeline::toy2d_metrics(cfg, result));
     const auto figures = pipeline::write_toy2d_figures(result, out);
     std::printf("%s", pipeline::toy2d_summary(result).c_str());
+    if (many) std::printf("data-parallel on %d ranks (rank 0 wrote the files)\n", result.ranks);
     std::printf("\nwrote %s/metrics.json, the prior (%s) and its checkpoint, and figures:\n",
                 out.c_str(), result.prior_path.c_str());
     for (const auto& f : figures) std::printf("  %s\n", f.c_str());
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    if (many)
+      std::fprintf(stderr, "error (rank %d): %s\n", cfg.comm->rank(), e.what());
+    else
+      std::fprintf(stderr, "error: %s\n", e.what());
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+    // The other ranks may be waiting in a collective: end the job now (docs/distributed.md).
+    if (many) mpi::MpiCommunicator::abort_all(1);
+#endif
     return 1;
   }
 }

@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <stdexcept>
+#include <string>
 
 #include "catch.hpp"
 
@@ -398,4 +400,79 @@ TEST_CASE("toy2d pipeline: files carry the run's identity and resume continues b
   std::filesystem::remove_all(a_dir);
   std::filesystem::remove_all(b_dir);
   std::filesystem::remove_all(empty);
+}
+
+namespace {
+
+// Reports `size` ranks but cannot communicate: enough for the checks made before any collective
+// (Toy2dConfig::validate, the trainer configuration). A collective fails the test.
+class SilentRanks final : public flowprior::train::Communicator {
+ public:
+  explicit SilentRanks(int size) : size_(size) {}
+  int rank() const override { return 0; }
+  int size() const override { return size_; }
+  void allreduce_sum(double*, flowprior::Index, const char* what) override { fail(what); }
+  void allreduce_sum(float*, flowprior::Index, const char* what) override { fail(what); }
+  void broadcast(double*, flowprior::Index, int, const char* what) override { fail(what); }
+  void broadcast(float*, flowprior::Index, int, const char* what) override { fail(what); }
+  void barrier(const char* what) override { fail(what); }
+
+ private:
+  [[noreturn]] static void fail(const char* what) {
+    throw std::logic_error(std::string("SilentRanks cannot communicate: ") + what);
+  }
+  int size_;
+};
+
+}  // namespace
+
+TEST_CASE("toy2d pipeline: data-parallel options are totals split over the ranks",
+          "[pipeline][distributed]") {
+  auto c = tiny(flowprior::data::Toy2D::Ring5);  // batch 32, latents 20
+  const std::string id = pipeline::toy2d_run_id(c);
+  SilentRanks three(3), two(2);
+  c.comm = &three;
+  REQUIRE(c.ranks() == 3);
+  REQUIRE_THROWS_AS(c.validate(), flowprior::config_error);
+  REQUIRE_THROWS_WITH(c.validate(), Catch::Contains("batch (32) and latents (20) must be "
+                                                    "multiples of the 3 ranks"));
+  c.comm = &two;
+  REQUIRE_NOTHROW(c.validate());
+  REQUIRE(pipeline::toy2d_trainer_config(c).batch == 16);  // a rank's share
+  REQUIRE(pipeline::toy2d_run_id(c) == id);                // the same run as on one process
+  c.latents = 21;
+  REQUIRE_THROWS_WITH(c.validate(), Catch::Contains("latents (21)"));
+  c.comm = nullptr;
+  REQUIRE(c.ranks() == 1);
+  REQUIRE_NOTHROW(c.validate());
+  REQUIRE(pipeline::toy2d_trainer_config(c).batch == 32);
+}
+
+TEST_CASE("toy2d pipeline: a one-rank communicator gives the results of none, bit for bit",
+          "[pipeline][distributed]") {
+  auto c = tiny(flowprior::data::Toy2D::Ring5);
+  const auto a_dir = fresh_dir("comm_none"), b_dir = fresh_dir("comm_one");
+  const auto a = pipeline::run_toy2d(c, a_dir.string());
+  flowprior::train::LocalCommunicator one;
+  c.comm = &one;
+  const auto b = pipeline::run_toy2d(c, b_dir.string());
+  REQUIRE(a.ranks == 1);
+  REQUIRE(b.ranks == 1);
+  REQUIRE(b.train_loss == a.train_loss);
+  REQUIRE(b.heldout_nll_ode == a.heldout_nll_ode);
+  REQUIRE(b.grid_align_trained == a.grid_align_trained);
+  REQUIRE(b.latents_trained == a.latents_trained);
+  REQUIRE(b.latents_exact == a.latents_exact);
+  REQUIRE(b.track_nll_trained == a.track_nll_trained);
+  REQUIRE(io::read_file((b_dir / "prior.safetensors").string()) ==
+          io::read_file((a_dir / "prior.safetensors").string()));
+  // One process writes no user.ranks (a checkpoint without it was written by one process).
+  const auto meta = io::Safetensors::read((b_dir / "prior.ckpt.safetensors").string()).metadata();
+  REQUIRE(meta.count("user.ranks") == 0);
+  REQUIRE(pipeline::toy2d_metrics(c, b)["config"]["ranks"] == 1);
+  // Resuming it on one rank works; the checkpoint's rank count is checked.
+  c.resume = true;
+  REQUIRE(pipeline::run_toy2d(c, b_dir.string()).resumed_from == c.prior_steps);
+  std::filesystem::remove_all(a_dir);
+  std::filesystem::remove_all(b_dir);
 }

@@ -11,6 +11,12 @@
 ///       their mean alignment loss and mean target NLL, then where they ended;
 ///   (e) the same alignment against the exact analytic field (mixtures), as the ceiling.
 ///
+/// Data-parallel (docs/distributed.md "Examples"): with Toy2dConfig::comm of P ranks, every rank
+/// calls run_toy2d with the same options; the prior's trainer takes batch / P rows per step and
+/// the aligners move latents / P latents each (their slices of one process's run), every rank
+/// evaluates (b, c) itself (cheap in 2-D), and rank 0 alone writes the files. The results are one
+/// process's within the tolerance of docs/math/data_parallel.md.
+///
 /// The example examples/10_toy2d.cpp wires command-line options to run_toy2d and writes the
 /// metrics (toy2d_metrics) and figures (toy2d/figures.hpp).
 #pragma once
@@ -51,6 +57,7 @@
 #include <flowprior/toy2d/targets.hpp>
 #include <flowprior/train/align.hpp>
 #include <flowprior/train/checkpoint.hpp>
+#include <flowprior/train/communicator.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <flowprior/version.hpp>
 #include <nlohmann/json.hpp>
@@ -125,7 +132,14 @@ struct Toy2dConfig {
   bool progress = true;  ///< progress bars on stderr
   /// Called after every prior step with the number of steps done (after any checkpoint save).
   /// For progress reporting and tests (an exception thrown here stops the run like a kill).
+  /// On several ranks it is called on every rank; one that throws there leaves the others at
+  /// their next collective until the communicator's deadline (or the program's abort).
   std::function<void(Index)> on_prior_step;
+  /// The ranks of a data-parallel run (docs/distributed.md; not owned), or null: one process.
+  /// Every rank calls run_toy2d with the same options; batch and latents stay the totals over
+  /// the ranks and must be multiples of comm->size() (config_error). Progress bars and files
+  /// come from rank 0 only.
+  train::Communicator* comm = nullptr;
 
   /// Smallest kde_samples: the landscape's data range and the KDE need a real sample.
   static constexpr Index kMinKdeSamples = 100;
@@ -207,8 +221,16 @@ struct Toy2dConfig {
     if (!(divergence_factor > 1))
       raise_config(w, "divergence_factor must be > 1 (+inf: stop on non-finite losses only), got " +
                           short_number(divergence_factor));
+    const Index P = ranks();
+    if (batch % P != 0 || latents % P != 0)
+      raise_config(w, "batch (" + std::to_string(batch) + ") and latents (" +
+                          std::to_string(latents) + ") must be multiples of the " +
+                          std::to_string(P) + " ranks (each rank takes an equal slice)");
     validate_sizes();
   }
+
+  /// The number of ranks: comm->size(), or 1 without a communicator.
+  int ranks() const { return comm != nullptr ? comm->size() : 1; }
 
  private:
   /// The memory check of validate(): a lower bound of the bytes each stage holds, in double.
@@ -270,10 +292,11 @@ inline nn::AdaLNMlpConfig toy2d_net_config(const Toy2dConfig& cfg) {
 }
 
 /// The prior's trainer configuration (batch, draws, EMA, time groups, warmup + cosine or
-/// constant schedule). load_checkpoint needs a trainer built from it.
+/// constant schedule). load_checkpoint needs a trainer built from it. Its batch is a rank's:
+/// cfg.batch / cfg.ranks() (the checkpoint stores it, so a run resumes on as many ranks).
 inline train::TrainerConfig toy2d_trainer_config(const Toy2dConfig& cfg) {
   train::TrainerConfig tc;
-  tc.batch = cfg.batch;
+  tc.batch = cfg.batch / cfg.ranks();
   tc.K = cfg.prior_draws;
   tc.ema_decay = cfg.ema_decay;
   tc.time_group = cfg.prior_time_group;
@@ -288,7 +311,8 @@ inline train::TrainerConfig toy2d_trainer_config(const Toy2dConfig& cfg) {
 
 /// Every option that changes a run's results, by its field name, in exact decimal form: stored
 /// in the checkpoint (as user.<name>) and compared on resume. (progress, checkpoint_every,
-/// divergence_factor, resume and on_prior_step do not change the results of a completed run.)
+/// divergence_factor, resume and on_prior_step do not change the results of a completed run;
+/// nor does comm, beyond the rounding of docs/math/data_parallel.md "Tolerance".)
 inline std::map<std::string, std::string> toy2d_options(const Toy2dConfig& cfg) {
   auto n = [](Index v) { return std::to_string(v); };
   auto x = [](double v) { return detail::toy2d_exact(v); };
@@ -347,6 +371,7 @@ struct Toy2dResult {
   std::string checkpoint_path, prior_path;
   std::string run_id;       ///< toy2d_run_id of the options
   Index resumed_from = -1;  ///< the checkpoint's step when resumed, -1 for a fresh run
+  int ranks = 1;            ///< the ranks the run was data-parallel on (Toy2dConfig::comm)
   // (a)
   std::vector<double> train_step, train_loss;  ///< running mean of the batch loss
   double train_seconds = 0;
@@ -409,19 +434,42 @@ inline std::string label_name(const std::string& label) {
   return label.rfind("exact", 0) == 0 ? "exact-field" : "trained-prior";
 }
 
+/// The latents of every rank in `y` (2, N P): this rank's `mine` (2, N) placed at columns
+/// [r N, (r + 1) N) of zeros, summed over the ranks (one all-reduce; each element is nonzero on
+/// one rank only, so the sum is exact). One process: y = mine.
+template <class S>
+void gather_latents(train::Communicator& comm,
+                    const Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>& mine,
+                    Eigen::MatrixXd& y) {
+  if (comm.size() == 1) {
+    y = mine.template cast<double>();
+    return;
+  }
+  const Index n = mine.cols();
+  y.setZero(mine.rows(), n * comm.size());
+  y.middleCols(n * comm.rank(), n) = mine.template cast<double>();
+  comm.allreduce_sum(y.data(), y.size(), "run_toy2d: gathering the latents");
+}
+
+/// Aligns the latents `start` (2, N P) with Adam on the alignment loss of `prior`; this rank
+/// moves columns [r N, (r + 1) N) (N = latents / P) and the tracked NLL and the final `y` are
+/// those of all latents (gather_latents at every tracked step). Collective with P > 1 ranks.
 template <class Field>
 void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cfg,
-               const TargetNll& nll, const Eigen::MatrixXd& start, std::uint64_t seed,
-               const std::string& label, Eigen::MatrixXd& y, std::vector<double>& steps,
-               std::vector<double>& losses, std::vector<double>& nlls) {
+               train::Communicator& comm, const TargetNll& nll, const Eigen::MatrixXd& start,
+               std::uint64_t seed, const std::string& label, Eigen::MatrixXd& y,
+               std::vector<double>& steps, std::vector<double>& losses, std::vector<double>& nlls) {
   using S = typename Field::Scalar;
   train::AlignConfig ac;
   ac.K = cfg.align_draws;
   ac.adam.lr = cfg.align_lr;
   ac.time_group = cfg.align_time_group;
   if (ac.time_group > 1) ac.sampler = loss::TimeSampler::stratified();  // adaln.md "Time groups"
-  train::LatentAligner<Field> aligner(prior, conv, start.cols(), ac);
-  Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> ys = start.template cast<S>();
+  const Index mine = start.cols() / comm.size();  // validate(): a multiple of the ranks
+  train::LatentAligner<Field> aligner(prior, conv, mine, ac);
+  if (comm.size() > 1) aligner.set_communicator(&comm);
+  Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> ys =
+      start.middleCols(mine * comm.rank(), mine).template cast<S>();
   y = start;
   Rng rng(seed);
   util::Progress bar(label, cfg.align_steps, cfg.progress);
@@ -433,7 +481,7 @@ void align_run(const Prior<Field>& prior, Convention conv, const Toy2dConfig& cf
   double running = 0;
   for (Index s = 0; s <= cfg.align_steps; ++s) {
     const bool track = s % cfg.track_every == 0 || s == cfg.align_steps;
-    if (track) y = ys.template cast<double>();
+    if (track) gather_latents<S>(comm, ys, y);
     const double n = track ? nll.mean(y) : 0.0;
     if (s == cfg.align_steps) {  // the final state: NLL only (no step taken)
       steps.push_back(double(s));
@@ -526,13 +574,33 @@ inline void toy2d_check_resume_options(const Toy2dConfig& cfg, const std::string
                      "folder)");
 }
 
+/// Resume: a checkpoint written on P ranks stores the trainer's per-rank batch, so it resumes
+/// on P ranks (config_error otherwise). user.ranks is written only by runs on several ranks:
+/// a checkpoint without it was written by one process.
+inline void toy2d_check_resume_ranks(const std::string& path,
+                                     const std::map<std::string, std::string>& meta, int ranks) {
+  const auto it = meta.find("user.ranks");
+  const std::string saved = it == meta.end() ? "1" : it->second;
+  if (saved != std::to_string(ranks))
+    raise_config("run_toy2d (resume)",
+                 "the checkpoint " + path + " was written by a run on " + saved +
+                     " rank(s), this run has " + std::to_string(ranks) +
+                     " (it stores the per-rank batch): resume on " + saved + " rank(s)");
+}
+
 /// Stage (a): trains an AdaLN prior in scalar S by flow matching on `target`, saving the
 /// training checkpoint at step 0, every cfg.checkpoint_every steps and at the end (or resuming
 /// from it), and copies the EMA weights into `prior` (double). A checkpoint is written only
 /// after a step that passed the divergence guard and only with finite parameters: on divergence
 /// the file on disk is the last good state.
+///
+/// On P > 1 ranks (`comm`): each rank trains on its batch / P rows of the global batch (the
+/// trainer's all-reduce averages the gradients, so the ranks hold the same weights, EMA and
+/// generator: the divergence guard and the finiteness check decide alike on every rank); rank 0
+/// writes the checkpoint (collective save_checkpoint); every rank reads it on resume, and the
+/// ranks agree on the outcome of the read and of its checks.
 template <class S>
-void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
+void train_prior(const Toy2dConfig& cfg, train::Communicator& comm, const data::ToyTarget& target,
                  const nn::AdaLNMlpConfig& nc, const std::string& out_dir, Toy2dResult& r,
                  nn::AdaLNMlp<double>& prior) {
   using Net = nn::AdaLNMlp<S>;
@@ -541,11 +609,13 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
   net.init(rng);
   r.prior_params = net.num_params();
   train::FlowMatchingTrainer<Net> trainer(net, cfg.convention, toy2d_trainer_config(cfg));
+  if (comm.size() > 1) trainer.set_communicator(&comm);  // collective: rank 0's state
   train::DivergenceGuard guard("prior training", cfg.divergence_factor, 0.98);
   const std::string ckpt = out_dir + "/prior.ckpt.safetensors";
   r.checkpoint_path = ckpt;
   std::map<std::string, std::string> identity = toy2d_options(cfg);
   identity["run_id"] = r.run_id;
+  if (comm.size() > 1) identity["ranks"] = std::to_string(comm.size());
   double seconds_before = 0;  // of the run this one resumes
   Index last_saved = -1;      // the step of the checkpoint on disk
   auto t0 = std::chrono::steady_clock::now();
@@ -568,24 +638,29 @@ void train_prior(const Toy2dConfig& cfg, const data::ToyTarget& target,
     last_saved = trainer.steps();
   };
   if (cfg.resume) {
-    if (!std::filesystem::exists(ckpt))
-      io::fail(ckpt,
-               "cannot resume: no checkpoint in the output folder (run without resume "
-               "first)");
-    const io::Safetensors st = io::Safetensors::read(ckpt);  // read once: metadata and state
-    const auto& meta = st.metadata();
-    toy2d_check_resume_options(cfg, ckpt, meta);
-    const auto g =
-        toy2d_split(ckpt, "user.train_guard", toy2d_meta(meta, ckpt, "user.train_guard"));
-    const auto steps =
-        toy2d_split(ckpt, "user.train_curve_step", toy2d_meta(meta, ckpt, "user.train_curve_step"));
-    const auto losses =
-        toy2d_split(ckpt, "user.train_curve_loss", toy2d_meta(meta, ckpt, "user.train_curve_loss"));
-    const auto secs =
-        toy2d_split(ckpt, "user.train_seconds", toy2d_meta(meta, ckpt, "user.train_seconds"));
-    if ((g.size() != 0 && g.size() != 2) || steps.size() != losses.size() || secs.size() != 1)
-      io::fail(ckpt, "checkpoint metadata of the 2-D pipeline is inconsistent");
-    train::load_checkpoint(st, trainer, net, rng);  // checks it all; modifies only on success
+    std::unique_ptr<io::Safetensors> st;  // read once: metadata and state
+    std::vector<double> g, steps, losses, secs;
+    // Every rank reads and checks the file; the ranks agree on the outcome (one process: the
+    // errors propagate as they are).
+    train::agree_on(comm, "run_toy2d: reading the checkpoint", [&] {
+      if (!std::filesystem::exists(ckpt))
+        io::fail(ckpt,
+                 "cannot resume: no checkpoint in the output folder (run without resume "
+                 "first)");
+      st.reset(new io::Safetensors(io::Safetensors::read(ckpt)));
+      const auto& meta = st->metadata();
+      toy2d_check_resume_options(cfg, ckpt, meta);
+      toy2d_check_resume_ranks(ckpt, meta, comm.size());
+      g = toy2d_split(ckpt, "user.train_guard", toy2d_meta(meta, ckpt, "user.train_guard"));
+      steps = toy2d_split(ckpt, "user.train_curve_step",
+                          toy2d_meta(meta, ckpt, "user.train_curve_step"));
+      losses = toy2d_split(ckpt, "user.train_curve_loss",
+                           toy2d_meta(meta, ckpt, "user.train_curve_loss"));
+      secs = toy2d_split(ckpt, "user.train_seconds", toy2d_meta(meta, ckpt, "user.train_seconds"));
+      if ((g.size() != 0 && g.size() != 2) || steps.size() != losses.size() || secs.size() != 1)
+        io::fail(ckpt, "checkpoint metadata of the 2-D pipeline is inconsistent");
+    });
+    train::load_checkpoint(*st, trainer, net, rng);  // checks it all; modifies only on success
     if (trainer.steps() > cfg.prior_steps || (g.empty() != (trainer.steps() == 0)))
       io::fail(ckpt,
                "checkpoint step " + std::to_string(trainer.steps()) + " does not fit its metadata");
@@ -667,9 +742,26 @@ inline void probe_output_folder(const std::string& dir) {
 /// training continues from out_dir/prior.ckpt.safetensors (its options must equal cfg's:
 /// config_error naming those that differ; io_error if there is none). A diverging training or
 /// alignment stops with numeric_error naming the step (docs/errors.md "Divergence").
-inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir) {
-  cfg.validate();
-  detail::probe_output_folder(out_dir);
+///
+/// With options.comm of P > 1 ranks (docs/distributed.md "Examples") every rank calls it with the
+/// same options and returns the whole result; it is collective from the probe on. Rank 0 probes
+/// out_dir and writes the files (out_dir need exist on rank 0 only; on resume every rank reads
+/// the checkpoint, so the folder must be shared), and draws the progress bars. Every rank runs
+/// the evaluation and the landscape itself (the same numbers on every rank; no rank waits for
+/// another longer than the ranks' difference in speed). A failure on one rank during a step,
+/// the probe, a write or the checkpoint's read is an error on every rank (its own on the rank
+/// that failed, distributed_error on the others); elsewhere (on_prior_step) the others meet the
+/// communicator's deadline.
+inline Toy2dResult run_toy2d(const Toy2dConfig& options, const std::string& out_dir) {
+  options.validate();
+  train::LocalCommunicator one;
+  train::Communicator& comm = options.comm != nullptr ? *options.comm : one;
+  const bool lead = comm.rank() == 0;
+  train::agree_on(
+      comm, "run_toy2d: probing the output folder", [&] { detail::probe_output_folder(out_dir); },
+      lead);
+  Toy2dConfig cfg = options;
+  cfg.progress = options.progress && lead;  // one set of progress bars
   using Net = nn::AdaLNMlp<double>;
   const auto t_total = std::chrono::steady_clock::now();
   const Convention conv = cfg.convention;
@@ -678,6 +770,7 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
   r.target = target.name();
   r.exact_density = target.has_exact_density();
   r.run_id = toy2d_run_id(cfg);
+  r.ranks = comm.size();
 
   Rng data_rng(cfg.seed * 7919 + 1);
   Eigen::MatrixXd reference(2, cfg.kde_samples);  // KDE, nearest distances, the data range
@@ -688,15 +781,20 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
   const nn::AdaLNMlpConfig nc = toy2d_net_config(cfg);
   Net prior_net(nc);
   if (cfg.single_precision)
-    detail::train_prior<float>(cfg, target, nc, out_dir, r, prior_net);
+    detail::train_prior<float>(cfg, comm, target, nc, out_dir, r, prior_net);
   else
-    detail::train_prior<double>(cfg, target, nc, out_dir, r, prior_net);
+    detail::train_prior<double>(cfg, comm, target, nc, out_dir, r, prior_net);
   r.prior_path = out_dir + "/prior.safetensors";
-  io::save_state_dict(prior_net, r.prior_path, io::Dtype::F32,
-                      {{"convention", to_string(conv)},
-                       {"target", r.target},
-                       {"seed", std::to_string(cfg.seed)},
-                       {"run_id", r.run_id}});
+  train::agree_on(
+      comm, "run_toy2d: writing the prior",
+      [&] {
+        io::save_state_dict(prior_net, r.prior_path, io::Dtype::F32,
+                            {{"convention", to_string(conv)},
+                             {"target", r.target},
+                             {"seed", std::to_string(cfg.seed)},
+                             {"run_id", r.run_id}});
+      },
+      lead);
   const Prior<Net> prior(prior_net, conv);
 
   // (b) Held-out NLL by the ODE, and samples from the prior.
@@ -784,16 +882,17 @@ inline Toy2dResult run_toy2d(const Toy2dConfig& cfg, const std::string& out_dir)
       auto pf = prior_f.parameters();
       const auto pd = prior_net.parameters();
       for (Index i = 0; i < pf.size; ++i) pf[i] = static_cast<float>(pd[i]);
-      detail::align_run(Prior<nn::AdaLNMlp<float>>(prior_f, conv), conv, cfg, nll, r.latents_start,
-                        cfg.seed * 7919 + 5, "align  ", r.latents_trained, r.track_step,
-                        r.track_loss_trained, r.track_nll_trained);
+      detail::align_run(Prior<nn::AdaLNMlp<float>>(prior_f, conv), conv, cfg, comm, nll,
+                        r.latents_start, cfg.seed * 7919 + 5, "align  ", r.latents_trained,
+                        r.track_step, r.track_loss_trained, r.track_nll_trained);
     } else {
-      detail::align_run(prior, conv, cfg, nll, r.latents_start, cfg.seed * 7919 + 5, "align  ",
-                        r.latents_trained, r.track_step, r.track_loss_trained, r.track_nll_trained);
+      detail::align_run(prior, conv, cfg, comm, nll, r.latents_start, cfg.seed * 7919 + 5,
+                        "align  ", r.latents_trained, r.track_step, r.track_loss_trained,
+                        r.track_nll_trained);
     }
     if (exact) {
       std::vector<double> steps;
-      detail::align_run(Prior<Exact>(*exact, Convention::Paper).as(conv), conv, cfg, nll,
+      detail::align_run(Prior<Exact>(*exact, Convention::Paper).as(conv), conv, cfg, comm, nll,
                         r.latents_start, cfg.seed * 7919 + 5, "exact  ", r.latents_exact, steps,
                         r.track_loss_exact, r.track_nll_exact);
     }
@@ -869,6 +968,7 @@ inline nlohmann::ordered_json toy2d_metrics(const Toy2dConfig& cfg, const Toy2dR
   config["divergence_factor"] = cfg.divergence_factor;
   config["checkpoint_every"] = cfg.checkpoint_every;
   config["resumed_from_step"] = r.resumed_from;
+  config["ranks"] = r.ranks;
   Out prior = Out::object();
   prior["train_seconds"] = r.train_seconds;
   prior["final_train_loss"] = r.train_loss.empty() ? 0.0 : r.train_loss.back();
