@@ -14,28 +14,39 @@
 // Writes into --out: one folder per stage (skipped when done with the same options, resumed
 // from its checkpoint when interrupted), reconstructions.png, samples.png, curves.png,
 // fig4_knn.png, table.md and metrics.json.
+//
+// Built with flowprior::mpi it also runs data-parallel: `mpirun -np P 30_image_pipeline ...`.
+// Every training stage averages its gradient over the ranks, each rank training on its slice of
+// the global batch (--*-batch stay the global batches); the evaluation runs on every rank; rank 0
+// alone prints and writes (docs/distributed.md "The image pipeline").
 #include <CLI/CLI.hpp>
 #include <flowprior/datasets/datasets.hpp>
 #include <flowprior/plot/png.hpp>
+#include <memory>
 
 #include "example_cli.hpp"
 #include "image_pipeline/generator.hpp"
 #include "image_pipeline/report.hpp"
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+#include <flowprior/mpi/communicator.hpp>
+#endif
 
 namespace {
 
 using namespace flowprior;
 using namespace flowprior::image_pipeline;
 
-int run(const PipelineConfig& c) {
+int run(const PipelineConfig& c, const Ranks& ranks) {
   const auto t0 = std::chrono::steady_clock::now();
   c.validate();
   std::error_code ec;
   std::filesystem::create_directories(c.out, ec);
   if (ec) io::fail(c.out, "cannot create the output folder (" + ec.message() + ")");
-  pipeline::detail::probe_output_folder(c.out);
+  ranks.on_lead("the output folder", [&] { pipeline::detail::probe_output_folder(c.out); });
 
-  const Data d = load_data(c);
+  Data loaded = load_data(c);  // every rank holds the data
+  loaded.ranks = ranks;
+  const Data& d = loaded;
   std::printf("data: %s; %td held-out images evaluated\n", d.description.c_str(),
               Index(d.eval.cols()));
   Json cls_results;
@@ -93,16 +104,18 @@ int run(const PipelineConfig& c) {
                 ae.results["gfid_like"].get<double>(), c.gen_samples);
   }
 
-  // Figures, table, metrics.
+  // Figures, table, metrics: rank 0 (the ranks hold the same results).
   std::vector<MatF> recon_rows = {d.eval.leftCols(std::min<Index>(c.grid, d.eval.cols()))};
   for (const auto& ae : aes) recon_rows.push_back(ae.grid_recon);
-  write_image_rows(c.out + "/reconstructions.png", recon_rows, d.channels, d.side);
-  if (!sample_rows.empty())
-    write_image_rows(c.out + "/samples.png", sample_rows, d.channels, d.side);
-  write_curves(c.out + "/curves.png", aes, targets);
-  if (!targets.empty()) write_fig4(c.out + "/fig4_knn.png", aes);
   const std::string table = results_table(aes, targets);
-  io::atomic_write(c.out + "/table.md", [&](io::Writer& w) { w.write(table); });
+  ranks.on_lead("the figures and the table", [&] {
+    write_image_rows(c.out + "/reconstructions.png", recon_rows, d.channels, d.side);
+    if (!sample_rows.empty())
+      write_image_rows(c.out + "/samples.png", sample_rows, d.channels, d.side);
+    write_curves(c.out + "/curves.png", aes, targets);
+    if (!targets.empty()) write_fig4(c.out + "/fig4_knn.png", aes);
+    io::atomic_write(c.out + "/table.md", [&](io::Writer& w) { w.write(table); });
+  });
 
   Json cfg = Json::object();
   cfg["preset"] = c.preset;
@@ -141,8 +154,9 @@ int run(const PipelineConfig& c) {
                     {"classifier", cls_results},
                     {"targets", tj},
                     {"autoencoders", aj},
+                    {"ranks", ranks.size()},
                     {"wall_seconds", wall}};
-  pipeline::write_metrics(c.out + "/metrics.json", doc);
+  ranks.on_lead("metrics.json", [&] { pipeline::write_metrics(c.out + "/metrics.json", doc); });
   std::printf("\n%s\n", table.c_str());
   std::printf(
       "finished in %.1f s; wrote %s/{reconstructions.png, %scurves.png, %stable.md, "
@@ -167,6 +181,17 @@ std::string preset_of(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // stage lines reach a log file as they happen
+  double mpi_timeout = 300;
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+  // One process without mpirun (MPI's singleton start), or every rank of `mpirun -np P`.
+  std::unique_ptr<flowprior::mpi::Session> session;
+  try {
+    session = std::make_unique<flowprior::mpi::Session>(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+#endif
   CLI::App app{"flowprior: the image latent-alignment pipeline (the paper's Table 1 experiment)"};
   PipelineConfig c;
   try {
@@ -270,17 +295,45 @@ int main(int argc, char** argv) {
                  "stop a training stage when it reaches this step, keeping its checkpoint (0: "
                  "never); the same command continues");
   app.add_flag("--quiet", c.quiet, "no progress bars");
+  app.add_option("--mpi-timeout", mpi_timeout,
+                 "under mpirun: seconds a rank waits for the others at a collective")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   c.plain = !no_plain;
   c.kl = !no_kl;
+  Ranks ranks;
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+  std::unique_ptr<flowprior::mpi::MpiCommunicator> world;
   try {
-    return run(c);
+    flowprior::mpi::MpiOptions mo;
+    mo.timeout_s = mpi_timeout;
+    world = std::make_unique<flowprior::mpi::MpiCommunicator>(MPI_COMM_WORLD, mo);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  if (world->size() > 1) ranks.comm = world.get();
+#endif
+  (void)mpi_timeout;
+  const bool many = ranks.size() > 1;
+  if (!ranks.lead()) {  // rank 0 alone prints (errors still reach stderr from every rank)
+    c.quiet = true;
+    if (std::freopen("/dev/null", "w", stdout) == nullptr) std::fclose(stdout);
+  }
+  try {
+    return run(c, ranks);
   } catch (const Stopped& s) {
     std::printf("stopped %s at step %td (--stop-at): run the command again to continue\n",
                 s.stage.c_str(), s.step);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+#if defined(FLOWPRIOR_EXAMPLE_MPI)
+    // The other ranks may be waiting in a collective: end the job now (docs/distributed.md).
+    if (many) flowprior::mpi::MpiCommunicator::abort_all(1);
+#endif
+    (void)many;
     return 1;
   }
 }

@@ -13,6 +13,7 @@
 #include <flowprior/plot/png.hpp>
 #include <flowprior/toy2d/pipeline.hpp>
 #include <flowprior/toy2d/progress.hpp>
+#include <flowprior/train/communicator.hpp>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -36,6 +37,60 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The processes of the run
+// ---------------------------------------------------------------------------------------------
+
+/// The processes of the run (docs/distributed.md "The image pipeline"): one, or the ranks of
+/// `mpirun -np P`. Every rank holds the data and runs the same program; each training step
+/// takes the rank's slice of the global batch (--*-batch is the global batch, which P must
+/// divide) and averages the gradient over the ranks (the trainers' communicator). Everything
+/// else (target samples, evaluation, sampling) runs on every rank with the same inputs and gives
+/// the same results there; rank 0 alone prints and writes.
+struct Ranks {
+  train::Communicator* comm = nullptr;  ///< not owned; nullptr: one process
+
+  int rank() const { return comm ? comm->rank() : 0; }
+  int size() const { return comm ? comm->size() : 1; }
+  bool lead() const { return rank() == 0; }
+
+  /// Runs the steps of `trainer` on the ranks (collective: rank 0's state is broadcast); one
+  /// process: nothing (the trainer keeps its own communicator).
+  template <class Trainer>
+  void attach(Trainer& trainer) const {
+    if (size() > 1) trainer.set_communicator(comm);
+  }
+
+  /// The batch of each rank for a global batch of `global` (--batch option `opt`): config_error
+  /// unless the ranks divide it.
+  Index per_rank(const char* opt, Index global) const {
+    if (global % size() != 0)
+      raise_config("image pipeline", std::string(opt) + " " + std::to_string(global) +
+                                         " (the global batch) must be a multiple of the " +
+                                         std::to_string(size()) + " ranks");
+    return global / size();
+  }
+
+  /// This rank's columns of a global batch x: [r n, (r + 1) n) for n = x.cols / size().
+  template <class S>
+  ConstMatrixView<S> slice(ConstMatrixView<S> x) const {
+    const Index n = x.cols / size();
+    return ConstMatrixView<S>(x.data + x.rows * n * rank(), x.rows, n);
+  }
+
+  /// Runs f() on rank 0 alone (its writes), then the ranks agree: a failure there (a full disk)
+  /// is an error on every rank (distributed_error on the others) instead of a hang. One
+  /// process: f().
+  template <class F>
+  void on_lead(const char* what, F&& f) const {
+    if (size() == 1) {
+      f();
+      return;
+    }
+    train::agree_on(*comm, what, std::forward<F>(f), lead());
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
 // Data
 // ---------------------------------------------------------------------------------------------
 
@@ -48,6 +103,7 @@ struct Data {
   MatF eval;                     ///< (C H W, eval_images), values in [-1, 1]
   std::vector<int> eval_labels;  ///< one per column of eval
   std::uint64_t skipped = 0;     ///< unreadable images skipped while gathering
+  Ranks ranks;                   ///< the processes of the run (every rank holds all the data)
   Index image_dim() const { return channels * side * side; }
 };
 
@@ -155,18 +211,19 @@ inline Data load_data(const PipelineConfig& c) {
 // ---------------------------------------------------------------------------------------------
 
 /// One stage's folder under --out: its identity (the options its output depends on) and, once
-/// done, done.json = {"identity": ..., "results": ...}, written atomically after every other
-/// output of the stage. A folder whose done.json has another identity is refused (another
+/// done, done.json = {"identity": ..., "results": ...}, written atomically (by rank 0) after
+/// every other output of the stage. A folder whose done.json has another identity is refused (another
 /// --out, or --redo <stage>).
 class Stage {
  public:
   Stage(const std::string& out, std::string name, std::string kind,
-        std::map<std::string, std::string> identity, bool redo)
+        std::map<std::string, std::string> identity, bool redo, const Ranks& ranks)
       : dir_(out + "/" + name),
         name_(std::move(name)),
         kind_(std::move(kind)),
         identity_(std::move(identity)),
-        redo_(redo) {
+        redo_(redo),
+        ranks_(ranks) {
     std::error_code ec;
     std::filesystem::create_directories(dir_, ec);
     if (ec) io::fail(dir_, "cannot create the stage folder (" + ec.message() + ")");
@@ -230,10 +287,13 @@ class Stage {
     check_identity(file, stored);
   }
 
+  /// Writes done.json (rank 0; the ranks agree on the outcome).
   void finish(const Json& results) {
     results_ = results;
-    pipeline::write_metrics(path("done.json"),
-                            Json{{"identity", identity_json()}, {"results", results}});
+    ranks_.on_lead("done.json", [&] {
+      pipeline::write_metrics(path("done.json"),
+                              Json{{"identity", identity_json()}, {"results", results}});
+    });
   }
   const Json& results() const { return results_; }
 
@@ -241,6 +301,7 @@ class Stage {
   std::string dir_, name_, kind_;
   std::map<std::string, std::string> identity_;
   bool redo_;
+  Ranks ranks_;
   Json results_ = Json::object();
 };
 

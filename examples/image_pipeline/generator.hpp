@@ -43,7 +43,7 @@ inline GeneratorResult generator_stage(const PipelineConfig& c, const Data& d,
       {"samples", std::to_string(c.gen_samples) + "/" + std::to_string(c.sample_iters) + "/" +
                       std::to_string(c.ode_steps)},
       {"seed", std::to_string(c.seed)}};
-  Stage st(c.out, "gen-" + ae.spec.name, "gen", id, c.redoes("gen"));
+  Stage st(c.out, "gen-" + ae.spec.name, "gen", id, c.redoes("gen"), d.ranks);
   const std::string grid_file = st.path("samples.safetensors");
   if (st.done()) {
     const io::Safetensors s = io::Safetensors::read(grid_file);
@@ -80,7 +80,9 @@ inline GeneratorResult generator_stage(const PipelineConfig& c, const Data& d,
                                           c.gen_steps, c.gen_lr * 0.01);
   tc.ema_decay = std::clamp(1.0 - 10.0 / double(c.gen_steps), 0.0, 0.9999);
   train::MarTrainer<float> trainer(net, kConv, tc);
-  MatF batch(dim, c.gen_batch * T);
+  d.ranks.attach(trainer);
+  d.ranks.per_rank("--gen-batch", c.gen_batch);
+  MatF batch(dim, c.gen_batch * T);  // every rank draws the global batch, trains on its slice
   std::vector<double> cs, cl;
   double running = 0;
   const std::string ckpt = st.path("checkpoint.safetensors");
@@ -106,7 +108,7 @@ inline GeneratorResult generator_stage(const PipelineConfig& c, const Data& d,
       const Index k = std::min<Index>(Index(uniform(rng, 0.0, double(images))), images - 1);
       batch.middleCols(b * T, T) = pool.middleCols(k * T, T);
     }
-    const auto stats = trainer.step(ConstMatrixView<float>(batch), rng);
+    const auto stats = trainer.step(d.ranks.slice(ConstMatrixView<float>(batch)), rng);
     running = s == first && cl.empty() ? stats.loss : 0.98 * running + 0.02 * stats.loss;
     if ((s + 1) % std::max<Index>(1, c.gen_steps / 100) == 0) {
       cs.push_back(double(s + 1));
@@ -127,7 +129,8 @@ inline GeneratorResult generator_stage(const PipelineConfig& c, const Data& d,
   const double train_s = seconds_since(t0);
   nn::MarGenerator<float> avg(mc);
   trainer.copy_ema_to(avg);
-  io::save_state_dict(avg, st.path("generator.safetensors"));
+  d.ranks.on_lead("the generator's weights",
+                  [&] { io::save_state_dict(avg, st.path("generator.safetensors")); });
 
   // Samples: generated latents, unscaled, decoded; their features against the held-out ones.
   const auto t1 = std::chrono::steady_clock::now();
@@ -146,13 +149,13 @@ inline GeneratorResult generator_stage(const PipelineConfig& c, const Data& d,
   const MatF gen = decode_all(*ae.model, lat);
   const double gfid = feature_frechet(cls, d, gen, eval_stats);
   g.grid = gen.leftCols(std::min<Index>(c.grid, gen.cols()));
-  {
+  d.ranks.on_lead("the sample grid", [&] {
     io::SafetensorsWriter w;
     w.add("grid", g.grid.data(), {std::int64_t(g.grid.cols()), std::int64_t(g.grid.rows())},
           io::Dtype::F32);
     w.set_checksum(true);
     w.write(grid_file);
-  }
+  });
   g.results = {{"parameters", net.num_params()},
                {"steps", c.gen_steps},
                {"latent_scale", double(scale)},

@@ -130,7 +130,7 @@ inline std::unique_ptr<Classifier> classifier_stage(const PipelineConfig& c, con
                                            {"batch", std::to_string(c.cls_batch)},
                                            {"lr", exact_text(c.cls_lr)},
                                            {"seed", std::to_string(c.seed)}};
-  Stage st(c.out, "classifier", "classifier", id, c.redoes("classifier"));
+  Stage st(c.out, "classifier", "classifier", id, c.redoes("classifier"), d.ranks);
   auto net = std::make_unique<Classifier>(cc);
   const std::string weights = st.path("classifier.safetensors");
   if (st.done()) {
@@ -149,8 +149,10 @@ inline std::unique_ptr<Classifier> classifier_stage(const PipelineConfig& c, con
   tc.schedule = optim::LrSchedule::cosine(c.cls_lr, std::max<Index>(1, c.cls_steps / 20),
                                           c.cls_steps, c.cls_lr * 0.01);
   train::ClassifierTrainer<Classifier> trainer(*net, tc);
-  ds::LoaderConfig lc;
+  d.ranks.attach(trainer);
+  ds::LoaderConfig lc;  // every rank loads the global batch and trains on its slice
   lc.batch_size = loader_batch("classifier", c.cls_batch, *d.train, c.quiet);
+  const Index per_rank = d.ranks.per_rank("--cls-batch", lc.batch_size);
   lc.threads = c.loader_threads;
   lc.seed = c.seed + 101;
   lc.drop_last = true;
@@ -162,8 +164,10 @@ inline std::unique_ptr<Classifier> classifier_stage(const PipelineConfig& c, con
   for (Index s = 0; s < c.cls_steps; ++s) {
     const ds::Batch b = loader.next();
     labels.assign(b.labels.begin(), b.labels.end());
-    const MatF in = classifier_input(d, b.view());
-    const auto stats = trainer.step(ConstMatrixView<float>(in), labels);
+    const MatF in = classifier_input(d, d.ranks.slice(b.view()));
+    const auto stats =
+        trainer.step(ConstMatrixView<float>(in),
+                     nn::LabelView(labels.data() + per_rank * d.ranks.rank(), per_rank));
     run_loss = s == 0 ? stats.loss : 0.98 * run_loss + 0.02 * stats.loss;
     run_acc = s == 0 ? stats.accuracy : 0.98 * run_acc + 0.02 * stats.accuracy;
     char msg[64];
@@ -175,7 +179,7 @@ inline std::unique_ptr<Classifier> classifier_stage(const PipelineConfig& c, con
   std::vector<std::int32_t> eval_labels(d.eval_labels.begin(), d.eval_labels.end());
   const MatF eval_in = classifier_input(d, ConstMatrixView<float>(d.eval));
   const auto ev = train::evaluate(*net, ConstMatrixView<float>(eval_in), eval_labels, 500);
-  io::save_state_dict(*net, weights);
+  d.ranks.on_lead("the classifier's weights", [&] { io::save_state_dict(*net, weights); });
   results = {{"parameters", net->num_params()},
              {"steps", c.cls_steps},
              {"seconds", secs},
@@ -333,7 +337,7 @@ inline Target target_stage(const PipelineConfig& c, const Data& d, const std::st
   if (spec == "pca") id["patch"] = std::to_string(c.patch);
   if (spec == "pca") id["pca_images"] = std::to_string(c.pca_images);
   if (spec == "classifier") id["classifier"] = fingerprint(cls->parameters());
-  Stage st(c.out, "target-" + t.slug, "target", id, c.redoes("target"));
+  Stage st(c.out, "target-" + t.slug, "target", id, c.redoes("target"), d.ranks);
   t.prior = std::make_unique<PriorNet>(pc);
   const std::string samples_file = st.path("samples.safetensors");
   const std::string weights = st.path("prior.safetensors");
@@ -363,7 +367,7 @@ inline Target target_stage(const PipelineConfig& c, const Data& d, const std::st
   const Index held_n = std::max<Index>(1, all.cols() / 10);
   t.train = all.leftCols(all.cols() - held_n);
   t.held = all.rightCols(held_n);
-  {
+  d.ranks.on_lead("the target samples", [&] {
     io::SafetensorsWriter w;
     // (N, d) row-major: one sample per row, as NumPy and PyTorch hold them.
     w.add("train", t.train.data(), {std::int64_t(t.train.cols()), std::int64_t(c.latent_dim)},
@@ -372,20 +376,21 @@ inline Target target_stage(const PipelineConfig& c, const Data& d, const std::st
           io::Dtype::F32);
     w.set_checksum(true);
     w.write(samples_file);
-  }
+  });
 
   // The prior: flow matching on the training samples, resumable from its checkpoint.
   PriorNet net(pc);
   Rng rng(c.seed * 7919 + 17);
   net.init(rng);
   train::TrainerConfig tc;
-  tc.batch = c.prior_batch;
+  tc.batch = d.ranks.per_rank("--prior-batch", c.prior_batch);  // step_with: the global batch
   tc.K = 4;
   // warmup: a tenth of the steps, at most the released prior's 2.5k
   tc.schedule = optim::LrSchedule::cosine(
       c.prior_lr, std::clamp<Index>(c.prior_steps / 10, 1, 2500), c.prior_steps, c.prior_lr * 0.01);
   tc.ema_decay = std::clamp(1.0 - 10.0 / double(c.prior_steps), 0.0, 0.9999);
   train::FlowMatchingTrainer<PriorNet> trainer(net, kConv, tc);
+  d.ranks.attach(trainer);
   const std::string ckpt = st.path("prior.ckpt.safetensors");
   std::vector<double> curve_step, curve_loss;
   if (std::filesystem::exists(ckpt) && !st.redo()) {
@@ -434,7 +439,7 @@ inline Target target_stage(const PipelineConfig& c, const Data& d, const std::st
   bar.finish();
   save();
   trainer.copy_ema_to(*t.prior);
-  io::save_state_dict(*t.prior, weights);
+  d.ranks.on_lead("the prior's weights", [&] { io::save_state_dict(*t.prior, weights); });
   const double nll = mean_nll(*t.prior, t.held, c.nll_points);
   const double ref =
       gaussian_fit_nll(t.train, t.held.leftCols(std::min<Index>(c.nll_points, t.held.cols())));
@@ -590,7 +595,7 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
   ae.spec = a;
   const bool kl = a.kind == AeSpec::Kind::Kl;
   const nn::TokenizerConfig mc = tokenizer_config(c, d, kl);
-  Stage st(c.out, "ae-" + a.name, "ae", ae_identity(c, d, a, targets), c.redoes("ae"));
+  Stage st(c.out, "ae-" + a.name, "ae", ae_identity(c, d, a, targets), c.redoes("ae"), d.ranks);
   ae.model = std::make_unique<Tokenizer>(mc);
   const std::string weights = st.path("tokenizer.safetensors");
   if (st.done()) {
@@ -610,8 +615,10 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
   rc.ema_decay = c.ae_ema;
   rc.kl_beta = kl ? c.kl_beta : 0.0;
   train::ReconstructionTrainer<Tokenizer> trainer(model, rc);
-  ds::LoaderConfig lc;
+  d.ranks.attach(trainer);
+  ds::LoaderConfig lc;  // every rank loads the global batch and trains on its slice
   lc.batch_size = loader_batch("autoencoder", c.ae_batch, *d.train, c.quiet);
+  d.ranks.per_rank("--ae-batch", lc.batch_size);
   lc.threads = c.loader_threads;
   lc.seed = c.seed + 1;
   lc.drop_last = true;
@@ -627,6 +634,7 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
     ac.weight = a.lambda;
     ac.K = c.align_draws;
     align = std::make_unique<train::LatentAlignmentLoss<PriorNet>>(*prior, kConv, ac, rng);
+    if (d.ranks.size() > 1) align->set_communicator(d.ranks.comm);  // the draws' slice
     latent_loss = [&](ConstMatrixView<float> y, MatrixView<float> dy, CpuBackend::Context& ctx) {
       return (*align)(y, dy, ctx);
     };
@@ -664,10 +672,13 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
   Index sum_n = 0;
   while (trainer.steps() < c.ae_steps) {
     const ds::Batch b = loader.next();
+    const ConstMatrixView<float> mine = d.ranks.slice(b.view());
     const train::ReconstructionStats s =
-        kl ? trainer.step(b.view(), rng) : trainer.step(b.view(), latent_loss);
+        kl ? trainer.step(mine, rng) : trainer.step(mine, latent_loss);
     sum_mse += s.mse;
-    sum_align += align ? align->last_unweighted() : 0.0;
+    // the unweighted alignment loss of the global batch (s.latent_loss is averaged over the
+    // ranks; on one process it is the loss's own value, so the quotient is last_unweighted())
+    sum_align += align ? s.latent_loss / a.lambda : 0.0;
     ++sum_n;
     if (s.step % c.log_every == 0 || s.step == c.ae_steps) {
       cs.push_back(double(s.step));
@@ -696,7 +707,7 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
   save();
   const double secs = seconds_since(t0);
   trainer.copy_ema_to(*ae.model);
-  io::save_state_dict(*ae.model, weights);
+  d.ranks.on_lead("the autoencoder's weights", [&] { io::save_state_dict(*ae.model, weights); });
   ae.results = {{"name", a.name},
                 {"kind", a.kind == AeSpec::Kind::Plain ? "plain"
                          : kl                          ? "kl"

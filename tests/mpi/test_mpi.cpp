@@ -1,7 +1,7 @@
 // Data-parallel training on MPI (docs/distributed.md), run by CTest as `mpiexec -n 2 test_mpi`:
 // two ranks at batch B take the steps of one process at batch 2B with the same draws (flow
-// matching, the aligner, the autoencoder with a Gaussian posterior and the alignment term), the
-// ranks stay bit-identical, a checkpoint written by rank 0 resumes on every rank bit for bit, a
+// matching, the aligner, the autoencoder with a Gaussian posterior and the alignment term, the
+// classifier, the MAR generator), the ranks stay bit-identical, a checkpoint written by rank 0 resumes on every rank bit for bit, a
 // rank that throws makes the other throw at once, and (hidden tag, its own CTest run) a rank
 // killed mid-run makes the other throw distributed_error within the deadline.
 #define CATCH_CONFIG_RUNNER
@@ -16,8 +16,12 @@
 #include <filesystem>
 #include <flowprior/flowprior.hpp>
 #include <flowprior/mpi/communicator.hpp>
+#include <flowprior/nn/classifier.hpp>
+#include <flowprior/nn/mar.hpp>
 #include <flowprior/nn/tokenizer.hpp>
+#include <flowprior/train/classification.hpp>
 #include <flowprior/train/latent_alignment.hpp>
+#include <flowprior/train/mar.hpp>
 #include <flowprior/train/reconstruction.hpp>
 #include <string>
 #include <vector>
@@ -92,6 +96,50 @@ bool same_on_all_ranks(train::Communicator& comm, const std::vector<double>& v) 
   double differ = root == v ? 0.0 : 1.0;
   comm.allreduce_sum(&differ, 1, "test");
   return differ == 0.0;
+}
+
+// Shared temporary folder of the two ranks (rank 0's pid names it).
+std::filesystem::path shared_dir(train::Communicator& comm, const char* stem) {
+  double pid = comm.rank() == 0 ? double(::getpid()) : 0.0;
+  comm.broadcast(&pid, 1, 0, "test");
+  const auto dir = std::filesystem::temp_directory_path() /
+                   (std::string(stem) + std::to_string(static_cast<long>(pid)));
+  if (comm.rank() == 0) std::filesystem::create_directories(dir);
+  comm.barrier("test");
+  return dir;
+}
+
+nn::MarConfig tiny_mar() {
+  nn::MarConfig c;
+  c.tokens = 4;
+  c.token_dim = 3;
+  c.width = 8;
+  c.depth = 1;
+  c.heads = 2;
+  c.mlp_ratio = 2.0;
+  c.head_width = 8;
+  c.head_depth = 1;
+  c.time_freq_dim = 8;
+  return c;
+}
+
+// A MAR generator at random, non-degenerate parameters: its init (which zeroes the head's
+// adaLN and final layers) plus noise on every parameter.
+void init_mar(nn::MarGenerator<double>& m, std::uint64_t seed) {
+  Rng r(seed);
+  m.init(r);
+  const auto p = m.parameters();
+  for (Index i = 0; i < p.size; ++i) p.data[i] += 0.05 * flowprior::normal01(r);
+}
+
+train::MarTrainerConfig mar_trainer_config() {
+  train::MarTrainerConfig tc;
+  tc.K = 3;
+  tc.sampler = flowprior::loss::TimeSampler::stratified();  // strata over the global draws
+  tc.schedule = flowprior::optim::LrSchedule::constant(3e-3);
+  tc.clip_norm = 0.5;
+  tc.ema_decay = 0.9;
+  return tc;
 }
 
 }  // namespace
@@ -240,6 +288,169 @@ TEST_CASE("mpi: the autoencoder with a Gaussian posterior and the alignment term
   CHECK(same_on_all_ranks(comm, params_of(m1.parameters())));
 }
 
+TEST_CASE("mpi: the classifier on two ranks at batch B takes the steps of one at 2B", "[mpi]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  using Cls = nn::MlpClassifier<double>;
+  nn::ClassifierConfig cc;
+  cc.input_dim = 6;
+  cc.hidden = {8, 5};
+  cc.classes = 3;
+  train::ClassifierTrainerConfig tc;
+  tc.schedule = flowprior::optim::LrSchedule::constant(1e-2);
+  tc.clip_norm = 0.3;  // clipping acts on the averaged gradient
+  tc.use_ema = true;
+  tc.ema_decay = 0.9;
+  Cls m1(cc), m2(cc);
+  Rng i1(comm.rank() == 0 ? 5 : 77), i2(5);  // rank 1 starts elsewhere: broadcast
+  m1.init(i1);
+  m2.init(i2);
+  train::ClassifierTrainer<Cls> dist(m1, tc), one(m2, tc);
+  dist.set_communicator(&comm);
+  const Index B = 5;
+  Rng xr(2);
+  Eigen::MatrixXd x(cc.input_dim, 2 * B);
+  std::vector<std::int32_t> labels(std::size_t(2 * B));
+  for (int s = 0; s < 5; ++s) {
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = flowprior::normal01(xr);
+    for (auto& l : labels) l = std::int32_t(flowprior::uniform01(xr) * 3) % 3;
+    const auto s1 =
+        dist.step(ConstMatrixView<double>(x.data() + x.rows() * B * comm.rank(), x.rows(), B),
+                  nn::LabelView(labels.data() + B * comm.rank(), B));
+    const auto s2 = one.step(ConstMatrixView<double>(x.data(), x.rows(), 2 * B), labels);
+    CHECK(std::abs(s1.loss - s2.loss) <= 1e-12 * std::max(1.0, std::abs(s2.loss)));
+    CHECK(std::abs(s1.accuracy - s2.accuracy) <= 1e-15);
+    CHECK(std::abs(s1.grad_norm - s2.grad_norm) <= 1e-12 * std::max(1.0, s2.grad_norm));
+    CHECK(s1.step == s2.step);
+  }
+  const auto p = params_of(m1.parameters());
+  CHECK(max_rel_diff(p, params_of(m2.parameters())) < 1e-10);
+  CHECK(max_rel_diff(dist.ema().weights(), one.ema().weights()) < 1e-10);
+  CHECK(same_on_all_ranks(comm, p));
+  // A wrong slice (every rank passing the first half) would differ: the check can fail.
+  Cls m3(cc);
+  Rng i3(5);
+  m3.init(i3);
+  CHECK(max_rel_diff(params_of(m3.parameters()), params_of(m2.parameters())) > 1e-4);
+}
+
+TEST_CASE("mpi: MAR on two ranks at batch B takes the steps of one process at 2B", "[mpi]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  using Gen = nn::MarGenerator<double>;
+  const nn::MarConfig mc = tiny_mar();
+  Gen m1(mc), m2(mc);
+  init_mar(m1, comm.rank() == 0 ? 3 : 30);  // rank 1 starts elsewhere: broadcast
+  init_mar(m2, 3);
+  train::MarTrainer<double> dist(m1, Convention::Code, mar_trainer_config());
+  train::MarTrainer<double> one(m2, Convention::Code, mar_trainer_config());
+  dist.set_communicator(&comm);
+  const Index B = 3, T = mc.tokens, d = mc.token_dim;
+  Rng xr(4), r1(6), r2(6);
+  Eigen::MatrixXd x(d, 2 * B * T);
+  bool masks_differ = false;  // the ranks' masked counts differ at some step: the weighting acts
+  for (int s = 0; s < 5; ++s) {
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = flowprior::normal01(xr);
+    const auto s1 =
+        dist.step(ConstMatrixView<double>(x.data() + d * B * T * comm.rank(), d, B * T), r1);
+    const auto s2 = one.step(ConstMatrixView<double>(x.data(), d, 2 * B * T), r2);
+    CHECK(std::abs(s1.loss - s2.loss) <= 1e-12 * std::max(1.0, std::abs(s2.loss)));
+    CHECK(std::abs(s1.grad_norm - s2.grad_norm) <= 1e-12 * std::max(1.0, s2.grad_norm));
+    CHECK(s1.masked == s2.masked);
+    // The rank's mask is its images' part of the global batch's.
+    const auto& m = one.last_mask();
+    CHECK(std::vector<std::uint8_t>(m.begin() + B * T * comm.rank(),
+                                    m.begin() + B * T * (comm.rank() + 1)) == dist.last_mask());
+    Index first = 0;
+    for (Index j = 0; j < B * T; ++j) first += m[std::size_t(j)];
+    if (2 * first != s2.masked) masks_differ = true;
+  }
+  CHECK(masks_differ);
+  CHECK(r1() == r2());  // the generators advanced alike
+  const auto p = params_of(m1.parameters());
+  CHECK(max_rel_diff(p, params_of(m2.parameters())) < 1e-10);
+  CHECK(max_rel_diff(dist.ema().weights(), one.ema().weights()) < 1e-10);
+  CHECK(same_on_all_ranks(comm, p));
+
+  // The MAR checkpoint is collective: rank 0 writes, every rank resumes bit for bit.
+  const auto dir = shared_dir(comm, "flowprior_mpi_mar_");
+  const std::string path = (dir / "mar.ckpt.safetensors").string();
+  train::save_checkpoint(path, dist, r1);
+  CHECK(std::filesystem::exists(path));
+  Gen m3(mc);
+  init_mar(m3, 99);
+  train::MarTrainer<double> resumed(m3, Convention::Code, mar_trainer_config());
+  resumed.set_communicator(&comm);
+  Rng r3(0);
+  train::load_checkpoint(path, resumed, r3);
+  for (int s = 0; s < 2; ++s) {
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = flowprior::normal01(xr);
+    const ConstMatrixView<double> mine(x.data() + d * B * T * comm.rank(), d, B * T);
+    dist.step(mine, r1);
+    resumed.step(mine, r3);
+  }
+  CHECK(params_of(m1.parameters()) == params_of(m3.parameters()));
+  CHECK(dist.ema().weights() == resumed.ema().weights());
+  CHECK(resumed.steps() == 7);
+  comm.barrier("test");
+  if (comm.rank() == 0) std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("mpi: a classifier or MAR rank that throws makes the other throw at once", "[mpi]") {
+  fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  {
+    using Cls = nn::MlpClassifier<double>;
+    nn::ClassifierConfig cc;
+    cc.input_dim = 4;
+    cc.hidden = {6};
+    cc.classes = 3;
+    Cls m(cc);
+    Rng i(5);
+    m.init(i);
+    train::ClassifierTrainer<Cls> tr(m, train::ClassifierTrainerConfig{});
+    tr.set_communicator(&comm);
+    const Eigen::MatrixXd x = Eigen::MatrixXd::Constant(4, 3, 0.5);
+    std::vector<std::int32_t> labels = {0, 1, 2};
+    tr.step(ConstMatrixView<double>(x.data(), 4, 3), labels);
+    const auto before = params_of(m.parameters());
+    if (comm.rank() == 1) labels[1] = 7;  // out of range on rank 1 only
+    const auto t0 = std::chrono::steady_clock::now();
+    if (comm.rank() == 1)
+      CHECK_THROWS_AS(tr.step(ConstMatrixView<double>(x.data(), 4, 3), labels),
+                      flowprior::value_error);
+    else
+      CHECK_THROWS_WITH(tr.step(ConstMatrixView<double>(x.data(), 4, 3), labels),
+                        Contains("[flowprior.distributed]") &&
+                            Contains("ClassifierTrainer::step") &&
+                            Contains("1 other rank(s) failed"));
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+    CHECK(params_of(m.parameters()) == before);
+    CHECK(tr.steps() == 1);
+  }
+  {
+    using Gen = nn::MarGenerator<double>;
+    const nn::MarConfig mc = tiny_mar();
+    Gen m(mc);
+    init_mar(m, 3);
+    train::MarTrainer<double> tr(m, Convention::Code, mar_trainer_config());
+    tr.set_communicator(&comm);
+    Eigen::MatrixXd x = Eigen::MatrixXd::Constant(mc.token_dim, 2 * mc.tokens, 0.25);
+    Rng rng(1);
+    tr.step(ConstMatrixView<double>(x.data(), x.rows(), x.cols()), rng);
+    const auto before = params_of(m.parameters());
+    if (comm.rank() == 1) x(2, 5) = std::nan("");
+    const auto t0 = std::chrono::steady_clock::now();
+    if (comm.rank() == 1)
+      CHECK_THROWS_AS(tr.step(ConstMatrixView<double>(x.data(), x.rows(), x.cols()), rng),
+                      flowprior::numeric_error);
+    else
+      CHECK_THROWS_WITH(tr.step(ConstMatrixView<double>(x.data(), x.rows(), x.cols()), rng),
+                        Contains("[flowprior.distributed]") && Contains("MarTrainer::step") &&
+                            Contains("1 other rank(s) failed"));
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+    CHECK(params_of(m.parameters()) == before);
+    CHECK(tr.steps() == 1);
+  }
+}
+
 TEST_CASE("mpi: a checkpoint written by rank 0 resumes on every rank bit for bit", "[mpi]") {
   fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
   // One folder for both ranks: rank 0's pid names it.
@@ -275,6 +486,17 @@ TEST_CASE("mpi: a checkpoint written by rank 0 resumes on every rank bit for bit
   CHECK(params_of(a.parameters()) == params_of(b.parameters()));
   CHECK(ta.ema().weights() == tb.ema().weights());
   CHECK(tb.steps() == 6);
+
+  // The file records the global batch (2 x 4): one process at batch 8 resumes it, at 4 refuses.
+  if (comm.rank() == 0) {
+    Net c(small_net());
+    train::FlowMatchingTrainer<Net> alone(c, Convention::Paper, trainer_config(8));
+    Rng rc(0);
+    CHECK_NOTHROW(train::load_checkpoint(path, alone, c, rc));
+    CHECK(alone.steps() == 3);
+    train::FlowMatchingTrainer<Net> wrong(c, Convention::Paper, trainer_config(4));
+    CHECK_THROWS_WITH(train::load_checkpoint(path, wrong, c, rc), Contains("trainer.batch"));
+  }
 
   // A file rank 1 cannot read is an error on both ranks, not a hang.
   const std::string missing = comm.rank() == 0 ? path : path + ".missing";

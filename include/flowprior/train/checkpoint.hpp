@@ -153,11 +153,16 @@ inline void meta_match(const Safetensors& st, const std::string& key, const std:
 }
 
 /// The configuration entries of a flow-matching checkpoint (besides the counters): convention,
-/// schedule, EMA decay and trainer.*, all checked against the trainer on load.
+/// schedule, EMA decay and trainer.*, all checked against the trainer on load. trainer.batch is
+/// the global batch (the trainer's batch times its ranks: docs/distributed.md "Checkpoints"), so
+/// a file resumes on any number of ranks whose batches add up to it.
 template <class Field>
 std::vector<std::pair<std::string, std::string>> flow_config_entries(
     const train::FlowMatchingTrainer<Field>& trainer) {
-  std::vector<std::pair<std::string, std::string>> e = trainer_entries(trainer.config());
+  train::TrainerConfig global = trainer.config();
+  global.batch = checked_mul("flow_config_entries", "batch x ranks", global.batch,
+                             Index(trainer.communicator().size()));
+  std::vector<std::pair<std::string, std::string>> e = trainer_entries(global);
   e.emplace_back("convention", to_string(trainer.convention()));
   e.emplace_back("schedule", schedule_string(trainer.config().schedule));
   e.emplace_back("ema.decay", exact(trainer.ema().decay()));
@@ -499,30 +504,49 @@ std::vector<std::pair<std::string, std::string>> mar_config_entries(
 /// Adam's moments, the counters, the configuration, `rng` and the caller's entries as
 /// user.<key>) atomically to `path`, with a CRC-32 of the whole file (format
 /// `mar-checkpoint-1`, docs/formats.md "Checkpoints").
+///
+/// With the trainer's communicator of several ranks: rank 0 writes and the ranks agree on the
+/// outcome, as the flow-matching overload.
 template <class S, class Backend>
 void save_checkpoint(const std::string& path, const train::MarTrainer<S, Backend>& trainer,
                      const Rng& rng, const std::map<std::string, std::string>& extra_metadata = {},
                      WriteFaults faults = {}) {
-  detail::write_state(path, detail::mar_format(), detail::mar_config_entries(trainer),
-                      trainer.model(), trainer.optimizer(), trainer.ema(), rng, extra_metadata,
-                      faults);
+  train::Communicator& comm = trainer.communicator();
+  train::agree_on(
+      comm, "save_checkpoint",
+      [&] {
+        detail::write_state(path, detail::mar_format(), detail::mar_config_entries(trainer),
+                            trainer.model(), trainer.optimizer(), trainer.ema(), rng,
+                            extra_metadata, faults);
+      },
+      comm.rank() == 0);
 }
 
 /// Restores a parsed MAR checkpoint `st` into `trainer` (its model, optimizer and EMA) and
 /// `rng`; the trainer must have the configuration the checkpoint was saved with (an io_error
 /// names the entry and both values). Other kinds of checkpoint are refused by name. Nothing is
 /// modified unless the whole file is valid; every error is an io_error naming the file.
+/// With the trainer's communicator of several ranks, the ranks agree on the outcome (as the
+/// flow-matching overload).
 template <class S, class Backend>
 void load_checkpoint(const Safetensors& st, train::MarTrainer<S, Backend>& trainer, Rng& rng) {
-  detail::expect_format(st, detail::mar_format());
-  detail::read_state(st, detail::mar_config_entries(trainer), trainer.model(), trainer.optimizer(),
-                     trainer.ema(), rng);
+  train::agree_on(trainer.communicator(), "load_checkpoint", [&] {
+    detail::expect_format(st, detail::mar_format());
+    detail::read_state(st, detail::mar_config_entries(trainer), trainer.model(),
+                       trainer.optimizer(), trainer.ema(), rng);
+  });
 }
 
-/// load_checkpoint(Safetensors::read(path), trainer, rng).
+/// load_checkpoint(Safetensors::read(path), trainer, rng); the read is inside the ranks'
+/// agreement too.
 template <class S, class Backend>
 void load_checkpoint(const std::string& path, train::MarTrainer<S, Backend>& trainer, Rng& rng) {
-  load_checkpoint(Safetensors::read(path), trainer, rng);
+  train::agree_on(trainer.communicator(), "load_checkpoint", [&] {
+    const Safetensors st = Safetensors::read(path);
+    detail::expect_format(st, detail::mar_format());
+    detail::read_state(st, detail::mar_config_entries(trainer), trainer.model(),
+                       trainer.optimizer(), trainer.ema(), rng);
+  });
 }
 
 }  // namespace checkpoint_impl

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cmath>
+#include <exception>
 #include <flowprior/backend/checks.hpp>
 #include <flowprior/backend/context.hpp>
 #include <flowprior/core/check.hpp>
@@ -20,6 +21,7 @@
 #include <flowprior/core/types.hpp>
 #include <flowprior/nn/classifier.hpp>
 #include <flowprior/optim/optimizer.hpp>
+#include <flowprior/train/communicator.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <string>
 
@@ -69,6 +71,13 @@ struct ClassifierStats {
 ///
 /// Loss of a batch x (input_dim, B) with labels y: L = (1/B) sum_b -log softmax(z_b)[y_b],
 /// dL/dz = (softmax(z) - onehot(y)) / B (docs/math/classifier.md (5)-(6)).
+///
+/// Data-parallel training (docs/distributed.md): with set_communicator, each rank passes its
+/// slice of the global batch (the same number of images on every rank, rank r holding images
+/// [r B, (r + 1) B) with their labels); the gradient, the loss and the accuracy are averaged over
+/// the ranks with one all-reduce (docs/math/data_parallel.md (3): the loss is a mean over rows),
+/// then every rank clips and takes the update one process would take with the global batch (up
+/// to the order of the sums). Nothing is drawn: the step takes no generator.
 template <class Model>
 class ClassifierTrainer {
  public:
@@ -83,7 +92,8 @@ class ClassifierTrainer {
         cfg_((cfg.validate(), cfg)),
         adam_(model.num_params(), cfg.adam),
         ema_(model.parameters(), cfg.ema_decay) {
-    Backend::resize(grads_, model.num_params());
+    Backend::resize(grads_, checked_add("ClassifierTrainer", "parameters + slots",
+                                        model.num_params(), Exchange::slots()));
   }
 
   /// One step on the batch x (input_dim, B >= 1; backend memory) with labels (B values in
@@ -92,31 +102,40 @@ class ClassifierTrainer {
   /// step whose logits, loss or gradient is not finite is refused: numeric_error "... diverged
   /// at step N ... the step was not applied", with the parameters, the optimizer and the EMA
   /// unchanged.
+  ///
+  /// With a communicator of P ranks, x and labels are this rank's slice of a global batch of
+  /// x.cols P images and the step is collective: a rank whose part fails rethrows its error
+  /// after the all-reduce, the others throw distributed_error; no rank applies the step. The
+  /// stats are those of the global batch (loss and accuracy averaged over the ranks).
   ClassifierStats step(ConstMatrixView<S> x, nn::LabelView labels) {
     const char* w = "ClassifierTrainer::step";
-    const Index D = model_.input_dim();
-    if (x.rows != D || x.cols < 1)
-      flowprior::detail::raise_shape(w, "x", x.rows, x.cols, D, x.cols < 1 ? 1 : x.cols);
-    const Index B = x.cols;
-    check_size(w, "labels", labels, B);
-    nn::check_labels(w, "labels", labels, model_.classes());
+    const int P = comm().size();
     Context& ctx = ws_.context();
-    check_finite_on<Backend, S>(ctx, w, "x", x);
-    prepare(B);
-    const MatrixView<S> logits = logits_view(B), d_logits = d_logits_view(B);
-    const Index n = model_.num_params();
-    const VectorView<S> g(grads_.data(), n);
+    const VectorView<S> g(grads_.data(), model_.num_params());
     ClassifierStats st;
+    std::exception_ptr err;
     try {
-      model_.forward(x, logits, ws_);
-      const nn::CrossEntropyStats ce = xent_(ctx, ConstMatrixView<S>(logits), labels, d_logits);
-      st.loss = ce.loss;
-      st.accuracy = ce.accuracy();
-      Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
-      model_.backward(ws_, ConstMatrixView<S>(d_logits), g);
-      st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
-    } catch (const numeric_error& e) {
-      step_parts::raise_diverged(w, adam_.steps() + 1, e);
+      local_part(x, labels, st);
+    } catch (...) {
+      if (P == 1) throw;
+      err = std::current_exception();
+    }
+    if (P > 1) {
+      double acc = st.accuracy;
+      const int failed =
+          exchange_.run(comm(), ctx, grads_.data(), st.loss, err != nullptr, x.cols, w, &acc, 1);
+      if (err) std::rethrow_exception(err);
+      if (failed > 0)
+        raise_distributed(w, comm().rank(),
+                          std::to_string(failed) + " other rank(s) failed at step " +
+                              std::to_string(adam_.steps() + 1) +
+                              " (their own error says why); the step was applied on no rank");
+      st.accuracy = acc;
+      try {  // the averaged gradient is the same on every rank: all clip, or all refuse
+        st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
+      } catch (const numeric_error& e) {
+        step_parts::raise_diverged(w, adam_.steps() + 1, e);
+      }
     }
     st.lr = cfg_.schedule.at(adam_.steps());
     if (cfg_.use_ema) {
@@ -150,6 +169,19 @@ class ClassifierTrainer {
   /// Runs the steps on `ctx` from now on (not owned); nullptr returns to the workspace's own.
   void set_context(Context* ctx) { ws_.set_context(ctx); }
 
+  /// The communicator the steps run on (a LocalCommunicator unless set_communicator was called).
+  Communicator& communicator() const { return comm(); }
+  /// Runs the steps on the ranks of `ranks` from now on (not owned: the caller keeps it alive
+  /// while the trainer uses it); nullptr returns to one process. Collective: every rank calls it;
+  /// rank 0's parameters, optimizer state and EMA are broadcast to the others (so the ranks
+  /// start equal whatever their initialisation).
+  void set_communicator(Communicator* ranks) {
+    const char* w = "ClassifierTrainer::set_communicator";
+    exchange_.prepare(model_.num_params());
+    comm_ = ranks;
+    step_parts::broadcast_state<S, Backend>(comm(), model_.parameters(), &adam_, &ema_, w);
+  }
+
   /// Copies the EMA weights into `target` (a model of the same configuration). Throws
   /// config_error without use_ema, shape_error if the parameter counts differ.
   void copy_ema_to(Model& target) {
@@ -160,6 +192,39 @@ class ClassifierTrainer {
   }
 
  private:
+  using Exchange = step_parts::GradientExchange<S, Backend>;
+  Communicator& comm() const { return comm_ ? *comm_ : local_; }
+
+  /// This rank's part of a step: the checks, forward, loss and backward into the gradient (and,
+  /// on one process, the clip: the order of the steps before data-parallel training existed).
+  void local_part(ConstMatrixView<S> x, nn::LabelView labels, ClassifierStats& st) {
+    const char* w = "ClassifierTrainer::step";
+    const Index D = model_.input_dim();
+    if (x.rows != D || x.cols < 1)
+      flowprior::detail::raise_shape(w, "x", x.rows, x.cols, D, x.cols < 1 ? 1 : x.cols);
+    const Index B = x.cols;
+    check_size(w, "labels", labels, B);
+    nn::check_labels(w, "labels", labels, model_.classes());
+    Context& ctx = ws_.context();
+    check_finite_on<Backend, S>(ctx, w, "x", x);
+    prepare(B);
+    const MatrixView<S> logits = logits_view(B), d_logits = d_logits_view(B);
+    const Index n = model_.num_params();
+    const VectorView<S> g(grads_.data(), n);
+    try {
+      model_.forward(x, logits, ws_);
+      const nn::CrossEntropyStats ce = xent_(ctx, ConstMatrixView<S>(logits), labels, d_logits);
+      st.loss = ce.loss;
+      st.accuracy = ce.accuracy();
+      Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
+      model_.backward(ws_, ConstMatrixView<S>(d_logits), g);
+      if (comm().size() == 1)
+        st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
+    } catch (const numeric_error& e) {
+      step_parts::raise_diverged(w, adam_.steps() + 1, e);
+    }
+  }
+
   MatrixView<S> logits_view(Index B) { return {logits_.data(), model_.classes(), B}; }
   MatrixView<S> d_logits_view(Index B) { return {d_logits_.data(), model_.classes(), B}; }
 
@@ -185,6 +250,9 @@ class ClassifierTrainer {
   typename Backend::template Buffer<S> grads_, logits_, d_logits_;
   Index capacity_ = 0;
   ConstMatrixView<S> logits_last_;
+  mutable LocalCommunicator local_;
+  Communicator* comm_ = nullptr;  ///< not owned; nullptr: local_
+  Exchange exchange_;
 };
 
 /// Mean loss and accuracy of a model over a data set.

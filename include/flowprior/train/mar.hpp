@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <flowprior/backend/checks.hpp>
 #include <flowprior/backend/context.hpp>
 #include <flowprior/core/check.hpp>
@@ -31,6 +32,7 @@
 #include <flowprior/nn/mar.hpp>
 #include <flowprior/ode/integrate.hpp>
 #include <flowprior/optim/optimizer.hpp>
+#include <flowprior/train/communicator.hpp>
 #include <flowprior/train/trainer.hpp>
 #include <string>
 #include <vector>
@@ -350,10 +352,19 @@ struct MarStats {
   double loss = 0;       ///< mar_loss before the update
   double grad_norm = 0;  ///< gradient norm before clipping
   double lr = 0;         ///< learning rate used
-  Index masked = 0;      ///< masked tokens of the batch (all images)
+  Index masked = 0;      ///< masked tokens of the batch (all images; of all ranks)
 };
 
 /// Trains a MarGenerator in place in convention conv (mar.md "Training").
+///
+/// Data-parallel training (docs/distributed.md, docs/math/data_parallel.md "MAR"): with
+/// set_communicator, each rank passes its slice of the global batch (B images on every rank,
+/// rank r holding images [r B, (r + 1) B)). Every rank draws the global batch's masks (the
+/// generator advancing as for one process) and keeps its images' masks; the draws of its masked
+/// tokens are the global draws' rows of those tokens (loss::DrawShard). The loss is a mean over
+/// the masked tokens, whose number differs between the ranks: rank r's loss and gradient are
+/// weighted by P M_r / M (M_r its masked tokens, M the global batch's) before the all-reduce's
+/// mean, which is then the mean over all M masked tokens, as one process computes it.
 template <class S, class Backend = CpuBackend>
 class MarTrainer {
  public:
@@ -370,7 +381,8 @@ class MarTrainer {
         ema_(model.parameters(), cfg.ema_decay) {
     if (conv != Convention::Paper && conv != Convention::Code)
       raise_config("MarTrainer", "argument 'conv' is not Convention::Paper or Convention::Code");
-    Backend::resize(grads_, model.num_params());
+    Backend::resize(grads_, checked_add("MarTrainer", "parameters + slots", model.num_params(),
+                                        Exchange::slots()));
   }
 
   /// One step on the tokens x (d, B T; B >= 1 images; backend memory): the mask (mar.md (7)),
@@ -379,37 +391,40 @@ class MarTrainer {
   /// Throws shape_error for a wrong x and numeric_error for a non-finite x (nothing changes). A
   /// step whose loss or gradient is not finite is refused: numeric_error "... diverged at step
   /// N ... the step was not applied" with parameters, optimizer and EMA unchanged.
+  ///
+  /// With a communicator of P ranks, x is this rank's slice of a global batch of P B images and
+  /// the step is collective: the masks and draws are those of the global batch (the generator
+  /// advances alike on every rank), a rank whose part fails rethrows its error after the
+  /// all-reduce, the others throw distributed_error; no rank applies the step. The stats are
+  /// the global batch's.
   MarStats step(ConstMatrixView<S> x, Rng& rng) {
     const char* w = "MarTrainer::step";
-    const Index T = model_.config().tokens, d = model_.config().token_dim;
-    if (x.rows != d || x.cols < T || x.cols % T != 0)
-      flowprior::detail::raise<shape_error>(
-          std::string("[flowprior.shape] ") + w + ": argument 'x' has shape " +
-          flowprior::detail::shape_str(x.rows, x.cols) + ", expected (" + std::to_string(d) +
-          ", B x " + std::to_string(T) + ") for B >= 1 images");
+    const int P = comm().size();
     Context& ctx = ws_.context();
-    check_finite_on<Backend, S>(ctx, w, "x", x);
-    const Index B = x.cols / T;
+    const VectorView<S> g(grads_.data(), model_.num_params());
     MarStats st;
-    st.masked = draw_mar_mask(B, T, cfg_.mask, rng, mask_, ws_.order_h);
-    draws_.set_context(&ctx);
-    if (B > capacity_) {  // the largest mask of this batch size: later draws reuse the memory
-      draws_.resize(conv_, checked_mul(w, "B x tokens", B, T), d, cfg_.K);
-      capacity_ = B;
-    }
-    loss::draw(draws_, conv_, st.masked, d, cfg_.K, cfg_.sampler, rng);
-    const Index n = model_.num_params();
-    const VectorView<S> g(grads_.data(), n);
+    std::exception_ptr err;
+    Index rows = 0;
     try {
-      Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
-      st.loss = mar_loss(model_, conv_, x, ConstVectorView<std::uint8_t>(mask_.data(), B * T),
-                         draws_, ws_, g);
-      if (!std::isfinite(st.loss))
-        flowprior::detail::raise<numeric_error>("[flowprior.numeric] the loss is not finite (" +
-                                                short_number(st.loss) + ")");
-      st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
-    } catch (const numeric_error& e) {
-      step_parts::raise_diverged(w, adam_.steps() + 1, e);
+      rows = local_part(x, rng, st);
+    } catch (...) {
+      if (P == 1) throw;
+      err = std::current_exception();
+    }
+    if (P > 1) {
+      const int failed =
+          exchange_.run(comm(), ctx, grads_.data(), st.loss, err != nullptr, rows, w);
+      if (err) std::rethrow_exception(err);
+      if (failed > 0)
+        raise_distributed(w, comm().rank(),
+                          std::to_string(failed) + " other rank(s) failed at step " +
+                              std::to_string(adam_.steps() + 1) +
+                              " (their own error says why); the step was applied on no rank");
+      try {  // the averaged gradient is the same on every rank: all clip, or all refuse
+        st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
+      } catch (const numeric_error& e) {
+        step_parts::raise_diverged(w, adam_.steps() + 1, e);
+      }
     }
     st.lr = cfg_.schedule.at(adam_.steps());
     step_parts::apply_update(ctx, adam_, ema_, model_.parameters(), ConstVectorView<S>(g), st.lr);
@@ -440,7 +455,83 @@ class MarTrainer {
     step_parts::copy_ema(ws_.context(), ema_, target.parameters(), "MarTrainer::copy_ema_to");
   }
 
+  /// The communicator the steps run on (a LocalCommunicator unless set_communicator was called).
+  Communicator& communicator() const { return comm(); }
+  /// Runs the steps on the ranks of `ranks` from now on (not owned: the caller keeps it alive
+  /// while the trainer uses it); nullptr returns to one process. Collective: every rank calls it;
+  /// rank 0's parameters, optimizer state and EMA are broadcast to the others.
+  void set_communicator(Communicator* ranks) {
+    const char* w = "MarTrainer::set_communicator";
+    exchange_.prepare(model_.num_params());
+    comm_ = ranks;
+    step_parts::broadcast_state<S, Backend>(comm(), model_.parameters(), &adam_, &ema_, w);
+  }
+
  private:
+  using Exchange = step_parts::GradientExchange<S, Backend>;
+  Communicator& comm() const { return comm_ ? *comm_ : local_; }
+
+  /// This rank's part of a step: the checks, the global batch's mask (this rank's images kept),
+  /// the draws of this rank's masked tokens, the loss and its gradient, weighted on P ranks by
+  /// P M_r / M (data_parallel.md (5)); on one process also the clip (the order of the steps
+  /// before data-parallel training existed). Sets st.loss, st.masked (M) and, on one process,
+  /// st.grad_norm; returns this rank's images B.
+  Index local_part(ConstMatrixView<S> x, Rng& rng, MarStats& st) {
+    const char* w = "MarTrainer::step";
+    const Index T = model_.config().tokens, d = model_.config().token_dim;
+    if (x.rows != d || x.cols < T || x.cols % T != 0)
+      flowprior::detail::raise<shape_error>(
+          std::string("[flowprior.shape] ") + w + ": argument 'x' has shape " +
+          flowprior::detail::shape_str(x.rows, x.cols) + ", expected (" + std::to_string(d) +
+          ", B x " + std::to_string(T) + ") for B >= 1 images");
+    Context& ctx = ws_.context();
+    check_finite_on<Backend, S>(ctx, w, "x", x);
+    const Index B = x.cols / T, BT = x.cols;
+    const int P = comm().size(), r = comm().rank();
+    Index first_row = 0, mine = 0;  // this rank's masked tokens: rows [first_row, + mine)
+    if (P == 1) {
+      st.masked = mine = draw_mar_mask(B, T, cfg_.mask, rng, mask_, ws_.order_h);
+    } else {
+      // The global batch's masks, image by image as one process draws them; this rank's slice.
+      st.masked = draw_mar_mask(checked_mul(w, "B x ranks", B, Index(P)), T, cfg_.mask, rng,
+                                mask_all_, ws_.order_h);
+      const std::size_t c0 = std::size_t(BT) * std::size_t(r);
+      mask_.assign(mask_all_.begin() + std::ptrdiff_t(c0),
+                   mask_all_.begin() + std::ptrdiff_t(c0 + std::size_t(BT)));
+      for (std::size_t j = 0; j < c0; ++j) first_row += mask_all_[j];
+      for (std::size_t j = 0; j < mask_.size(); ++j) mine += mask_[j];
+    }
+    draws_.set_context(&ctx);
+    if (B > capacity_) {  // the largest mask of this batch size: later draws reuse the memory
+      draws_.resize(conv_, BT, d, cfg_.K);
+      capacity_ = B;
+    }
+    loss::draw(draws_, conv_, mine, d, cfg_.K, cfg_.sampler, rng, false, 1,
+               loss::DrawShard{first_row, st.masked});
+    const Index n = model_.num_params();
+    const VectorView<S> g(grads_.data(), n);
+    try {
+      Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
+      st.loss = mar_loss(model_, conv_, x, ConstVectorView<std::uint8_t>(mask_.data(), BT), draws_,
+                         ws_, g);
+      if (!std::isfinite(st.loss))
+        flowprior::detail::raise<numeric_error>("[flowprior.numeric] the loss is not finite (" +
+                                                short_number(st.loss) + ")");
+      if (P == 1) {
+        st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
+      } else {
+        // The mean over this rank's M_r tokens, weighted so that the ranks' mean is the mean
+        // over the M tokens of the global batch.                      data_parallel.md (5)
+        const double weight = double(P) * double(mine) / double(st.masked);
+        st.loss *= weight;
+        Backend::scale_vec(ctx, g, weight);
+      }
+    } catch (const numeric_error& e) {
+      step_parts::raise_diverged(w, adam_.steps() + 1, e);
+    }
+    return B;
+  }
+
   Model& model_;
   Convention conv_;
   Config cfg_;
@@ -450,7 +541,11 @@ class MarTrainer {
   loss::FlowDraws<S, Backend> draws_;
   typename Backend::template Buffer<S> grads_;
   std::vector<std::uint8_t> mask_;
+  std::vector<std::uint8_t> mask_all_;  ///< the global batch's masks (several ranks)
   Index capacity_ = 0;
+  mutable LocalCommunicator local_;
+  Communicator* comm_ = nullptr;  ///< not owned; nullptr: local_
+  Exchange exchange_;
 };
 
 /// Options of mar_sample (MAR's num_iter 64; the head's ODE with a fixed-step method).
