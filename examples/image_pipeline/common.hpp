@@ -71,8 +71,14 @@ struct Ranks {
   }
 
   /// This rank's columns of a global batch x: [r n, (r + 1) n) for n = x.cols / size().
+  /// config_error when the ranks do not divide the batch (a loader batch shortened by skipped
+  /// images, say): the ranks would train on different numbers of rows.
   template <class S>
   ConstMatrixView<S> slice(ConstMatrixView<S> x) const {
+    if (x.cols % size() != 0)
+      raise_config("image pipeline", "a batch of " + std::to_string(x.cols) +
+                                         " images cannot be split over " + std::to_string(size()) +
+                                         " ranks (were unreadable images skipped?)");
     const Index n = x.cols / size();
     return ConstMatrixView<S>(x.data + x.rows * n * rank(), x.rows, n);
   }

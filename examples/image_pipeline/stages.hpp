@@ -152,7 +152,7 @@ inline std::unique_ptr<Classifier> classifier_stage(const PipelineConfig& c, con
   d.ranks.attach(trainer);
   ds::LoaderConfig lc;  // every rank loads the global batch and trains on its slice
   lc.batch_size = loader_batch("classifier", c.cls_batch, *d.train, c.quiet);
-  const Index per_rank = d.ranks.per_rank("--cls-batch", lc.batch_size);
+  d.ranks.per_rank("--cls-batch", lc.batch_size);
   lc.threads = c.loader_threads;
   lc.seed = c.seed + 101;
   lc.drop_last = true;
@@ -164,10 +164,12 @@ inline std::unique_ptr<Classifier> classifier_stage(const PipelineConfig& c, con
   for (Index s = 0; s < c.cls_steps; ++s) {
     const ds::Batch b = loader.next();
     labels.assign(b.labels.begin(), b.labels.end());
+    // The loader's batch may be smaller than asked (unreadable images are skipped): this rank's
+    // share is that of the batch it got.
     const MatF in = classifier_input(d, d.ranks.slice(b.view()));
-    const auto stats =
-        trainer.step(ConstMatrixView<float>(in),
-                     nn::LabelView(labels.data() + per_rank * d.ranks.rank(), per_rank));
+    const Index mine = Index(in.cols());
+    const auto stats = trainer.step(ConstMatrixView<float>(in),
+                                    nn::LabelView(labels.data() + mine * d.ranks.rank(), mine));
     run_loss = s == 0 ? stats.loss : 0.98 * run_loss + 0.02 * stats.loss;
     run_acc = s == 0 ? stats.accuracy : 0.98 * run_acc + 0.02 * stats.accuracy;
     char msg[64];
