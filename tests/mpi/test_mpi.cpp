@@ -1,7 +1,8 @@
 // Data-parallel training on MPI (docs/distributed.md), run by CTest as `mpiexec -n 2 test_mpi`:
 // two ranks at batch B take the steps of one process at batch 2B with the same draws (flow
 // matching, the aligner, the autoencoder with a Gaussian posterior and the alignment term, the
-// classifier, the MAR generator), the ranks stay bit-identical, a checkpoint written by rank 0 resumes on every rank bit for bit, a
+// classifier, the MAR generator), the gradient sum overlapped with the backward equals the
+// blocking one, the ranks stay bit-identical, a checkpoint written by rank 0 resumes on every rank bit for bit, a
 // rank that throws makes the other throw at once, and (hidden tag, its own CTest run) a rank
 // killed mid-run makes the other throw distributed_error within the deadline.
 #define CATCH_CONFIG_RUNNER
@@ -180,6 +181,91 @@ TEST_CASE("mpi: two ranks at batch B take the steps of one process at batch 2B",
   CHECK(max_rel_diff(dist.ema().weights(), one.ema().weights()) < 1e-10);
   // The ranks hold the same parameters bit for bit (they take the same averaged update).
   CHECK(same_on_all_ranks(comm, p));
+}
+
+namespace {
+
+// Passes every call on to an MpiCommunicator and counts the started sums, the progress calls,
+// and the sums already started at each step's first progress call (which comes from the
+// backward's first report: the buckets of the last layers).
+class Counting final : public train::Communicator {
+ public:
+  explicit Counting(fmpi::MpiCommunicator& c) : c_(c) {}
+  int rank() const override { return c_.rank(); }
+  int size() const override { return c_.size(); }
+  void allreduce_sum(double* d, Index n, const char* w) override {
+    ++blocking;
+    c_.allreduce_sum(d, n, w);
+  }
+  void allreduce_sum(float* d, Index n, const char* w) override { c_.allreduce_sum(d, n, w); }
+  void broadcast(double* d, Index n, int r, const char* w) override { c_.broadcast(d, n, r, w); }
+  void broadcast(float* d, Index n, int r, const char* w) override { c_.broadcast(d, n, r, w); }
+  void barrier(const char* w) override { c_.barrier(w); }
+  void start_sum(double* d, Index n, const char* w) override {
+    ++started;
+    c_.start_sum(d, n, w);
+  }
+  void start_sum(float* d, Index n, const char* w) override { c_.start_sum(d, n, w); }
+  void progress() override {
+    if (progress_calls_this_step++ == 0) started_at_first_report.push_back(started);
+    c_.progress();
+  }
+  void finish_sums(const char* w) override {
+    progress_calls_this_step = 0;
+    c_.finish_sums(w);
+  }
+  int started = 0, blocking = 0, progress_calls_this_step = 0;
+  std::vector<int> started_at_first_report;
+
+ private:
+  fmpi::MpiCommunicator& c_;
+};
+
+}  // namespace
+
+// The buckets: the flat gradient of small_net() cut from its end into pieces of 7 values, each
+// started as soon as the backward reports its layers done. The sums are elementwise, and with
+// two ranks each element is a + b whatever the cut, so the steps are those of the one blocking
+// sum bit for bit.
+TEST_CASE("mpi: the gradient sum overlapped with the backward gives the blocking sum's steps",
+          "[mpi]") {
+  fmpi::MpiCommunicator mpi(MPI_COMM_WORLD, fast());
+  Counting comm(mpi);
+  const Eigen::MatrixXd data = targets(40);
+  const ConstMatrixView<double> tv(data.data(), 2, data.cols());
+  const Index steps = 4;
+  auto run = [&](Index bucket, std::vector<double>& losses) {
+    Net net(small_net());
+    Rng init(7);
+    net.init(init);
+    Rng noise(comm.rank() + 5);  // random, non-degenerate parameters (init zeroes the last layers)
+    for (Index i = 0; i < net.num_params(); ++i)
+      net.parameters().data[i] += 0.1 * flowprior::normal01(noise);
+    train::FlowMatchingTrainer<Net> tr(net, Convention::Paper, trainer_config(6));
+    train::ExchangeOptions opt;
+    opt.bucket = bucket;
+    tr.set_communicator(&comm, opt);
+    Rng rng(11);
+    for (Index s = 0; s < steps; ++s) losses.push_back(tr.step(tv, rng).loss);
+    return params_of(net.parameters());
+  };
+  std::vector<double> l_block, l_overlap;
+  const auto p_block = run(0, l_block);
+  CHECK(comm.started == 0);  // bucket 0: one blocking sum per step
+  const Index n = Net(small_net()).num_params();
+  const auto p_overlap = run(7, l_overlap);
+  CHECK(p_overlap == p_block);
+  CHECK(l_overlap == l_block);
+  CHECK(same_on_all_ranks(comm, p_overlap));
+  // Every step started ceil(n / 7) buckets and the slots' sum, and the first report of each
+  // step (after the final layer's backward) found buckets already started: the overlap.
+  CHECK(comm.started == int(steps * ((n + 6) / 7 + 1)));
+  REQUIRE(comm.started_at_first_report.size() == std::size_t(steps));
+  for (std::size_t s = 0; s < std::size_t(steps); ++s) {
+    const int before = int(s) * int((n + 6) / 7 + 1);
+    CHECK(comm.started_at_first_report[s] - before > 0);
+    CHECK(comm.started_at_first_report[s] - before < (n + 6) / 7);
+  }
 }
 
 TEST_CASE("mpi: step_with samples the global batch and keeps the rank's slice", "[mpi]") {
@@ -507,11 +593,18 @@ TEST_CASE("mpi: a checkpoint written by rank 0 resumes on every rank bit for bit
 
 TEST_CASE("mpi: a rank that throws makes the other throw distributed_error at once", "[mpi]") {
   fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
+  // Without buckets, with buckets of 7 values (rank 0 starts most of them during its backward,
+  // rank 1 fails before its backward and starts them all after: the same sums in the same
+  // order), and with the default (one bucket).
+  const Index bucket = GENERATE(Index(0), Index(7), train::ExchangeOptions().bucket);
+  CAPTURE(bucket);
+  train::ExchangeOptions opt;
+  opt.bucket = bucket;
   Net net(small_net());
   Rng init(7);
   net.init(init);
   train::FlowMatchingTrainer<Net> tr(net, Convention::Paper, trainer_config(4));
-  tr.set_communicator(&comm);
+  tr.set_communicator(&comm, opt);
   Eigen::MatrixXd batch = targets(4);
   Rng rng(3);
   tr.step_on(ConstMatrixView<double>(batch.data(), 2, 4), rng);
@@ -533,6 +626,16 @@ TEST_CASE("mpi: a rank that throws makes the other throw distributed_error at on
   batch(1, 2) = 0.5;
   CHECK_THROWS_WITH(tr.step_on(ConstMatrixView<double>(batch.data(), 2, cols), rng),
                     Contains("batches differ in size"));
+  // A non-finite parameter on rank 1 (the final layer's bias): its loss is not finite, which it
+  // finds after its backward has started the buckets; both ranks finish the same sums, rank 1
+  // refuses the step and rank 0 hears of it.
+  const auto kept = params_of(net.parameters());
+  if (comm.rank() == 1) net.parameters().data[net.num_params() - 1] = std::nan("");
+  CHECK_THROWS_WITH(tr.step_on(ConstMatrixView<double>(batch.data(), 2, 4), rng),
+                    Contains(comm.rank() == 1 ? "diverged at step 2"
+                                              : "1 other rank(s) failed at step 2"));
+  CHECK(tr.steps() == 1);
+  if (comm.rank() == 0) CHECK(params_of(net.parameters()) == kept);
 }
 
 // Run by its own CTest case (tests/CMakeLists.txt): rank 1 kills itself mid-run; rank 0 must

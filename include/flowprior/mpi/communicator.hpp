@@ -12,6 +12,10 @@
 /// After a failed or timed-out call the communicator is broken: every later call throws at once
 /// (a collective left pending cannot be matched again). The library never calls MPI_Abort;
 /// abort_all() is there for a program's top-level catch.
+///
+/// start_sum / progress / finish_sums (overlap of a step's gradient sum with its backward pass)
+/// are MPI_Iallreduce requests kept pending, tested on progress() and waited for, in order,
+/// against the same deadline.
 #pragma once
 
 #include <mpi.h>
@@ -26,6 +30,7 @@
 #include <flowprior/train/communicator.hpp>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace flowprior {
 namespace mpi {
@@ -102,6 +107,7 @@ class MpiCommunicator final : public train::Communicator {
           "the communicator");
     check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank", "the communicator");
     check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size", "the communicator");
+    pending_.reserve(64);
   }
   ~MpiCommunicator() override {
     // A broken communicator may hold a pending collective: freeing it could block.
@@ -137,6 +143,32 @@ class MpiCommunicator final : public train::Communicator {
     wait(req, "MPI_Ibarrier", what);
   }
 
+  /// MPI_Iallreduce, in place, left pending until finish_sums (at most INT_MAX values each).
+  void start_sum(double* data, Index n, const char* what) override {
+    start(data, n, MPI_DOUBLE, what);
+  }
+  void start_sum(float* data, Index n, const char* what) override {
+    start(data, n, MPI_FLOAT, what);
+  }
+  /// MPI_Test on every pending sum (Open MPI progresses its non-blocking collectives only
+  /// inside MPI calls). A failure breaks the communicator and throws distributed_error.
+  void progress() override {
+    for (MPI_Request& req : pending_) {
+      if (req == MPI_REQUEST_NULL) continue;
+      int done = 0;
+      check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test", "a started sum");
+    }
+  }
+  /// Waits for the pending sums in the order they were started, each against the deadline.
+  void finish_sums(const char* what) override {
+    for (MPI_Request& req : pending_) {
+      if (req != MPI_REQUEST_NULL) wait(req, "MPI_Iallreduce", what);
+    }
+    pending_.clear();  // keeps the capacity: a warmed-up step allocates nothing
+  }
+  /// Sums started and not yet finished.
+  std::size_t pending_sums() const { return pending_.size(); }
+
   /// MPI_Abort on MPI_COMM_WORLD with `code`: ends every rank of the job. For a program's
   /// top-level catch only (after it has printed its error); the library never calls it.
   [[noreturn]] static void abort_all(int code) {
@@ -152,6 +184,14 @@ class MpiCommunicator final : public train::Communicator {
     check(MPI_Iallreduce(MPI_IN_PLACE, data, count, type, MPI_SUM, comm_, &req), "MPI_Iallreduce",
           what);
     wait(req, "MPI_Iallreduce", what);
+  }
+
+  void start(void* data, Index n, MPI_Datatype type, const char* what) {
+    usable("MPI_Iallreduce", what);
+    const int count = to_count(n, what);
+    pending_.push_back(MPI_REQUEST_NULL);
+    check(MPI_Iallreduce(MPI_IN_PLACE, data, count, type, MPI_SUM, comm_, &pending_.back()),
+          "MPI_Iallreduce", what);
   }
 
   void bcast(void* data, Index n, MPI_Datatype type, int root, const char* what) {
@@ -222,6 +262,7 @@ class MpiCommunicator final : public train::Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   bool broken_ = false;
+  std::vector<MPI_Request> pending_;  ///< started sums (start_sum), in start order
 };
 
 }  // namespace mpi

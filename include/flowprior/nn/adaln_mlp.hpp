@@ -259,15 +259,21 @@ class AdaLNMlp
   }
 
   /// R: the time groups of the forward (one column of d_sc each).    adaln.md (12)-(13)
+  /// The flat layout is time_embed, cond_embed, input_proj, res_blocks.*, final_layer: the final
+  /// layer's and each block's gradients are final once their backward is done (their share of
+  /// the time path goes into d_sc), and `ready` hears so.
   void backward_layers(Context& ctx, Caches& c, Index R, ConstMatrixView<S> d_v, MatrixView<S> d_x,
-                       S* d_p, MatrixView<S> d_cond) const {
+                       S* d_p, MatrixView<S> d_cond, GradientReady* ready) const {
     const S* p = this->param_data();
     const bool params = d_p != nullptr;
     const MatrixView<S> d_sc = c.d_sc.col_block(0, R);  // one column per time group
     if (params) Backend::fill(ctx, d_sc, S(0));
     final_.backward(ctx, p, c.sc, c.fin, d_v, c.d_h, d_sc, d_p, c.bs);
-    for (std::size_t i = blocks_.size(); i-- > 0;)
+    if (ready) ready->ready(final_.linear.w);
+    for (std::size_t i = blocks_.size(); i-- > 0;) {
       blocks_[i].backward(ctx, p, c.sc, c.blocks[i], c.d_h, d_sc, d_p, c.bs);
+      if (ready) ready->ready(blocks_[i].ln_w);
+    }
     if (!d_x.empty()) input_.backward_input(ctx, p, c.d_h, d_x, true);  // adaln.md (12)
     if (!params) return;
     input_.backward_params(ctx, c.x_in, c.d_h, d_p);
@@ -278,6 +284,7 @@ class AdaLNMlp
       if (!d_cond.empty()) cond_.backward_input(ctx, p, d_sc, d_cond, true);
     }
     temb_.backward(ctx, p, c.temb, d_sc, d_p, c.bs.t1.col_block(0, R));
+    if (ready) ready->ready(0);
   }
 
   void jvp_layers(Context& ctx, Caches& c, ConstMatrixView<S> dx, MatrixView<S> dv_out,

@@ -22,6 +22,8 @@
 ///   void layout_jvp(Arena&, Caches&, Index cols) const;             carve the JVP scratch
 ///   void forward_layers(Context&, x, t, group, v_out, cond, Caches&) const;
 ///   void backward_layers(Context&, Caches&, Index R, d_v, d_x, S* d_params, d_cond) const;
+///     (or with a last GradientReady* argument, null unless the caller asked: the field then
+///     reports its final gradient suffixes as its layers finish, gradient_ready.hpp)
 ///   void jvp_layers(Context&, Caches&, dx, dv_out, Index K) const;
 ///
 /// and, in its constructor, fills layout_ and calls allocate_parameters(). In forward_layers,
@@ -40,9 +42,12 @@
 #include <flowprior/backend/fwd.hpp>
 #include <flowprior/core/check.hpp>
 #include <flowprior/nn/field_traits.hpp>
+#include <flowprior/nn/gradient_ready.hpp>
 #include <flowprior/nn/params.hpp>
 #include <flowprior/nn/workspace.hpp>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 namespace flowprior {
 namespace nn {
@@ -116,9 +121,15 @@ class FieldWorkspace {
   /// same stream, or an event between the streams).
   void set_context(Context* ctx) { ctx_.lend(ctx); }
 
+  /// From now on a backward with parameter gradients on this workspace tells `ready` (not
+  /// owned; nullptr: nobody) where its gradient is final, layer by layer (gradient_ready.hpp).
+  void set_gradient_ready(GradientReady* ready) { ready_ = ready; }
+  GradientReady* gradient_ready() const { return ready_; }
+
  private:
   template <class, class, class, class>
   friend class FieldBase;
+  GradientReady* ready_ = nullptr;
   Arena<S, Backend> fwd_, bwd_, jvp_;
   Index batch_ = -1, groups_ = -1, bwd_batch_ = -1, jvp_cols_ = -1;
   Index fwd_layout_ = -1, fwd_groups_ = -1;
@@ -298,8 +309,25 @@ class FieldBase {
       check_shape(w, "d_cond", d_cond, field().cond_dim(), B);
     }
     prepare_backward(ws);
-    field().backward_layers(ws.context(), ws.c, ws.groups_, d_v, d_x, d_p, d_cond);
+    GradientReady* ready = d_p != nullptr ? ws.ready_ : nullptr;
+    if constexpr (decltype(reports_ready<Field>(0))::value) {
+      field().backward_layers(ws.context(), ws.c, ws.groups_, d_v, d_x, d_p, d_cond, ready);
+    } else {
+      field().backward_layers(ws.context(), ws.c, ws.groups_, d_v, d_x, d_p, d_cond);
+      if (ready) ready->ready(0);
+    }
   }
+
+  /// Whether F's backward_layers takes a GradientReady* (then it reports layer by layer).
+  template <class F>
+  static auto reports_ready(int)
+      -> decltype(std::declval<const F&>().backward_layers(
+                      std::declval<Context&>(), std::declval<Caches&>(), Index{},
+                      ConstMatrixView<S>(), MatrixView<S>(), static_cast<S*>(nullptr),
+                      MatrixView<S>(), static_cast<GradientReady*>(nullptr)),
+                  std::true_type{});
+  template <class F>
+  static std::false_type reports_ready(...);
 
   /// Layout of the forward caches for B samples in R time groups (R == B: ungrouped).
   void prepare_forward(Workspace& ws, Index B, Index R) const {

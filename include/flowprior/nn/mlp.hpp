@@ -166,16 +166,20 @@ class MlpField : public FieldBase<MlpField<S, Backend>, S, Backend, detail::MlpF
     layers_.back().forward(ctx, p, a, v_out);
   }
 
+  /// The layers sit in the flat layout in order, so layer l's gradient is final once its
+  /// backward_params is done: `ready` hears so after each.
   void backward_layers(Context& ctx, Caches& c, Index, ConstMatrixView<S> d_v, MatrixView<S> d_x,
-                       S* d_p, MatrixView<S>) const {
+                       S* d_p, MatrixView<S>, GradientReady* ready) const {
     const S* p = this->params_.data();
     const Index L = cfg_.depth;
     if (d_p) layers_[L].backward_params(ctx, c.post[L - 1], d_v, d_p);  // mlp.md (2)
-    layers_[L].backward_input(ctx, p, d_v, c.t1, false);                // t1 = d_a_L
+    if (ready) ready->ready(layers_[L].w);
+    layers_[L].backward_input(ctx, p, d_v, c.t1, false);  // t1 = d_a_L
     for (Index l = L; l-- > 0;) {
       Backend::activation_backward(ctx, cfg_.activation, c.pre[l], c.t1, c.t1);  // d_pre_l
       ConstMatrixView<S> a_in = l > 0 ? ConstMatrixView<S>(c.post[l - 1]) : c.z;
       if (d_p) layers_[l].backward_params(ctx, a_in, c.t1, d_p);
+      if (ready) ready->ready(l > 0 ? layers_[l].w : 0);
       if (l > 0) {
         layers_[l].backward_input(ctx, p, c.t1, c.t2, false);
         std::swap(c.t1, c.t2);

@@ -120,23 +120,10 @@ class ClassifierTrainer {
       if (P == 1) throw;
       err = std::current_exception();
     }
-    if (P > 1) {
-      double acc = st.accuracy;
-      const int failed =
-          exchange_.run(comm(), ctx, grads_.data(), st.loss, err != nullptr, x.cols, w, &acc, 1);
-      if (err) std::rethrow_exception(err);
-      if (failed > 0)
-        raise_distributed(w, comm().rank(),
-                          std::to_string(failed) + " other rank(s) failed at step " +
-                              std::to_string(adam_.steps() + 1) +
-                              " (their own error says why); the step was applied on no rank");
-      st.accuracy = acc;
-      try {  // the averaged gradient is the same on every rank: all clip, or all refuse
-        st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
-      } catch (const numeric_error& e) {
-        step_parts::raise_diverged(w, adam_.steps() + 1, e);
-      }
-    }
+    if (P > 1)
+      st.grad_norm = step_parts::exchange_and_clip(
+          exchange_, comm(), ctx, grads_.data(), model_.num_params(), st.loss, err, x.cols, w,
+          adam_.steps() + 1, cfg_.clip_norm, &st.accuracy, 1);
     st.lr = cfg_.schedule.at(adam_.steps());
     if (cfg_.use_ema) {
       step_parts::apply_update(ctx, adam_, ema_, model_.parameters(), ConstVectorView<S>(g), st.lr);

@@ -18,6 +18,7 @@
 #include <flowprior/core/error.hpp>
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
+#include <flowprior/nn/gradient_ready.hpp>
 #include <flowprior/optim/optimizer.hpp>
 #include <string>
 #include <type_traits>
@@ -51,6 +52,22 @@ class Communicator {
   /// Returns once every rank has called it.
   virtual void barrier(const char* what) = 0;
 
+  /// Starts data[i] <- the sum over the ranks of data[i] without waiting for it (docs/
+  /// distributed.md "Overlap"): the buffer must be neither read nor written until finish_sums()
+  /// returns. Collective and ordered like the other calls: every rank starts the same sums (the
+  /// same n) in the same order, and a started sum is matched only with started sums. The default
+  /// sums at once (allreduce_sum): an implementation without non-blocking collectives is correct,
+  /// it only does not overlap.
+  virtual void start_sum(double* data, Index n, const char* what) { allreduce_sum(data, n, what); }
+  /// The float overload.
+  virtual void start_sum(float* data, Index n, const char* what) { allreduce_sum(data, n, what); }
+  /// Lets the started sums advance, without waiting (MPI moves a non-blocking collective on only
+  /// inside its own calls). Not collective. Default: nothing.
+  virtual void progress() {}
+  /// Returns once every started sum has completed (bounded like every other call). Default:
+  /// nothing (the default start_sum has completed already).
+  virtual void finish_sums(const char* what) { (void)what; }
+
   /// data[i] <- the mean over the ranks of data[i]: allreduce_sum, then a product with 1 / size()
   /// (exact for a power of two ranks).
   template <class S>
@@ -66,6 +83,23 @@ class Communicator {
     double f = failed ? 1.0 : 0.0;
     allreduce_sum(&f, 1, what);
     return static_cast<int>(f + 0.5);
+  }
+};
+
+/// How a trainer sums its gradient over the ranks (set_communicator; docs/distributed.md
+/// "Overlap").
+struct ExchangeOptions {
+  /// Values per bucket of the gradient sum that runs during the backward pass: each bucket, cut
+  /// from the end of the flat gradient, is started as soon as the layers it covers are done.
+  /// 0: one sum after the backward. Every rank must pass the same value. The default, 2^20
+  /// values (4 MiB in float), gives the paper's 35 M-parameter prior 34 buckets.
+  Index bucket = Index(1) << 20;
+
+  /// Throws config_error for a negative bucket.
+  void validate() const {
+    if (bucket < 0)
+      raise_config("ExchangeOptions",
+                   "bucket must be >= 0 values (0: no overlap), got " + std::to_string(bucket));
   }
 };
 
@@ -130,7 +164,7 @@ struct has_host_memory<Backend, std::void_t<decltype(Backend::host_memory)>>
 
 namespace step_parts {
 
-/// The one all-reduce of a data-parallel training step (docs/distributed.md "What is averaged").
+/// The all-reduce of a data-parallel training step (docs/distributed.md "What is averaged").
 /// The buffer is the flat gradient (n values) followed by seven slots: the loss as two values
 /// (hi = S(loss), lo = S(loss - hi): a float loss keeps about twice float's digits), a failure
 /// flag, the number of rows of the rank's batch, and up to three statistics the caller wants
@@ -139,21 +173,59 @@ namespace step_parts {
 /// mean of the ranks' means is the mean over the global batch), and every rank knows how many
 /// ranks failed and whether the shards were equal.
 ///
+/// Overlap (docs/distributed.md "Overlap"): with buckets of b > 0 values (prepare), a host-memory
+/// backend and P > 1 ranks, the gradient is summed in buckets, fixed from the end of the flat
+/// vector ([n - b, n), [n - 2b, n - b), ..., down to 0), each started (Communicator::start_sum)
+/// as soon as the backward pass reports it final (nn::GradientReady, which this class is: hand
+/// it to the field workspace), and the seven slots in one small sum after the last bucket. The
+/// buckets are the same on every rank whatever its backward did: a rank that failed, or whose
+/// field reports nothing before the end, starts the rest of them in run(), in the same order.
+/// The sums are elementwise, so the result is the one blocking sum's (for two ranks bit for
+/// bit: a + b either way).
+///
 /// Memory: with a host-memory backend the gradient buffer is reduced in place (the trainer
 /// allocates it with slots() extra values); otherwise through a host staging buffer, by
-/// Backend::copy_to_host / copy_from_host. Nothing is allocated per step.
+/// Backend::copy_to_host / copy_from_host, in one sum after the backward. Nothing is allocated
+/// per step.
 template <class S, class Backend>
-class GradientExchange {
+class GradientExchange final : public nn::GradientReady {
  public:
   static constexpr Index slots() { return 7; }
   static constexpr int max_extra() { return 3; }
 
-  /// Sizes the staging buffer for n gradient values (a host-memory backend needs none).
-  void prepare(Index n) {
+  /// Sizes the staging buffer for n gradient values (a host-memory backend needs none), and sets
+  /// the overlap's bucket size in values (0: one sum after the backward; same on every rank).
+  void prepare(Index n, Index bucket = 0) {
+    if (bucket < 0)
+      raise_config("GradientExchange",
+                   "the bucket size must be >= 0 values, got " + std::to_string(bucket));
     n_ = n;
+    bucket_ = has_host_memory<Backend>::value ? bucket : 0;
+    sent_ = n;
+    armed_ = nullptr;
     if (!has_host_memory<Backend>::value)
       checked_resize("GradientExchange", "the host staging of the gradient", stage_,
                      checked_add("GradientExchange", "gradient + slots", n, slots()));
+  }
+
+  /// Values per bucket of the overlap (0: none).
+  Index bucket() const { return bucket_; }
+
+  /// Arms the overlap for the coming backward on `comm` into buf[0, n) (host memory): from now
+  /// until run(), ready() starts the buckets the backward finishes. A no-op without overlap.
+  void begin(Communicator& comm, S* buf) {
+    if (overlapping(comm)) {
+      armed_ = &comm;
+      buf_ = buf;
+    }
+  }
+
+  /// nn::GradientReady: buf[lo, n) is final; starts every bucket that lies in it (and lets the
+  /// started ones advance).
+  void ready(Index lo) override {
+    if (armed_ == nullptr) return;
+    start_down_to(*armed_, buf_, lo, "GradientExchange (overlapped gradient)");
+    armed_->progress();
   }
 
   /// Averages the gradient buf[0, n) (backend memory; buf holds n + slots() values) and `loss`
@@ -164,6 +236,8 @@ class GradientExchange {
   int run(Communicator& comm, typename Backend::Context& ctx, S* buf, double& loss, bool failed,
           Index rows, const char* what, double* extra = nullptr, int n_extra = 0) {
     FLOWPRIOR_ASSERT(n_extra >= 0 && n_extra <= max_extra(), "too many statistics");
+    armed_ = nullptr;
+    const bool overlap = overlapping(comm);
     S* h = nullptr;
     if (has_host_memory<Backend>::value) {
       h = buf;
@@ -178,7 +252,14 @@ class GradientExchange {
     h[n_ + 3] = S(rows);
     for (int k = 0; k < max_extra(); ++k)
       h[n_ + 4 + k] = k < n_extra && !failed ? S(extra[k]) : S(0);
-    comm.allreduce_sum(h, n_ + slots(), what);
+    if (overlap) {
+      start_down_to(comm, h, 0, what);  // the buckets the backward did not report
+      sent_ = n_;
+      comm.start_sum(h + n_, slots(), what);
+      comm.finish_sums(what);
+    } else {
+      comm.allreduce_sum(h, n_ + slots(), what);
+    }
     const int P = comm.size();
     const int n_failed = static_cast<int>(double(h[n_ + 2]) + 0.5);
     if (n_failed > 0) return n_failed;
@@ -195,7 +276,23 @@ class GradientExchange {
   }
 
  private:
+  bool overlapping(const Communicator& comm) const { return bucket_ > 0 && comm.size() > 1; }
+
+  /// Starts the buckets [max(0, sent - b), sent) that lie in [lo, n), from the end down.
+  void start_down_to(Communicator& comm, S* h, Index lo, const char* what) {
+    while (sent_ > 0) {
+      const Index b0 = sent_ > bucket_ ? sent_ - bucket_ : 0;
+      if (b0 < lo) break;
+      comm.start_sum(h + b0, sent_ - b0, what);
+      sent_ = b0;
+    }
+  }
+
   Index n_ = 0;
+  Index bucket_ = 0;  ///< values per bucket; 0: no overlap
+  Index sent_ = 0;    ///< buf[sent_, n) has been started this step
+  Communicator* armed_ = nullptr;
+  S* buf_ = nullptr;
   std::vector<S> stage_;
 };
 

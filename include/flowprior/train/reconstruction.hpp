@@ -200,22 +200,18 @@ class ReconstructionTrainer {
     }
     if (P > 1) {
       double partial[3] = {st.mse, st.kl, st.latent_loss};
-      const int failed =
-          exchange_.run(comm(), ctx, grads_.data(), st.loss, err != nullptr, x.cols, w, partial, 3);
-      if (err) std::rethrow_exception(err);
-      if (failed > 0)
-        raise_distributed(w, comm().rank(),
-                          std::to_string(failed) + " other rank(s) failed at step " +
-                              std::to_string(adam_.steps() + 1) +
-                              " (their own error says why); the step was applied on no rank");
+      st.grad_norm =
+          step_parts::exchange_and_clip(exchange_, comm(), ctx, grads_.data(), n, st.loss, err,
+                                        x.cols, w, adam_.steps() + 1, cfg_.clip_norm, partial, 3);
       st.mse = partial[0];
       st.kl = partial[1];
       st.latent_loss = partial[2];
-    }
-    try {
-      st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
-    } catch (const numeric_error& e) {
-      step_parts::raise_diverged(w, adam_.steps() + 1, e);
+    } else {
+      try {
+        st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
+      } catch (const numeric_error& e) {
+        step_parts::raise_diverged(w, adam_.steps() + 1, e);
+      }
     }
     st.lr = cfg_.schedule.at(adam_.steps());
     step_parts::apply_update(ctx, adam_, ema_, model_.parameters(), ConstVectorView<S>(g), st.lr);

@@ -57,6 +57,31 @@ double clipped_norm(typename Backend::Context& ctx, VectorView<S> g, double clip
   return norm;
 }
 
+/// The end of a data-parallel step (P > 1 ranks), after this rank's part, which threw `err` or
+/// nothing: the exchange (GradientExchange::run: the gradient buf[0, n), the loss, `rows`, the
+/// extra statistics), then this rank's own error rethrown, distributed_error when other ranks
+/// failed ("... at step <step> ...; the step was applied on no rank"), and the clipping of the
+/// averaged gradient, the same on every rank (so all clip, or all refuse with raise_diverged).
+/// Returns the gradient norm before clipping.
+template <class S, class Backend>
+double exchange_and_clip(GradientExchange<S, Backend>& exchange, Communicator& comm,
+                         typename Backend::Context& ctx, S* buf, Index n, double& loss,
+                         const std::exception_ptr& err, Index rows, const char* what, Index step,
+                         double clip, double* extra = nullptr, int n_extra = 0) {
+  const int failed = exchange.run(comm, ctx, buf, loss, err != nullptr, rows, what, extra, n_extra);
+  if (err) std::rethrow_exception(err);
+  if (failed > 0)
+    raise_distributed(what, comm.rank(),
+                      std::to_string(failed) + " other rank(s) failed at step " +
+                          std::to_string(step) +
+                          " (their own error says why); the step was applied on no rank");
+  try {
+    return clipped_norm<S, Backend>(ctx, VectorView<S>(buf, n), clip);
+  } catch (const numeric_error& e) {
+    raise_diverged(what, step, e);
+  }
+}
+
 /// The update of a step on context ctx: Adam(W) at rate lr on params with gradient g, then the
 /// EMA of the new parameters.
 template <class S, class Backend>
@@ -297,13 +322,15 @@ class FlowMatchingTrainer {
   /// rank 0's parameters, optimizer state and EMA are broadcast to the others (so the ranks
   /// start equal whatever their initialisation). Sizes the buffers for the global batch (batch
   /// x size()); config_error when that overflows or cannot fit.
-  void set_communicator(Communicator* ranks) {
+  void set_communicator(Communicator* ranks, const ExchangeOptions& opt = {}) {
     const char* w = "FlowMatchingTrainer::set_communicator";
+    opt.validate();
     Communicator* c = ranks ? ranks : &local_;
     const Index global = checked_mul(w, "batch x ranks", cfg_.batch, Index(c->size()));
     checked_resize(w, "the batch indices", batch_index_host_, global);
     Backend::resize(batch_, checked_mul(w, "dim x batch x ranks", field_.dim(), global));
-    exchange_.prepare(field_.num_params());
+    // Buckets only where the field reports its layers (else they would all start after it).
+    exchange_.prepare(field_.num_params(), kReports ? opt.bucket : 0);
     comm_ = ranks;
     step_parts::broadcast_state<S, Backend>(*c, field_.parameters(), &adam_, &ema_, w);
   }
@@ -329,6 +356,26 @@ class FlowMatchingTrainer {
 
  private:
   using Exchange = step_parts::GradientExchange<S, Backend>;
+  static constexpr bool kReports = nn::reports_gradient_ready<typename Field::Workspace>::value;
+
+  /// For one loss: the field's backward tells exchange_ where the gradient is final (P > 1 and
+  /// buckets), and stops when the loss returns or throws.
+  struct Overlap {
+    Overlap(FlowMatchingTrainer& t, int P) : ws(t.ws_.prior.field) {
+      if constexpr (kReports) {
+        if (P > 1 && t.exchange_.bucket() > 0) {
+          t.exchange_.begin(t.comm(), t.grads_.data());
+          ws.set_gradient_ready(&t.exchange_);
+        }
+      }
+    }
+    ~Overlap() {
+      if constexpr (kReports) ws.set_gradient_ready(nullptr);
+    }
+    Overlap(const Overlap&) = delete;
+    Overlap& operator=(const Overlap&) = delete;
+    typename Field::Workspace& ws;
+  };
 
   /// A step on the batch `prepare` returns (this rank's slice). One process: as it always was.
   /// P ranks: every failure before the all-reduce (the batch, its checks, the draws, the loss)
@@ -356,6 +403,7 @@ class FlowMatchingTrainer {
       }
       Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
       const Prior<Field> prior(field_, conv_);
+      const Overlap overlap(*this, P);
       try {
         st.loss = loss::flow_matching_loss(prior, conv_, batch, draws_, cfg_.reduction, ws_, g);
         if (P == 1) st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
@@ -367,21 +415,10 @@ class FlowMatchingTrainer {
       if (P == 1) throw;
       err = std::current_exception();
     }
-    if (P > 1) {
-      const int failed =
-          exchange_.run(comm(), ctx, grads_.data(), st.loss, err != nullptr, rows, w);
-      if (err) std::rethrow_exception(err);
-      if (failed > 0)
-        raise_distributed(w, comm().rank(),
-                          std::to_string(failed) + " other rank(s) failed at step " +
-                              std::to_string(adam_.steps() + 1) +
-                              " (their own error says why); the step was applied on no rank");
-      try {  // the averaged gradient is the same on every rank: all clip, or all refuse
-        st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
-      } catch (const numeric_error& e) {
-        step_parts::raise_diverged(w, adam_.steps() + 1, e);
-      }
-    }
+    if (P > 1)
+      st.grad_norm =
+          step_parts::exchange_and_clip(exchange_, comm(), ctx, grads_.data(), n, st.loss, err,
+                                        rows, w, adam_.steps() + 1, cfg_.clip_norm);
     st.lr = cfg_.schedule.at(adam_.steps());
     step_parts::apply_update(ctx, adam_, ema_, field_.parameters(), ConstVectorView<S>(g), st.lr);
     st.step = adam_.steps();
