@@ -17,8 +17,9 @@
 //
 // Built with flowprior::mpi it also runs data-parallel: `mpirun -np P 30_image_pipeline ...`.
 // Every training stage averages its gradient over the ranks, each rank training on its slice of
-// the global batch (--*-batch stay the global batches); the evaluation runs on every rank; rank 0
-// alone prints and writes (docs/distributed.md "The image pipeline").
+// the global batch (--*-batch stay the global batches; the loaders read only the rank's shard of
+// the images); the evaluation runs on every rank; rank 0 alone prints and writes
+// (docs/distributed.md "The image pipeline").
 #include <CLI/CLI.hpp>
 #include <flowprior/datasets/datasets.hpp>
 #include <flowprior/plot/png.hpp>
