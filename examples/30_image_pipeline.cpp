@@ -45,7 +45,7 @@ int run(const PipelineConfig& c, const Ranks& ranks) {
   if (ec) io::fail(c.out, "cannot create the output folder (" + ec.message() + ")");
   ranks.on_lead("the output folder", [&] { pipeline::detail::probe_output_folder(c.out); });
 
-  Data loaded = load_data(c);  // every rank holds the data
+  Data loaded = load_data(c);  // every rank opens the data (its loaders read only its shard)
   loaded.ranks = ranks;
   const Data& d = loaded;
   std::printf("data: %s; %td held-out images evaluated\n", d.description.c_str(),

@@ -92,7 +92,8 @@ struct ShardRange {
   std::int64_t size() const { return end - begin; }
 };
 
-/// The slots of a batch of n samples that shard `rank` of `count` gets: the even split,
+/// The slots of a batch of n samples that shard `rank` of `count` gets (docs/data.md (7)): the
+/// even split,
 /// floor(n / count) slots each and one more for the first n mod count shards,
 ///   begin = rank * floor(n / count) + min(rank, n mod count),  end = begin of rank + 1.
 /// The shards' ranges are consecutive and cover [0, n) (some are empty when n < count).
