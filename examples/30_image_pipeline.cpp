@@ -17,8 +17,9 @@
 //
 // Built with flowprior::mpi it also runs data-parallel: `mpirun -np P 30_image_pipeline ...`.
 // Every training stage averages its gradient over the ranks, each rank training on its slice of
-// the global batch (--*-batch stay the global batches); the evaluation runs on every rank; rank 0
-// alone prints and writes (docs/distributed.md "The image pipeline").
+// the global batch (--*-batch stay the global batches; the loaders read only the rank's shard of
+// the images); the evaluation runs on every rank; rank 0 alone prints and writes
+// (docs/distributed.md "The image pipeline").
 #include <CLI/CLI.hpp>
 #include <flowprior/datasets/datasets.hpp>
 #include <flowprior/plot/png.hpp>
@@ -44,7 +45,7 @@ int run(const PipelineConfig& c, const Ranks& ranks) {
   if (ec) io::fail(c.out, "cannot create the output folder (" + ec.message() + ")");
   ranks.on_lead("the output folder", [&] { pipeline::detail::probe_output_folder(c.out); });
 
-  Data loaded = load_data(c);  // every rank holds the data
+  Data loaded = load_data(c);  // every rank opens the data (its loaders read only its shard)
   loaded.ranks = ranks;
   const Data& d = loaded;
   std::printf("data: %s; %td held-out images evaluated\n", d.description.c_str(),

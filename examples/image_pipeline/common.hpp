@@ -41,9 +41,11 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 // ---------------------------------------------------------------------------------------------
 
 /// The processes of the run (docs/distributed.md "The image pipeline"): one, or the ranks of
-/// `mpirun -np P`. Every rank holds the data and runs the same program; each training step
-/// takes the rank's slice of the global batch (--*-batch is the global batch, which P must
-/// divide) and averages the gradient over the ranks (the trainers' communicator). Everything
+/// `mpirun -np P`. Every rank runs the same program; each training step trains on the rank's
+/// slice of the global batch (--*-batch is the global batch, which P must divide) and averages
+/// the gradient over the ranks (the trainers' communicator). The stages that read images
+/// through a loader read only the rank's shard of each batch (shard); the in-memory batches
+/// (target samples, latent pools) are drawn whole on every rank and sliced (slice). Everything
 /// else (target samples, evaluation, sampling) runs on every rank with the same inputs and gives
 /// the same results there; rank 0 alone prints and writes.
 struct Ranks {
@@ -68,6 +70,23 @@ struct Ranks {
                                          " (the global batch) must be a multiple of the " +
                                          std::to_string(size()) + " ranks");
     return global / size();
+  }
+
+  /// Makes a loader of global batch lc.batch_size read this rank's shard of each batch: its
+  /// columns [r B / P, (r + 1) B / P) when P divides B, the columns slice() would keep
+  /// (docs/data.md "Sharding").
+  void shard(ds::LoaderConfig& lc) const {
+    lc.shard_rank = rank();
+    lc.shard_count = size();
+  }
+
+  /// The sum over the ranks of a per-rank count, e.g. a sharded loader's skipped images
+  /// (collective: every rank calls it at the same point); one process: n.
+  std::uint64_t total(std::uint64_t n, const char* what) const {
+    if (size() == 1) return n;
+    double v = double(n);  // exact below 2^53
+    comm->allreduce_sum(&v, 1, what);
+    return std::uint64_t(v);
   }
 
   /// This rank's columns of a global batch x: [r n, (r + 1) n) for n = x.cols / size().
@@ -109,7 +128,7 @@ struct Data {
   MatF eval;                     ///< (C H W, eval_images), values in [-1, 1]
   std::vector<int> eval_labels;  ///< one per column of eval
   std::uint64_t skipped = 0;     ///< unreadable images skipped while gathering
-  Ranks ranks;                   ///< the processes of the run (every rank holds all the data)
+  Ranks ranks;                   ///< the processes of the run (each loader reads its shard)
   Index image_dim() const { return channels * side * side; }
 };
 

@@ -150,9 +150,10 @@ inline std::unique_ptr<Classifier> classifier_stage(const PipelineConfig& c, con
                                           c.cls_steps, c.cls_lr * 0.01);
   train::ClassifierTrainer<Classifier> trainer(*net, tc);
   d.ranks.attach(trainer);
-  ds::LoaderConfig lc;  // every rank loads the global batch and trains on its slice
+  ds::LoaderConfig lc;  // the global batch; each rank reads and trains on its shard of it
   lc.batch_size = loader_batch("classifier", c.cls_batch, *d.train, c.quiet);
   d.ranks.per_rank("--cls-batch", lc.batch_size);
+  d.ranks.shard(lc);
   lc.threads = c.loader_threads;
   lc.seed = c.seed + 101;
   lc.drop_last = true;
@@ -162,14 +163,13 @@ inline std::unique_ptr<Classifier> classifier_stage(const PipelineConfig& c, con
   std::vector<std::int32_t> labels;
   double run_loss = 0, run_acc = 0;
   for (Index s = 0; s < c.cls_steps; ++s) {
+    // This rank's shard, with its labels (shorter than its share when unreadable images of it
+    // were skipped).
     const ds::Batch b = loader.next();
     labels.assign(b.labels.begin(), b.labels.end());
-    // The loader's batch may be smaller than asked (unreadable images are skipped): this rank's
-    // share is that of the batch it got.
-    const MatF in = classifier_input(d, d.ranks.slice(b.view()));
-    const Index mine = Index(in.cols());
+    const MatF in = classifier_input(d, b.view());
     const auto stats = trainer.step(ConstMatrixView<float>(in),
-                                    nn::LabelView(labels.data() + mine * d.ranks.rank(), mine));
+                                    nn::LabelView(labels.data(), Index(labels.size())));
     run_loss = s == 0 ? stats.loss : 0.98 * run_loss + 0.02 * stats.loss;
     run_acc = s == 0 ? stats.accuracy : 0.98 * run_acc + 0.02 * stats.accuracy;
     char msg[64];
@@ -618,9 +618,10 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
   rc.kl_beta = kl ? c.kl_beta : 0.0;
   train::ReconstructionTrainer<Tokenizer> trainer(model, rc);
   d.ranks.attach(trainer);
-  ds::LoaderConfig lc;  // every rank loads the global batch and trains on its slice
+  ds::LoaderConfig lc;  // the global batch; each rank reads and trains on its shard of it
   lc.batch_size = loader_batch("autoencoder", c.ae_batch, *d.train, c.quiet);
   d.ranks.per_rank("--ae-batch", lc.batch_size);
+  d.ranks.shard(lc);
   lc.threads = c.loader_threads;
   lc.seed = c.seed + 1;
   lc.drop_last = true;
@@ -673,8 +674,8 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
   double sum_mse = 0, sum_align = 0;
   Index sum_n = 0;
   while (trainer.steps() < c.ae_steps) {
-    const ds::Batch b = loader.next();
-    const ConstMatrixView<float> mine = d.ranks.slice(b.view());
+    const ds::Batch b = loader.next();  // this rank's shard of the global batch
+    const ConstMatrixView<float> mine = b.view();
     const train::ReconstructionStats s =
         kl ? trainer.step(mine, rng) : trainer.step(mine, latent_loss);
     sum_mse += s.mse;
@@ -708,6 +709,7 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
   bar.finish();
   save();
   const double secs = seconds_since(t0);
+  const std::uint64_t skipped = d.ranks.total(loader.skipped_count(), "the skipped images");
   trainer.copy_ema_to(*ae.model);
   d.ranks.on_lead("the autoencoder's weights", [&] { io::save_state_dict(*ae.model, weights); });
   ae.results = {{"name", a.name},
@@ -722,7 +724,7 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
                 {"steps", c.ae_steps},
                 {"train_seconds", secs},
                 {"images_per_s", double(c.ae_steps - first) * double(lc.batch_size) / secs},
-                {"skipped_images", loader.skipped_count()},
+                {"skipped_images", skipped},
                 {"curve_step", cs},
                 {"curve_mse", cmse},
                 {"curve_align", calign},

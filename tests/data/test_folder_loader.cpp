@@ -366,3 +366,202 @@ TEST_CASE("loader: invalid settings are config errors", "[data]") {
   CHECK(l.next().size() == 2);
   CHECK(l.next().size() == 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sharding (docs/data.md "Sharding"): the loader of shard r of P builds only its slots of each
+// global batch.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// The shards' batches of one step, side by side, must make the one-process batch `whole`: the
+// indices, labels, skipped samples and pixels (bit for bit) in shard order, each shard holding
+// its shard_range of the global batch.
+void require_shards_make(const ds::Batch& whole, const std::vector<ds::Batch>& shards) {
+  const int P = static_cast<int>(shards.size());
+  const std::int64_t global = whole.size() + static_cast<std::int64_t>(whole.skipped.size());
+  ds::Batch cat;
+  std::vector<std::size_t> skipped_whole, skipped_cat;
+  for (const auto& s : whole.skipped) skipped_whole.push_back(s.index);
+  for (int r = 0; r < P; ++r) {
+    const ds::Batch& b = shards[static_cast<std::size_t>(r)];
+    INFO("shard " << r << " of " << P);
+    REQUIRE(b.position == whole.position);
+    REQUIRE(b.sample_size == whole.sample_size);
+    REQUIRE(b.global_size == global);
+    const ds::ShardRange want = ds::shard_range(global, r, P);
+    REQUIRE(b.shard.begin == want.begin);
+    REQUIRE(b.shard.end == want.end);
+    REQUIRE(b.size() + static_cast<std::int64_t>(b.skipped.size()) == want.size());
+    REQUIRE(b.data.size() == static_cast<std::size_t>(b.size() * b.sample_size));
+    cat.indices.insert(cat.indices.end(), b.indices.begin(), b.indices.end());
+    cat.labels.insert(cat.labels.end(), b.labels.begin(), b.labels.end());
+    cat.data.insert(cat.data.end(), b.data.begin(), b.data.end());
+    for (const auto& s : b.skipped) skipped_cat.push_back(s.index);
+  }
+  REQUIRE(cat.indices == whole.indices);
+  REQUIRE(cat.labels == whole.labels);
+  REQUIRE(cat.data == whole.data);  // bit for bit
+  REQUIRE(skipped_cat == skipped_whole);
+}
+
+// Runs `steps` batches of one unsharded loader (threads 0) and of P shards (each with `threads`
+// workers), checks them step by step, then moves every loader to `resume` and checks `steps`
+// more. Returns the shards' skipped counts summed, and the reference's.
+std::pair<std::uint64_t, std::uint64_t> check_shards(std::shared_ptr<const ds::SampleSource> src,
+                                                     ds::LoaderConfig cfg, int P, int threads,
+                                                     int steps, ds::Position resume) {
+  cfg.threads = 0;
+  ds::Loader whole(src, cfg);
+  std::vector<std::unique_ptr<ds::Loader>> shards;
+  for (int r = 0; r < P; ++r) {
+    ds::LoaderConfig sc = cfg;
+    sc.threads = threads;
+    sc.shard_rank = r;
+    sc.shard_count = P;
+    shards.push_back(std::make_unique<ds::Loader>(src, sc));
+    REQUIRE(shards.back()->batches_per_epoch() == whole.batches_per_epoch());
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1) {
+      whole.set_position(resume);
+      for (auto& l : shards) l->set_position(resume);
+    }
+    for (int s = 0; s < steps; ++s) {
+      INFO("pass " << pass << ", step " << s);
+      std::vector<ds::Batch> got;
+      for (auto& l : shards) got.push_back(l->next());
+      require_shards_make(whole.next(), got);
+      for (auto& l : shards) REQUIRE(l->position() == whole.position());
+    }
+  }
+  std::uint64_t sum = 0;
+  for (auto& l : shards) sum += l->skipped_count();
+  return {sum, whole.skipped_count()};
+}
+
+}  // namespace
+
+TEST_CASE("loader: shard_range splits a batch evenly, the first shards one more", "[data][shard]") {
+  auto ranges = [](std::int64_t n, int P) {
+    std::vector<std::pair<std::int64_t, std::int64_t>> v;
+    for (int r = 0; r < P; ++r) {
+      const ds::ShardRange s = ds::shard_range(n, r, P);
+      v.emplace_back(s.begin, s.end);
+    }
+    return v;
+  };
+  using V = std::vector<std::pair<std::int64_t, std::int64_t>>;
+  CHECK(ranges(10, 3) == V{{0, 4}, {4, 7}, {7, 10}});
+  CHECK(ranges(12, 3) == V{{0, 4}, {4, 8}, {8, 12}});
+  CHECK(ranges(8, 2) == V{{0, 4}, {4, 8}});
+  CHECK(ranges(1, 3) == V{{0, 1}, {1, 1}, {1, 1}});
+  CHECK(ranges(0, 2) == V{{0, 0}, {0, 0}});
+  CHECK(ranges(7, 1) == V{{0, 7}});
+  CHECK(ds::shard_range(10, 1, 3).size() == 3);
+  CHECK_THROWS_AS(ds::shard_range(4, 2, 2), config_error);
+  CHECK_THROWS_AS(ds::shard_range(4, -1, 2), config_error);
+  CHECK_THROWS_AS(ds::shard_range(4, 0, 0), config_error);
+  CHECK_THROWS_WITH(ds::shard_range(-1, 0, 1), Catch::Contains("[flowprior.config] shard_range"));
+}
+
+TEST_CASE("loader: each shard returns its columns of the one-process batch, bit for bit",
+          "[data][shard]") {
+  // 11 images with random flips, batches of 4: 4, 4, 3 (the short one split 2 + 1, 1 + 1 + 1).
+  ds::ImageArray arr;
+  arr.count = 11;
+  arr.height = 3;
+  arr.width = 4;
+  for (std::int64_t i = 0; i < arr.count * 12; ++i)
+    arr.pixels.push_back(static_cast<std::uint8_t>((i * 53 + 7) % 256));
+  for (int i = 0; i < 11; ++i) arr.labels.push_back(i % 4);
+  auto src = std::make_shared<ds::ArraySource>(arr, true);
+  ds::LoaderConfig cfg;
+  cfg.batch_size = 4;
+  cfg.seed = 9;
+  cfg.prefetch = 2;
+  for (int P : {1, 2, 3}) {
+    for (int threads : {0, 2}) {
+      INFO(P << " shards, " << threads << " threads");
+      // Three epochs, then again from (epoch 1, batch 2), across the next epoch boundary.
+      (void)check_shards(src, cfg, P, threads, 9, ds::Position{1, 2});
+      // The columns themselves: shard r's batch is columns [lo_r, hi_r) of the whole batch.
+      ds::LoaderConfig one = cfg;
+      one.threads = 0;
+      ds::Loader whole(src, one);
+      ds::LoaderConfig sc = cfg;
+      sc.threads = threads;
+      sc.shard_rank = P - 1;
+      sc.shard_count = P;
+      ds::Loader last(src, sc);
+      for (int s = 0; s < 6; ++s) {
+        const ds::Batch w = whole.next(), b = last.next();
+        REQUIRE(b.size() == b.shard.size());  // nothing skipped here
+        REQUIRE(w.matrix().middleCols(b.shard.begin, b.shard.size()) == b.matrix());
+      }
+    }
+  }
+}
+
+TEST_CASE("loader: shards of a folder with broken images skip and count their own",
+          "[data][shard]") {
+  fpt::TempDir root("shards");
+  const int broken = make_folder(root);
+  auto src = folder_source(root.dir.string(), ds::TransformMode::Train);
+  ds::LoaderConfig cfg;
+  cfg.batch_size = 4;  // 13 or 14 entries: the last batch of 1 or 2 leaves a shard of 3 empty
+  cfg.seed = 21;
+  const int steps = 3 * static_cast<int>((src->size() + 3) / 4);  // three epochs
+  for (int P : {1, 2, 3}) {
+    for (int threads : {0, 2}) {
+      INFO(P << " shards, " << threads << " threads");
+      const auto counts = check_shards(src, cfg, P, threads, steps, ds::Position{2, 1});
+      CHECK(counts.first == counts.second);  // each broken file counted by one shard
+      CHECK(counts.second >= 3u * static_cast<std::uint64_t>(broken));
+    }
+  }
+  // A position saved by a sharded loader resumes an unsharded one (and another shard count).
+  ds::LoaderConfig two = cfg;
+  two.shard_count = 2;
+  two.shard_rank = 1;
+  ds::Loader a(src, two);
+  (void)take(a, 5);
+  ds::Loader whole(src, cfg);
+  whole.set_position(a.position());
+  ds::LoaderConfig three = cfg;
+  three.shard_count = 3;
+  std::vector<ds::Batch> parts;
+  for (int r = 0; r < 3; ++r) {
+    three.shard_rank = r;
+    ds::Loader l(src, three);
+    l.set_position(a.position());
+    parts.push_back(l.next());
+  }
+  require_shards_make(whole.next(), parts);
+}
+
+TEST_CASE("loader: invalid shards are config errors naming the field", "[data][shard]") {
+  ds::ImageArray arr;
+  arr.count = 5;
+  arr.height = arr.width = 2;
+  arr.pixels.assign(20, 3);
+  arr.labels.assign(5, 0);
+  auto src = std::make_shared<ds::ArraySource>(arr);
+  auto error_of = [&](int rank, int count, std::int64_t batch) {
+    ds::LoaderConfig cfg;
+    cfg.batch_size = batch;
+    cfg.shard_rank = rank;
+    cfg.shard_count = count;
+    try {
+      ds::Loader l(src, cfg);
+    } catch (const config_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK_THAT(error_of(0, 0, 4), Catch::Contains("shard_count must be in 1..batch_size (4), got 0"));
+  CHECK_THAT(error_of(0, 5, 4), Catch::Contains("shard_count must be in 1..batch_size (4), got 5"));
+  CHECK_THAT(error_of(-1, 2, 4), Catch::Contains("shard_rank must be in 0..1, got -1"));
+  CHECK_THAT(error_of(2, 2, 4), Catch::Contains("shard_rank must be in 0..1, got 2"));
+  CHECK(error_of(3, 4, 4).empty());
+}

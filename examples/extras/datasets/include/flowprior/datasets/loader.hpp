@@ -7,9 +7,15 @@
 /// epoch_order), each drawn with SampleRng(seed, e, index). Nothing depends on which worker built
 /// a batch or when, so batches are identical, bit for bit, with any number of threads (0 included:
 /// the caller's thread builds them) and after set_position. Batches are returned in order.
+///
+/// Sharding (docs/data.md "Sharding"): with shard_count = P, the loader of shard r builds only
+/// slots [lo_r, hi_r) of each global batch (shard_range), so the P loaders of a data-parallel run
+/// together decode each sample once, and shard r's batch is the columns [lo_r, hi_r) of the
+/// one-process batch, bit for bit.
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -79,12 +85,41 @@ struct Skipped {
   std::string reason;
 };
 
+/// Slots [begin, end) of a batch: the part of a global batch that one shard (rank) gets.
+struct ShardRange {
+  std::int64_t begin = 0, end = 0;
+  /// Number of slots, end - begin.
+  std::int64_t size() const { return end - begin; }
+};
+
+/// The slots of a batch of n samples that shard `rank` of `count` gets (docs/data.md (7)): the
+/// even split,
+/// floor(n / count) slots each and one more for the first n mod count shards,
+///   begin = rank * floor(n / count) + min(rank, n mod count),  end = begin of rank + 1.
+/// The shards' ranges are consecutive and cover [0, n) (some are empty when n < count).
+/// @throws config_error for count < 1, rank outside 0..count - 1 or n < 0.
+inline ShardRange shard_range(std::int64_t n, int rank, int count) {
+  if (count < 1 || rank < 0 || rank >= count || n < 0)
+    ::flowprior::detail::raise<config_error>(
+        "[flowprior.config] shard_range: shard " + std::to_string(rank) + " of " +
+        std::to_string(count) + " of a batch of " + std::to_string(n) + " is not a shard");
+  const std::int64_t q = n / count, extra = n % count;
+  ShardRange r;
+  r.begin = rank * q + std::min<std::int64_t>(rank, extra);
+  r.end = r.begin + q + (rank < extra ? 1 : 0);
+  return r;
+}
+
 /// One batch: columns are samples. data is (sample_size, size()) column-major: column j holds
 /// sample indices[j] (C * H * W floats, channel-major CHW as PyTorch lays out a tensor), labels[j]
 /// its label. Skipped samples are left out, so size() may be less than the batch size.
+/// A sharded loader's batch holds its shard's slots [shard.begin, shard.end) of the global batch
+/// (of global_size samples) and nothing else: its skipped samples are the ones among them.
 struct Batch {
   Position position;             ///< which batch this is
   std::int64_t sample_size = 0;  ///< rows
+  std::int64_t global_size = 0;  ///< samples of the global batch, before skipping, all shards
+  ShardRange shard;              ///< this shard's slots of the global batch, before skipping
   std::vector<float> data;
   std::vector<int> labels;
   std::vector<std::size_t> indices;  ///< source indices of the columns
@@ -111,9 +146,14 @@ struct LoaderConfig {
   bool shuffle = true;            ///< false: every epoch in source order
   bool drop_last = false;         ///< drop a last batch smaller than batch_size
   std::size_t max_reported = 16;  ///< how many skipped samples skipped_reports() keeps
+  /// This loader's shard (0..shard_count - 1): it builds only its slots of each batch.
+  int shard_rank = 0;
+  /// Loaders that split each global batch of batch_size between them (data-parallel ranks).
+  int shard_count = 1;
 
   /// @throws config_error naming the field: batch_size < 1, threads outside 0..256, prefetch
-  /// outside 1..1024.
+  /// outside 1..1024, shard_count outside 1..batch_size (a shard would get no sample of a full
+  /// batch), shard_rank outside 0..shard_count - 1.
   void validate() const {
     auto bad = [](const std::string& what) {
       ::flowprior::detail::raise<config_error>("[flowprior.config] LoaderConfig: " + what);
@@ -123,22 +163,36 @@ struct LoaderConfig {
       bad("threads must be in 0..256, got " + std::to_string(threads));
     if (prefetch < 1 || prefetch > 1024)
       bad("prefetch must be in 1..1024, got " + std::to_string(prefetch));
+    if (shard_count < 1 || shard_count > batch_size)
+      bad("shard_count must be in 1..batch_size (" + std::to_string(batch_size) + "), got " +
+          std::to_string(shard_count));
+    if (shard_rank < 0 || shard_rank >= shard_count)
+      bad("shard_rank must be in 0.." + std::to_string(shard_count - 1) + ", got " +
+          std::to_string(shard_rank));
   }
 };
 
 /// Batches of a SampleSource, epoch after epoch, without end.
 ///
+/// Sharded (shard_count > 1): batch_size stays the global batch; next() returns this shard's
+/// slots of it (shard_range of the global batch's size: the last batch, when short, is split as
+/// evenly as possible, the first shards getting one more), each sample still drawn with its own
+/// SampleRng(seed, e, index). Position, batches_per_epoch and set_position are global, the same
+/// for every shard and for one unsharded loader, so a position saved by a sharded run resumes
+/// with any shard count. A skipped sample is skipped by the shard that owns it, whose batch is
+/// then shorter; skipped_count() and skipped_reports() are this shard's alone.
+///
 /// Memory: at most `prefetch` batches are built ahead (plus, right after set_position, the
-/// batches that workers were building, which are then discarded), each of batch_size x
-/// sample_size floats, plus one epoch order (4 bytes per sample, two epochs at an epoch's end)
-/// and what each worker's source needs for one sample.
+/// batches that workers were building, which are then discarded), each of at most
+/// ceil(batch_size / shard_count) x sample_size floats, plus one epoch order (4 bytes per sample,
+/// two epochs at an epoch's end) and what each worker's source needs for one sample.
 /// Skipped samples are counted when their batch is returned by next(), so the count and the
 /// reports are deterministic too.
 /// Not thread-safe itself: one thread calls next(), set_position() and the accessors.
 class Loader {
  public:
-  /// @throws config_error for an invalid config, a null or empty source, or a source of more
-  ///         than 2^32 - 1 samples.
+  /// @throws config_error for an invalid config (LoaderConfig::validate), a null or empty
+  ///         source, or a source of more than 2^32 - 1 samples.
   Loader(std::shared_ptr<const SampleSource> source, LoaderConfig cfg)
       : src_(std::move(source)), cfg_(cfg) {
     cfg_.validate();
@@ -190,7 +244,8 @@ class Loader {
     cv_work_.notify_all();
   }
 
-  /// The next batch, in order. Builds it in the caller's thread when threads == 0; otherwise
+  /// The next batch, in order (this shard's slots of it when sharded). Builds it in the
+  /// caller's thread when threads == 0; otherwise
   /// starts the workers on the first call and waits for the batch. An exception thrown while a
   /// batch was built (not a skipped sample: a bug, out of memory) is rethrown here, and again on
   /// every call, without advancing.
@@ -220,9 +275,10 @@ class Loader {
     return b;
   }
 
-  /// Skipped samples counted so far (in the batches next() returned).
+  /// Skipped samples counted so far (in the batches next() returned): this shard's only when
+  /// sharded (the run's count is the sum over the shards).
   std::uint64_t skipped_count() const { return skipped_count_; }
-  /// The reasons of the first max_reported skipped samples (each names the file).
+  /// The reasons of the first max_reported skipped samples of this shard (each names the file).
   const std::vector<std::string>& skipped_reports() const { return reports_; }
   /// The configuration.
   const LoaderConfig& config() const { return cfg_; }
@@ -251,15 +307,19 @@ class Loader {
     return o;
   }
 
-  // Batch `seq` (epoch * per_epoch + batch), a pure function of seq, the source and the config.
+  // Batch `seq` (epoch * per_epoch + batch), or this shard's slots of it: a pure function of
+  // seq, the source and the config.
   Batch build(std::int64_t seq) {
     Batch b;
     b.position = to_position(seq);
     b.sample_size = src_->sample_size();
     const auto ord = order(b.position.epoch);
     const std::int64_t n = static_cast<std::int64_t>(ord->size());
-    const std::int64_t first = b.position.batch * cfg_.batch_size;
-    const std::int64_t last = std::min(first + cfg_.batch_size, n);
+    const std::int64_t start = b.position.batch * cfg_.batch_size;
+    b.global_size = std::min(start + cfg_.batch_size, n) - start;
+    b.shard = shard_range(b.global_size, cfg_.shard_rank, cfg_.shard_count);
+    const std::int64_t first = start + b.shard.begin;
+    const std::int64_t last = start + b.shard.end;
     const std::size_t rows = static_cast<std::size_t>(b.sample_size);
     b.data.resize(static_cast<std::size_t>(last - first) * rows);
     std::string why;
