@@ -5,11 +5,13 @@
 //
 // Every option is checked, and the output folder created and probed for writing, before any
 // work (docs/errors.md "Guarantees"). A diverging training stops with a non-zero exit and keeps
-// its last good checkpoint; --resume continues a stopped run from its checkpoint.
+// its last good checkpoint; --resume continues a stopped run from its checkpoint (--stop-at
+// stops one on purpose).
 //
 // Built with flowprior::mpi it also runs data-parallel, unchanged: `mpirun -np N 10_toy2d ...`
 // (--batch and --latents are the totals over the ranks and must be multiples of N; every rank
-// evaluates, rank 0 alone prints and writes; docs/distributed.md "Examples").
+// evaluates, rank 0 alone prints and writes; a checkpoint resumes on any number of ranks;
+// docs/distributed.md "Examples").
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -24,6 +26,14 @@
 #endif
 
 #include "example_cli.hpp"
+
+namespace {
+// Thrown by the prior's step hook at --stop-at, on every rank at the same step (no collective
+// in between): the run ends like a kill after that step, keeping the last checkpoint.
+struct Stopped {
+  flowprior::Index step;
+};
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace flowprior;
@@ -46,6 +56,7 @@ int main(int argc, char** argv) {
   pipeline::Toy2dConfig cfg;
   std::string target = "ring5", out = "toy2d_out", conv = "code";
   bool paper = false, quiet = false;
+  Index stop_at = 0;
   app.add_option("--target", target,
                  "ring5, grid16, moons, rings, spiral, swissroll or checkerboard");
   app.add_option("--out", out, "output folder (created)");
@@ -92,6 +103,9 @@ int main(int argc, char** argv) {
                  "the end)");
   app.add_flag("--resume", cfg.resume,
                "continue the prior's training from the checkpoint in --out (same options)");
+  app.add_option("--stop-at", stop_at,
+                 "stop after this prior step, as a kill would (0: never); the last checkpoint "
+                 "is kept, --resume continues (on any number of ranks)");
   app.add_flag("--quiet", quiet, "no progress bars");
 #if defined(FLOWPRIOR_EXAMPLE_MPI)
   // Every rank evaluates the prior and the landscape itself (cheap in 2-D), so the ranks meet
@@ -158,6 +172,13 @@ int main(int argc, char** argv) {
     // multiples of the ranks), then the output folder (created, then probed for writing by
     // run_toy2d).
     cfg.validate();
+    if (stop_at < 0 || stop_at > cfg.prior_steps)
+      raise_config("10_toy2d", "--stop-at must lie in [0, --prior-steps] (0: never), got " +
+                                   std::to_string(stop_at));
+    if (stop_at > 0)
+      cfg.on_prior_step = [stop_at](Index done) {
+        if (done == stop_at) throw Stopped{done};
+      };
     std::error_code ec;
     if (lead) std::filesystem::create_directories(out, ec);
     if (ec) io::fail(out, "cannot create the output folder (" + ec.message() + ")");
@@ -179,6 +200,13 @@ int main(int argc, char** argv) {
     std::printf("\nwrote %s/metrics.json, the prior (%s) and its checkpoint, and figures:\n",
                 out.c_str(), result.prior_path.c_str());
     for (const auto& f : figures) std::printf("  %s\n", f.c_str());
+    return 0;
+  } catch (const Stopped& s) {  // every rank alike
+    if (lead)
+      std::printf(
+          "stopped after prior step %td (--stop-at): --resume continues from the last "
+          "checkpoint\n",
+          s.step);
     return 0;
   } catch (const std::exception& e) {
     if (many)

@@ -466,11 +466,12 @@ TEST_CASE("toy2d pipeline: a one-rank communicator gives the results of none, bi
   REQUIRE(b.track_nll_trained == a.track_nll_trained);
   REQUIRE(io::read_file((b_dir / "prior.safetensors").string()) ==
           io::read_file((a_dir / "prior.safetensors").string()));
-  // One process writes no user.ranks (a checkpoint without it was written by one process).
+  // No run writes user.ranks: the checkpoint is the same file on any number of ranks (the
+  // trainer's entry is the global batch).
   const auto meta = io::Safetensors::read((b_dir / "prior.ckpt.safetensors").string()).metadata();
   REQUIRE(meta.count("user.ranks") == 0);
   REQUIRE(pipeline::toy2d_metrics(c, b)["config"]["ranks"] == 1);
-  // Resuming it on one rank works; the checkpoint's rank count is checked.
+  // Resuming it on one rank works.
   c.resume = true;
   REQUIRE(pipeline::run_toy2d(c, b_dir.string()).resumed_from == c.prior_steps);
   std::filesystem::remove_all(a_dir);

@@ -127,7 +127,9 @@ struct Toy2dConfig {
   /// end); 0: only at step 0 and at the end.
   Index checkpoint_every = 500;
   /// Continue the prior's training from out_dir/prior.ckpt.safetensors (written by a run with
-  /// the same options, checked) instead of starting afresh; bit-exact with an uninterrupted run.
+  /// the same options, checked) instead of starting afresh; bit-exact with an uninterrupted run
+  /// on the same number of ranks, within docs/math/data_parallel.md "Tolerance" on another (the
+  /// checkpoint holds the global batch and the global generator: any rank count resumes it).
   bool resume = false;
   bool progress = true;  ///< progress bars on stderr
   /// Called after every prior step with the number of steps done (after any checkpoint save).
@@ -293,7 +295,8 @@ inline nn::AdaLNMlpConfig toy2d_net_config(const Toy2dConfig& cfg) {
 
 /// The prior's trainer configuration (batch, draws, EMA, time groups, warmup + cosine or
 /// constant schedule). load_checkpoint needs a trainer built from it. Its batch is a rank's:
-/// cfg.batch / cfg.ranks() (the checkpoint stores it, so a run resumes on as many ranks).
+/// cfg.batch / cfg.ranks() (the checkpoint stores the global batch, the trainer's times its
+/// ranks, so a run resumes on any number of ranks that divides cfg.batch).
 inline train::TrainerConfig toy2d_trainer_config(const Toy2dConfig& cfg) {
   train::TrainerConfig tc;
   tc.batch = cfg.batch / cfg.ranks();
@@ -574,20 +577,6 @@ inline void toy2d_check_resume_options(const Toy2dConfig& cfg, const std::string
                      "folder)");
 }
 
-/// Resume: a checkpoint written on P ranks stores the trainer's per-rank batch, so it resumes
-/// on P ranks (config_error otherwise). user.ranks is written only by runs on several ranks:
-/// a checkpoint without it was written by one process.
-inline void toy2d_check_resume_ranks(const std::string& path,
-                                     const std::map<std::string, std::string>& meta, int ranks) {
-  const auto it = meta.find("user.ranks");
-  const std::string saved = it == meta.end() ? "1" : it->second;
-  if (saved != std::to_string(ranks))
-    raise_config("run_toy2d (resume)",
-                 "the checkpoint " + path + " was written by a run on " + saved +
-                     " rank(s), this run has " + std::to_string(ranks) +
-                     " (it stores the per-rank batch): resume on " + saved + " rank(s)");
-}
-
 /// Stage (a): trains an AdaLN prior in scalar S by flow matching on `target`, saving the
 /// training checkpoint at step 0, every cfg.checkpoint_every steps and at the end (or resuming
 /// from it), and copies the EMA weights into `prior` (double). A checkpoint is written only
@@ -598,7 +587,9 @@ inline void toy2d_check_resume_ranks(const std::string& path,
 /// trainer's all-reduce averages the gradients, so the ranks hold the same weights, EMA and
 /// generator: the divergence guard and the finiteness check decide alike on every rank); rank 0
 /// writes the checkpoint (collective save_checkpoint); every rank reads it on resume, and the
-/// ranks agree on the outcome of the read and of its checks.
+/// ranks agree on the outcome of the read and of its checks. The checkpoint is the same file
+/// whatever the number of ranks (global batch, draws and generator are global), so a run stopped
+/// on P ranks continues on any other number (within docs/math/data_parallel.md "Tolerance").
 template <class S>
 void train_prior(const Toy2dConfig& cfg, train::Communicator& comm, const data::ToyTarget& target,
                  const nn::AdaLNMlpConfig& nc, const std::string& out_dir, Toy2dResult& r,
@@ -615,7 +606,6 @@ void train_prior(const Toy2dConfig& cfg, train::Communicator& comm, const data::
   r.checkpoint_path = ckpt;
   std::map<std::string, std::string> identity = toy2d_options(cfg);
   identity["run_id"] = r.run_id;
-  if (comm.size() > 1) identity["ranks"] = std::to_string(comm.size());
   double seconds_before = 0;  // of the run this one resumes
   Index last_saved = -1;      // the step of the checkpoint on disk
   auto t0 = std::chrono::steady_clock::now();
@@ -650,7 +640,6 @@ void train_prior(const Toy2dConfig& cfg, train::Communicator& comm, const data::
       st.reset(new io::Safetensors(io::Safetensors::read(ckpt)));
       const auto& meta = st->metadata();
       toy2d_check_resume_options(cfg, ckpt, meta);
-      toy2d_check_resume_ranks(ckpt, meta, comm.size());
       g = toy2d_split(ckpt, "user.train_guard", toy2d_meta(meta, ckpt, "user.train_guard"));
       steps = toy2d_split(ckpt, "user.train_curve_step",
                           toy2d_meta(meta, ckpt, "user.train_curve_step"));
