@@ -89,6 +89,19 @@ struct Ranks {
     return std::uint64_t(v);
   }
 
+  /// The smallest of the ranks' row counts n (collective: every rank calls it at the same
+  /// point); one process: n. A sharded loader gives a rank fewer rows when images of its shard
+  /// were unreadable, and the trainers need equal shards (their draws and their average assume
+  /// them), so every rank trains on that many rows of its shard: the few rows the others have
+  /// more are dropped for this step.
+  Index common_rows(Index n) const {
+    if (size() == 1) return n;
+    std::vector<double> all(static_cast<std::size_t>(size()), 0.0);
+    all[static_cast<std::size_t>(rank())] = double(n);
+    comm->allreduce_sum(all.data(), Index(all.size()), "the ranks' row counts");
+    return Index(*std::min_element(all.begin(), all.end()));
+  }
+
   /// This rank's columns of a global batch x: [r n, (r + 1) n) for n = x.cols / size().
   /// config_error when the ranks do not divide the batch (a loader batch shortened by skipped
   /// images, say): the ranks would train on different numbers of rows.

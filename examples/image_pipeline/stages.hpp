@@ -164,10 +164,12 @@ inline std::unique_ptr<Classifier> classifier_stage(const PipelineConfig& c, con
   double run_loss = 0, run_acc = 0;
   for (Index s = 0; s < c.cls_steps; ++s) {
     // This rank's shard, with its labels (shorter than its share when unreadable images of it
-    // were skipped).
+    // were skipped: then every rank keeps the shortest shard's count, Ranks::common_rows).
     const ds::Batch b = loader.next();
-    labels.assign(b.labels.begin(), b.labels.end());
-    const MatF in = classifier_input(d, b.view());
+    const Index rows = d.ranks.common_rows(b.size());
+    if (rows == 0) continue;  // every image of the batch was unreadable
+    labels.assign(b.labels.begin(), b.labels.begin() + rows);
+    const MatF in = classifier_input(d, b.view().col_block(0, rows));
     const auto stats = trainer.step(ConstMatrixView<float>(in),
                                     nn::LabelView(labels.data(), Index(labels.size())));
     run_loss = s == 0 ? stats.loss : 0.98 * run_loss + 0.02 * stats.loss;
@@ -675,7 +677,9 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
   Index sum_n = 0;
   while (trainer.steps() < c.ae_steps) {
     const ds::Batch b = loader.next();  // this rank's shard of the global batch
-    const ConstMatrixView<float> mine = b.view();
+    const Index rows = d.ranks.common_rows(b.size());  // equal shards (unreadable images)
+    if (rows == 0) continue;
+    const ConstMatrixView<float> mine = b.view().col_block(0, rows);
     const train::ReconstructionStats s =
         kl ? trainer.step(mine, rng) : trainer.step(mine, latent_loss);
     sum_mse += s.mse;
