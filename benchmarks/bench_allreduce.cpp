@@ -5,7 +5,10 @@
 /// training step per rank (the paper-size flow prior's FlowMatchingTrainer::step, and the image
 /// pipeline's default autoencoder under ReconstructionTrainer::step), then both in one loop:
 /// sequential (compute, then all-reduce) and overlapped (MPI_Iallreduce started before the
-/// compute, waited for after it).
+/// compute, waited for after it). For the prior also the library's own data-parallel step
+/// (FlowMatchingTrainer::set_communicator on an MpiCommunicator): one sum after the backward
+/// (bucket 0), and the sum in buckets started during the backward (docs/distributed.md
+/// "Overlap"; --bucket values per bucket).
 ///
 ///   mpirun -np 2 ./bench_allreduce [--sizes 1K,64K,prior] [--repeats 10] [--json out.json]
 ///
@@ -25,6 +28,7 @@
 #include <exception>
 #include <flowprior/flowprior.hpp>
 #include <flowprior/io/file.hpp>
+#include <flowprior/mpi/communicator.hpp>
 #include <flowprior/nn/tokenizer.hpp>
 #include <flowprior/train/reconstruction.hpp>
 #include <functional>
@@ -158,44 +162,59 @@ struct StepResult {
   Index params = 0, batch = 0, rows = 0;  ///< rows: network evaluations per step and rank
   double flops = 0;                       ///< matrix-product FLOPs per step and rank (0: unknown)
   double compute_s = 0, allreduce_s = 0, sequential_s = 0, overlapped_s = 0;
+  /// The library's data-parallel step (the prior only; 0: not measured): one sum after the
+  /// backward, and buckets started during it.
+  double dp_blocking_s = 0, dp_bucketed_s = 0;
 };
+
+/// The median over `repeats` of body's time (the maximum over the ranks), after one untimed
+/// call (which sizes every buffer); a barrier before each.
+double timed_median(const std::function<void()>& body, int repeats) {
+  body();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+    const double t0 = MPI_Wtime();
+    body();
+    times.push_back(MPI_Wtime() - t0);
+  }
+  return median_of_max(times);
+}
+
+std::function<void()> allreduce_of(std::vector<float>& send, std::vector<float>& recv, int n) {
+  return [&send, &recv, n] {
+    mpi_check(MPI_Allreduce(send.data(), recv.data(), n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+              "MPI_Allreduce");
+  };
+}
 
 void time_step(StepResult& r, const std::function<void()>& step, int repeats) {
   std::vector<float> send(static_cast<std::size_t>(r.params), 1.0f);
   std::vector<float> recv(send.size());
   const int n = static_cast<int>(r.params);
-  auto timed = [&](const std::function<void()>& body) {
-    body();  // warm-up: sizes every buffer
-    std::vector<double> times;
-    for (int i = 0; i < repeats; ++i) {
-      mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
-      const double t0 = MPI_Wtime();
-      body();
-      times.push_back(MPI_Wtime() - t0);
-    }
-    return median_of_max(times);
-  };
-  auto allreduce = [&] {
-    mpi_check(MPI_Allreduce(send.data(), recv.data(), n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
-              "MPI_Allreduce");
-  };
-  r.compute_s = timed(step);
-  r.allreduce_s = timed(allreduce);
-  r.sequential_s = timed([&] {
-    step();
-    allreduce();
-  });
+  const std::function<void()> allreduce = allreduce_of(send, recv, n);
+  r.compute_s = timed_median(step, repeats);
+  r.allreduce_s = timed_median(allreduce, repeats);
+  r.sequential_s = timed_median(
+      [&] {
+        step();
+        allreduce();
+      },
+      repeats);
   // A stand-in for bucketed overlap (the all-reduce of the previous gradients, or of the buckets
   // finished so far, runs while the backward goes on): how much of the communication hides
   // behind the compute. Without an MPI progress thread the library advances the collective only
   // inside MPI calls, so this measures what a plain MPI_Iallreduce gives.
-  r.overlapped_s = timed([&] {
-    MPI_Request req = MPI_REQUEST_NULL;
-    mpi_check(MPI_Iallreduce(send.data(), recv.data(), n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &req),
-              "MPI_Iallreduce");
-    step();
-    mpi_check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
-  });
+  r.overlapped_s = timed_median(
+      [&] {
+        MPI_Request req = MPI_REQUEST_NULL;
+        mpi_check(
+            MPI_Iallreduce(send.data(), recv.data(), n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &req),
+            "MPI_Iallreduce");
+        step();
+        mpi_check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
+      },
+      repeats);
 }
 
 struct Options {
@@ -203,6 +222,7 @@ struct Options {
   int repeats = 10, warmup = 2, compute_repeats = 5, threads = 1;
   Index prior_dim = 32, prior_width = 1024, prior_depth = 6, prior_batch = 256, prior_k = 4;
   Index ae_batch = 64, ae_width = 96, ae_depth = 2;
+  Index bucket = train::ExchangeOptions().bucket;
   bool compute = true;
   std::string json;
 };
@@ -239,7 +259,9 @@ std::string to_json(const Options& o, const std::vector<AllreduceResult>& ar,
          ", \"rows_per_rank\": " + std::to_string(r.rows) + ", \"flops\": " + number(r.flops) +
          ", \"compute_s\": " + number(r.compute_s) + ", \"allreduce_s\": " + number(r.allreduce_s) +
          ", \"sequential_s\": " + number(r.sequential_s) +
-         ", \"overlapped_s\": " + number(r.overlapped_s) + "}";
+         ", \"overlapped_s\": " + number(r.overlapped_s) +
+         ", \"dp_blocking_s\": " + number(r.dp_blocking_s) +
+         ", \"dp_bucketed_s\": " + number(r.dp_bucketed_s) + "}";
   }
   return s + "\n  ]\n}\n";
 }
@@ -322,6 +344,19 @@ int run(const Options& o) {
     p.flops = (f.forward + f.backward) * double(p.rows);
     time_step(
         p, [&] { ft.step(targets, rng); }, o.compute_repeats);
+    if (ranks > 1) {  // the library's data-parallel step, without and with buckets
+      flowprior::mpi::MpiOptions mo;
+      mo.timeout_s = 600;
+      flowprior::mpi::MpiCommunicator comm(MPI_COMM_WORLD, mo);
+      for (const Index bucket : {Index(0), o.bucket}) {
+        train::FlowMatchingTrainer<nn::AdaLNMlp<float>> dp(prior, flowprior::Convention::Code, tc);
+        train::ExchangeOptions eo;
+        eo.bucket = bucket;
+        dp.set_communicator(&comm, eo);
+        (bucket == 0 ? p.dp_blocking_s : p.dp_bucketed_s) =
+            timed_median([&] { dp.step(targets, rng); }, o.compute_repeats);
+      }
+    }
     steps.push_back(p);
 
     const nn::TokenizerConfig ac = ae.config();
@@ -346,6 +381,13 @@ int run(const Options& o) {
         std::printf("%-12s %10lld %6lld %6lld %12.2f %13.2f %14.2f %14.2f\n", r.name.c_str(),
                     (long long)r.params, (long long)r.batch, (long long)r.rows, r.compute_s * 1e3,
                     r.allreduce_s * 1e3, r.sequential_s * 1e3, r.overlapped_s * 1e3);
+      if (ranks > 1)
+        std::printf(
+            "\nThe library's data-parallel step of the prior (FlowMatchingTrainer on an "
+            "MpiCommunicator), median of %d:\n  one sum after the backward %.2f ms; buckets of "
+            "%lld values started during the backward %.2f ms\n",
+            o.compute_repeats, steps.front().dp_blocking_s * 1e3, (long long)o.bucket,
+            steps.front().dp_bucketed_s * 1e3);
     }
   }
   if (root && !o.json.empty()) {
@@ -388,6 +430,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(Index(4), Index(1) << 16));
   app.add_option("--ae-depth", o.ae_depth, "autoencoder: encoder (and decoder) blocks")
       ->check(CLI::Range(Index(1), Index(1000)));
+  app.add_option("--bucket", o.bucket,
+                 "values per bucket of the prior's overlapped data-parallel step (> 0)")
+      ->check(CLI::Range(Index(1), Index(1) << 30));
   app.add_flag("!--no-compute", o.compute, "only the all-reduce sizes");
   app.add_option("--json", o.json, "write the results to this JSON file (rank 0, atomically)");
   try {

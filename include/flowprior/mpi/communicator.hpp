@@ -213,27 +213,27 @@ class MpiCommunicator final : public train::Communicator {
     return static_cast<int>(n);
   }
 
-  /// Polls req until it completes or the deadline passes: spins for the first millisecond
-  /// (a step's all-reduce usually completes within it), then sleeps 100 us between tests.
+  /// Polls req until it completes or the deadline passes. MPI_Test back to back, yielding the
+  /// core between tests: Open MPI advances a non-blocking collective only inside MPI calls, so a
+  /// pause between tests (this loop slept 100 us after the first millisecond once) stalls a
+  /// large sum at every round of its algorithm (measured: the paper prior's 140 MB gradient took
+  /// 800 ms instead of 115 ms). Open MPI's own blocking collectives poll the same way.
   void wait(MPI_Request& req, const char* call, const char* what) {
     using clock = std::chrono::steady_clock;
-    const auto start = clock::now();
-    const auto deadline = start + std::chrono::duration_cast<clock::duration>(
-                                      std::chrono::duration<double>(opt_.timeout_s));
-    for (;;) {
+    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
+                                             std::chrono::duration<double>(opt_.timeout_s));
+    for (unsigned k = 0;; ++k) {
       int done = 0;
       check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), call, what);
       if (done) return;
-      const auto now = clock::now();
-      if (now >= deadline) {
+      if ((k & 63u) == 0 && clock::now() >= deadline) {
         broken_ = true;
         any_broken() = true;
         fail(call, what,
              "no answer from the other ranks within " + short_number(opt_.timeout_s) +
                  " s (a rank died, hangs, or failed outside a collective step)");
       }
-      if (now - start > std::chrono::milliseconds(1))
-        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      std::this_thread::yield();
     }
   }
 
