@@ -344,19 +344,25 @@ TEST_CASE("mpi: the autoencoder with a Gaussian posterior and the alignment term
   ac.weight = 0.1;
   ac.K = 2;
 
-  Model m1(c), m2(c);
-  Rng i1(comm.rank() == 0 ? 5 : 6), i2(5);
+  Model m1(c), m2(c), m3(c);
+  Rng i1(comm.rank() == 0 ? 5 : 6), i2(5), i3(5);
   m1.init(i1);
   m2.init(i2);
+  m3.init(i3);
   train::ReconstructionConfig rc;
   rc.kl_beta = 0.05;
   rc.schedule = flowprior::optim::LrSchedule::constant(3e-3);
-  train::ReconstructionTrainer<Model> dist(m1, rc), one(m2, rc);
-  dist.set_communicator(&comm);
-  Rng a1(8), a2(8), r1(9), r2(9);
+  train::ReconstructionTrainer<Model> dist(m1, rc), one(m2, rc), bucketed(m3, rc);
+  train::ExchangeOptions blocking, small;
+  blocking.bucket = 0;
+  small.bucket = 5;  // the tokenizer's backward reports after each block and half
+  dist.set_communicator(&comm, blocking);
+  bucketed.set_communicator(&comm, small);
+  Rng a1(8), a2(8), a3(8), r1(9), r2(9), r3(9);
   train::LatentAlignmentLoss<Net> al1(prior, Convention::Paper, ac, a1),
-      al2(prior, Convention::Paper, ac, a2);
+      al2(prior, Convention::Paper, ac, a2), al3(prior, Convention::Paper, ac, a3);
   al1.set_communicator(&comm);
+  al3.set_communicator(&comm);
   const Index B = 3;
   Rng xr(1);
   Eigen::MatrixXd x(m1.image_dim(), 2 * B);
@@ -366,12 +372,18 @@ TEST_CASE("mpi: the autoencoder with a Gaussian posterior and the alignment term
         dist.step(ConstMatrixView<double>(x.data() + x.rows() * B * comm.rank(), x.rows(), B), r1,
                   std::ref(al1));
     const auto s2 = one.step(ConstMatrixView<double>(x.data(), x.rows(), 2 * B), r2, std::ref(al2));
+    const auto s3 =
+        bucketed.step(ConstMatrixView<double>(x.data() + x.rows() * B * comm.rank(), x.rows(), B),
+                      r3, std::ref(al3));
+    CHECK(s3.loss == s1.loss);
     CHECK(std::abs(s1.loss - s2.loss) <= 1e-12 * std::max(1.0, std::abs(s2.loss)));
     CHECK(std::abs(s1.mse - s2.mse) <= 1e-12);
     CHECK(std::abs(s1.kl - s2.kl) <= 1e-12);
   }
   CHECK(max_rel_diff(params_of(m1.parameters()), params_of(m2.parameters())) < 1e-10);
   CHECK(same_on_all_ranks(comm, params_of(m1.parameters())));
+  // The sum in buckets of 5 values started during the backward: the blocking sum's bits.
+  CHECK(params_of(m3.parameters()) == params_of(m1.parameters()));
 }
 
 TEST_CASE("mpi: the classifier on two ranks at batch B takes the steps of one at 2B", "[mpi]") {
@@ -631,9 +643,9 @@ TEST_CASE("mpi: a rank that throws makes the other throw distributed_error at on
   // refuses the step and rank 0 hears of it.
   const auto kept = params_of(net.parameters());
   if (comm.rank() == 1) net.parameters().data[net.num_params() - 1] = std::nan("");
-  CHECK_THROWS_WITH(tr.step_on(ConstMatrixView<double>(batch.data(), 2, 4), rng),
-                    Contains(comm.rank() == 1 ? "diverged at step 2"
-                                              : "1 other rank(s) failed at step 2"));
+  CHECK_THROWS_WITH(
+      tr.step_on(ConstMatrixView<double>(batch.data(), 2, 4), rng),
+      Contains(comm.rank() == 1 ? "diverged at step 2" : "1 other rank(s) failed at step 2"));
   CHECK(tr.steps() == 1);
   if (comm.rank() == 0) CHECK(params_of(net.parameters()) == kept);
 }

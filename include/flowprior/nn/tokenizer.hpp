@@ -30,6 +30,7 @@
 #include <flowprior/core/random.hpp>
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
+#include <flowprior/nn/gradient_ready.hpp>
 #include <flowprior/nn/linear.hpp>
 #include <flowprior/nn/params.hpp>
 #include <flowprior/nn/patches.hpp>
@@ -206,10 +207,15 @@ class TokenizerWorkspace {
   Context& context() { return ctx_.get(); }
   /// Runs on `ctx` from now on (not owned); nullptr returns to the workspace's own context.
   void set_context(Context* ctx) { ctx_.lend(ctx); }
+  /// From now on a backward on this workspace tells `ready` (not owned; nullptr: nobody) where
+  /// the parameter gradient is final, block by block (gradient_ready.hpp).
+  void set_gradient_ready(GradientReady* ready) { ready_ = ready; }
+  GradientReady* gradient_ready() const { return ready_; }
 
  private:
   template <class, class>
   friend class TokenizerAE;
+  GradientReady* ready_ = nullptr;
   enum class Pass { none, encode, decode, both };
   Arena<S, Backend> fwd_, bwd_;
   Index batch_ = -1, fwd_layout_ = -1, bwd_layout_ = -1;
@@ -482,7 +488,7 @@ class TokenizerAE {
     if (!d_x.empty()) check_shape(w, "d_x", d_x, image_dim(), B);
     prepare_backward(ws);
     run_backward(ws.context(), ws.c, d_recon, d_y_extra, static_cast<S>(kl_weight), ws.sampled_,
-                 d_params.data, d_x);
+                 d_params.data, d_x, ws.ready_);
   }
 
  private:
@@ -682,10 +688,16 @@ class TokenizerAE {
   }
 
   // tokenizer.md (3): the decoder, then the encoder; with a Gaussian posterior, dL/dz (and the
-  // KL term of weight kl_weight) back to the moments between the two, (10).
+  // KL term of weight kl_weight) back to the moments between the two, (10). The layout is the
+  // encoder's then the decoder's parameters, each half in forward order (its input tokens
+  // first, its head last), so each part's gradient is final once its backward is done: `ready`
+  // (if any) hears so after the decoder's head, each block and its input, then the encoder's.
   void run_backward(Context& ctx, const Caches& c, ConstMatrixView<S> d_recon,
                     ConstMatrixView<S> d_y_extra, S kl_weight, bool sampled, S* dp,
-                    MatrixView<S> d_x) const {
+                    MatrixView<S> d_x, GradientReady* ready) const {
+    auto report = [ready](Index lo) {
+      if (ready) ready->ready(lo);
+    };
     const S* p = params_.data();
     const Index T = cfg_.latent_tokens, B = d_recon.cols, img = cfg_.image_size;
     const Index BT = B * T, BNp = B * np_;
@@ -701,9 +713,13 @@ class TokenizerAE {
                                     p + norm_d_b_, ConstMatrixView<S>(), ConstMatrixView<S>(d_ad),
                                     d_od, MatrixView<S>(), MatrixView<S>(), dp + norm_d_w_,
                                     dp + norm_d_b_);
+    report(norm_d_w_);
     Backend::copy(ctx, ConstMatrixView<S>(packed(d_od, B)), runs(d_h, 0, np_));
     Backend::fill(ctx, runs(d_h, np_, T), S(0));
-    for (std::size_t i = dec_.size(); i-- > 0;) dec_[i].backward(ctx, p, c.dec[i], d_h, dp, c.bs);
+    for (std::size_t i = dec_.size(); i-- > 0;) {
+      dec_[i].backward(ctx, p, c.dec[i], d_h, dp, c.bs);
+      report(dec_[i].n1_w);
+    }
     // mask_token: the sum over every patch position of every image; decoder.pos_embed (when
     // learned): the sum over the images, position by position.
     Backend::copy(ctx, ConstMatrixView<S>(runs(d_h, 0, np_)), packed(d_od, B));
@@ -718,6 +734,7 @@ class TokenizerAE {
                            MatrixView<S>(dp + lat_pos_d_, cfg_.width, T));
     from_latent_.backward_params(ctx, c.y, d_z, dp);
     from_latent_.backward_input(ctx, p, d_z, c.d_y, false);
+    report(mask_);  // the decoder is done
     if (!d_y_extra.empty()) Backend::axpy(ctx, S(1), d_y_extra, c.d_y);
     // Gaussian posterior: dL/dz (+ the KL term) to the moments mu and logvar.
     MatrixView<S> d_lat = c.d_y;
@@ -737,9 +754,13 @@ class TokenizerAE {
                                     p + norm_e_b_, ConstMatrixView<S>(), ConstMatrixView<S>(d_ae),
                                     d_oe, MatrixView<S>(), MatrixView<S>(), dp + norm_e_w_,
                                     dp + norm_e_b_);
+    report(norm_e_w_);
     Backend::fill(ctx, runs(d_h, 0, np_), S(0));
     Backend::copy(ctx, ConstMatrixView<S>(packed(d_oe, B)), runs(d_h, np_, T));
-    for (std::size_t i = enc_.size(); i-- > 0;) enc_[i].backward(ctx, p, c.enc[i], d_h, dp, c.bs);
+    for (std::size_t i = enc_.size(); i-- > 0;) {
+      enc_[i].backward(ctx, p, c.enc[i], d_h, dp, c.bs);
+      report(enc_[i].n1_w);
+    }
     // latent_tokens and encoder.latent_pos_embed: both get the sum over the images.
     Backend::sum_cols(ctx, ConstMatrixView<S>(runs(d_h, np_, T)), dp + lat_tok_);
     Backend::sum_cols(ctx, ConstMatrixView<S>(runs(d_h, np_, T)), dp + lat_pos_e_);
@@ -751,6 +772,7 @@ class TokenizerAE {
       Backend::sum_per_token(ctx, ConstMatrixView<S>(d_e),
                              MatrixView<S>(dp + pos_e_, cfg_.width, np_));
     patch_embed_.backward_params(ctx, c.patches, d_e, dp);
+    report(0);
     if (d_x.empty()) return;
     patch_embed_.backward_input(ctx, p, d_e, c.d_tok, false);
     Backend::unpatchify(ctx, ConstMatrixView<S>(c.d_tok), cfg_.channels, img, img, cfg_.patch,

@@ -296,6 +296,32 @@ class GradientExchange final : public nn::GradientReady {
   std::vector<S> stage_;
 };
 
+/// For the backward passes run while it lives, on a workspace ws of a type that reports
+/// (nn::reports_gradient_ready): arms `exchange` for the step and hands it to ws, so that the
+/// backward starts the buckets (P > 1 ranks and buckets; otherwise nothing). On exit (the loss
+/// returned or threw) ws reports to nobody again.
+template <class Workspace, class S, class Backend>
+class OverlapScope {
+ public:
+  OverlapScope(Workspace& ws, GradientExchange<S, Backend>& exchange, Communicator& comm, S* buf)
+      : ws_(ws) {
+    if constexpr (nn::reports_gradient_ready<Workspace>::value) {
+      if (comm.size() > 1 && exchange.bucket() > 0) {
+        exchange.begin(comm, buf);
+        ws.set_gradient_ready(&exchange);
+      }
+    }
+  }
+  ~OverlapScope() {
+    if constexpr (nn::reports_gradient_ready<Workspace>::value) ws_.set_gradient_ready(nullptr);
+  }
+  OverlapScope(const OverlapScope&) = delete;
+  OverlapScope& operator=(const OverlapScope&) = delete;
+
+ private:
+  Workspace& ws_;
+};
+
 /// Makes every rank's training state rank 0's (collective): the parameters `params` (backend
 /// memory), Adam's step count and moments, the EMA's update count and weights. Through host
 /// copies; it allocates (called once, when a communicator is set).

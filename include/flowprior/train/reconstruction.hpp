@@ -270,6 +270,8 @@ class ReconstructionTrainer {
             (gaussian_ ? ", kl " + short_number(st.kl) : std::string()) + ", latent loss " +
             short_number(st.latent_loss) + ")");
       Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
+      const step_parts::OverlapScope<typename Model::Workspace, S, Backend> overlap(
+          ws_, exchange_, comm(), grads_.data());
       if (gaussian_)
         model_.backward(ws_, ConstMatrixView<S>(d_recon), d_y_extra, kl_weight, g, MatrixView<S>());
       else
@@ -302,10 +304,15 @@ class ReconstructionTrainer {
   Communicator& communicator() const { return comm(); }
   /// Runs the steps on the ranks of `ranks` from now on (not owned); nullptr returns to one
   /// process. Collective: rank 0's parameters, optimizer state and EMA are broadcast to the
-  /// others. A latent loss that draws (LatentAlignmentLoss) needs the same communicator.
-  void set_communicator(Communicator* ranks) {
+  /// others. A latent loss that draws (LatentAlignmentLoss) needs the same communicator. `opt`:
+  /// the gradient sum in buckets during the backward (docs/distributed.md "Overlap"), where the
+  /// model's workspace reports (TokenizerAE's does).
+  void set_communicator(Communicator* ranks, const ExchangeOptions& opt = {}) {
     const char* w = "ReconstructionTrainer::set_communicator";
-    exchange_.prepare(model_.num_params());
+    opt.validate();
+    exchange_.prepare(
+        model_.num_params(),
+        nn::reports_gradient_ready<typename Model::Workspace>::value ? opt.bucket : 0);
     comm_ = ranks;
     step_parts::broadcast_state<S, Backend>(comm(), model_.parameters(), &adam_, &ema_, w);
   }

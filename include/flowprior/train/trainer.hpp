@@ -321,7 +321,9 @@ class FlowMatchingTrainer {
   /// while the trainer uses it); nullptr returns to one process. Collective: every rank calls it;
   /// rank 0's parameters, optimizer state and EMA are broadcast to the others (so the ranks
   /// start equal whatever their initialisation). Sizes the buffers for the global batch (batch
-  /// x size()); config_error when that overflows or cannot fit.
+  /// x size()); config_error when that overflows or cannot fit. `opt`: the gradient sum in
+  /// buckets during the backward (docs/distributed.md "Overlap"), where the field reports
+  /// (both network fields do); config_error for a negative bucket.
   void set_communicator(Communicator* ranks, const ExchangeOptions& opt = {}) {
     const char* w = "FlowMatchingTrainer::set_communicator";
     opt.validate();
@@ -358,25 +360,6 @@ class FlowMatchingTrainer {
   using Exchange = step_parts::GradientExchange<S, Backend>;
   static constexpr bool kReports = nn::reports_gradient_ready<typename Field::Workspace>::value;
 
-  /// For one loss: the field's backward tells exchange_ where the gradient is final (P > 1 and
-  /// buckets), and stops when the loss returns or throws.
-  struct Overlap {
-    Overlap(FlowMatchingTrainer& t, int P) : ws(t.ws_.prior.field) {
-      if constexpr (kReports) {
-        if (P > 1 && t.exchange_.bucket() > 0) {
-          t.exchange_.begin(t.comm(), t.grads_.data());
-          ws.set_gradient_ready(&t.exchange_);
-        }
-      }
-    }
-    ~Overlap() {
-      if constexpr (kReports) ws.set_gradient_ready(nullptr);
-    }
-    Overlap(const Overlap&) = delete;
-    Overlap& operator=(const Overlap&) = delete;
-    typename Field::Workspace& ws;
-  };
-
   /// A step on the batch `prepare` returns (this rank's slice). One process: as it always was.
   /// P ranks: every failure before the all-reduce (the batch, its checks, the draws, the loss)
   /// becomes this rank's failure flag in the all-reduce, so no rank waits for a rank that threw.
@@ -403,7 +386,8 @@ class FlowMatchingTrainer {
       }
       Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
       const Prior<Field> prior(field_, conv_);
-      const Overlap overlap(*this, P);
+      const step_parts::OverlapScope<typename Field::Workspace, S, Backend> overlap(
+          ws_.prior.field, exchange_, comm(), grads_.data());
       try {
         st.loss = loss::flow_matching_loss(prior, conv_, batch, draws_, cfg_.reduction, ws_, g);
         if (P == 1) st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
