@@ -1,11 +1,12 @@
 // The backward passes' reports (nn/gradient_ready.hpp, docs/distributed.md "Overlap"): AdaLNMlp
-// (with and without conditioning, grouped times), MlpField and TokenizerAE (both posteriors,
-// learned positions) report suffixes of the flat gradient in decreasing order, ending with 0,
+// (with and without conditioning, grouped times), MlpField, TokenizerAE (both posteriors,
+// learned positions) and MlpClassifier report suffixes of the flat gradient in decreasing order, ending with 0,
 // and a reported suffix is final: the values of d_params[lo, n) at the report are those at the
 // end of the backward, bit for bit. A data-parallel trainer starts summing a suffix as soon as it
 // is reported, so a value written after its report would be lost on every rank.
 #include <cmath>
 #include <flowprior/flowprior.hpp>
+#include <flowprior/nn/classifier.hpp>
 #include <flowprior/nn/tokenizer.hpp>
 #include <vector>
 
@@ -167,4 +168,25 @@ TEST_CASE("gradient_ready: TokenizerAE reports each half and block once it is fi
   }
   // The decoder's head, its 2 blocks, its input; the encoder's head, its 2 blocks, the rest.
   check_reports(rec, g, 8);
+}
+
+TEST_CASE("gradient_ready: MlpClassifier reports the head and each layer once final", "[ready]") {
+  nn::ClassifierConfig c;
+  c.input_dim = 5;
+  c.hidden = {7, 6, 4};
+  c.classes = 3;
+  nn::MlpClassifier<double> m(c);
+  Rng rng(8);
+  randomise(m, rng);
+  const Index B = 4;
+  Eigen::MatrixXd x = Eigen::MatrixXd::Random(5, B), logits(3, B),
+                  dz = Eigen::MatrixXd::Random(3, B);
+  std::vector<double> g(static_cast<std::size_t>(m.num_params()), 0.0);
+  nn::MlpClassifier<double>::Workspace ws;
+  Recorder rec(g);
+  ws.set_gradient_ready(&rec);
+  m.forward(ConstMatrixView<double>(x.data(), 5, B), MatrixView<double>(logits.data(), 3, B), ws);
+  m.backward(ws, ConstMatrixView<double>(dz.data(), 3, B),
+             VectorView<double>(g.data(), Index(g.size())));
+  check_reports(rec, g, c.hidden.size() + 1);
 }

@@ -398,12 +398,17 @@ TEST_CASE("mpi: the classifier on two ranks at batch B takes the steps of one at
   tc.clip_norm = 0.3;  // clipping acts on the averaged gradient
   tc.use_ema = true;
   tc.ema_decay = 0.9;
-  Cls m1(cc), m2(cc);
-  Rng i1(comm.rank() == 0 ? 5 : 77), i2(5);  // rank 1 starts elsewhere: broadcast
+  Cls m1(cc), m2(cc), m4(cc);
+  Rng i1(comm.rank() == 0 ? 5 : 77), i2(5), i4(5);  // rank 1 starts elsewhere: broadcast
   m1.init(i1);
   m2.init(i2);
-  train::ClassifierTrainer<Cls> dist(m1, tc), one(m2, tc);
-  dist.set_communicator(&comm);
+  m4.init(i4);
+  train::ClassifierTrainer<Cls> dist(m1, tc), one(m2, tc), bucketed(m4, tc);
+  train::ExchangeOptions blocking, small;
+  blocking.bucket = 0;
+  small.bucket = 6;  // the classifier's backward reports after the head and each layer
+  dist.set_communicator(&comm, blocking);
+  bucketed.set_communicator(&comm, small);
   const Index B = 5;
   Rng xr(2);
   Eigen::MatrixXd x(cc.input_dim, 2 * B);
@@ -415,6 +420,11 @@ TEST_CASE("mpi: the classifier on two ranks at batch B takes the steps of one at
         dist.step(ConstMatrixView<double>(x.data() + x.rows() * B * comm.rank(), x.rows(), B),
                   nn::LabelView(labels.data() + B * comm.rank(), B));
     const auto s2 = one.step(ConstMatrixView<double>(x.data(), x.rows(), 2 * B), labels);
+    const auto s4 =
+        bucketed.step(ConstMatrixView<double>(x.data() + x.rows() * B * comm.rank(), x.rows(), B),
+                      nn::LabelView(labels.data() + B * comm.rank(), B));
+    CHECK(s4.loss == s1.loss);
+    CHECK(s4.grad_norm == s1.grad_norm);
     CHECK(std::abs(s1.loss - s2.loss) <= 1e-12 * std::max(1.0, std::abs(s2.loss)));
     CHECK(std::abs(s1.accuracy - s2.accuracy) <= 1e-15);
     CHECK(std::abs(s1.grad_norm - s2.grad_norm) <= 1e-12 * std::max(1.0, s2.grad_norm));
@@ -424,6 +434,7 @@ TEST_CASE("mpi: the classifier on two ranks at batch B takes the steps of one at
   CHECK(max_rel_diff(p, params_of(m2.parameters())) < 1e-10);
   CHECK(max_rel_diff(dist.ema().weights(), one.ema().weights()) < 1e-10);
   CHECK(same_on_all_ranks(comm, p));
+  CHECK(params_of(m4.parameters()) == p);  // buckets during the backward: the same bits
   // A wrong slice (every rank passing the first half) would differ: the check can fail.
   Cls m3(cc);
   Rng i3(5);

@@ -27,6 +27,7 @@
 #include <flowprior/core/random.hpp>
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
+#include <flowprior/nn/gradient_ready.hpp>
 #include <flowprior/nn/linear.hpp>
 #include <flowprior/nn/params.hpp>
 #include <flowprior/nn/workspace.hpp>
@@ -207,10 +208,15 @@ class ClassifierWorkspace {
   Context& context() { return ctx_.get(); }
   /// Runs on `ctx` from now on (not owned); nullptr returns to the workspace's own context.
   void set_context(Context* ctx) { ctx_.lend(ctx); }
+  /// From now on a backward on this workspace tells `ready` (not owned; nullptr: nobody) where
+  /// the parameter gradient is final, layer by layer (gradient_ready.hpp).
+  void set_gradient_ready(GradientReady* ready) { ready_ = ready; }
+  GradientReady* gradient_ready() const { return ready_; }
 
  private:
   template <class, class>
   friend class MlpClassifier;
+  GradientReady* ready_ = nullptr;
   Arena<S, Backend> fwd_, bwd_;
   Index batch_ = -1, fwd_layout_ = -1, bwd_layout_ = -1;
   bool logits_ = false;     // the last pass was a forward (backward needs its caches)
@@ -401,14 +407,18 @@ class MlpClassifier {
   // A (rows, B) matrix at the start of a scratch buffer of (max_hidden, B).
   static MatrixView<S> scratch(MatrixView<S> t, Index rows, Index B) { return {t.data, rows, B}; }
 
-  // classifier.md (4): the head, then the hidden layers in reverse.
+  // classifier.md (4): the head, then the hidden layers in reverse. The layout is the layers in
+  // order, then the head, so each layer's gradient is final after its backward_params: the
+  // workspace's GradientReady (if any) hears so.
   void run_backward(Workspace& ws, ConstMatrixView<S> d_z, S* dp, MatrixView<S> d_x) const {
     Context& ctx = ws.context();
     const S* p = params_.data();
     Caches& c = ws.c;
     const Index B = ws.batch_;
     const Index L = Index(layers_.size());
+    GradientReady* ready = ws.ready_;
     head_.backward_params(ctx, c.post[L - 1], d_z, dp);
+    if (ready) ready->ready(head_.w);
     // The gradient of the current activations lives in t[k]; the layer below writes t[1 - k].
     const MatrixView<S> t[2] = {c.t1, c.t2};
     int k = 0;
@@ -421,6 +431,7 @@ class MlpClassifier {
                                    ConstMatrixView<S>(cur), cur);
       const ConstMatrixView<S> a_in = l > 0 ? ConstMatrixView<S>(c.post[l - 1]) : c.x;
       layer.backward_params(ctx, a_in, cur, dp);
+      if (ready) ready->ready(l > 0 ? layer.w : 0);
       if (l > 0) {
         k = 1 - k;
         const MatrixView<S> d_a = scratch(t[k], layer.in, B);

@@ -161,10 +161,15 @@ class ClassifierTrainer {
   /// Runs the steps on the ranks of `ranks` from now on (not owned: the caller keeps it alive
   /// while the trainer uses it); nullptr returns to one process. Collective: every rank calls it;
   /// rank 0's parameters, optimizer state and EMA are broadcast to the others (so the ranks
-  /// start equal whatever their initialisation).
-  void set_communicator(Communicator* ranks) {
+  /// start equal whatever their initialisation). `opt`: the gradient sum in buckets during the
+  /// backward (docs/distributed.md "Overlap"), where the model's workspace reports
+  /// (MlpClassifier's does); config_error for a negative bucket.
+  void set_communicator(Communicator* ranks, const ExchangeOptions& opt = {}) {
     const char* w = "ClassifierTrainer::set_communicator";
-    exchange_.prepare(model_.num_params());
+    opt.validate();
+    exchange_.prepare(
+        model_.num_params(),
+        nn::reports_gradient_ready<typename Model::Workspace>::value ? opt.bucket : 0);
     comm_ = ranks;
     step_parts::broadcast_state<S, Backend>(comm(), model_.parameters(), &adam_, &ema_, w);
   }
@@ -204,7 +209,11 @@ class ClassifierTrainer {
       st.loss = ce.loss;
       st.accuracy = ce.accuracy();
       Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
-      model_.backward(ws_, ConstMatrixView<S>(d_logits), g);
+      {
+        const step_parts::OverlapScope<typename Model::Workspace, S, Backend> overlap(
+            ws_, exchange_, comm(), grads_.data());
+        model_.backward(ws_, ConstMatrixView<S>(d_logits), g);
+      }
       if (comm().size() == 1)
         st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
     } catch (const numeric_error& e) {
