@@ -26,6 +26,7 @@
 #endif
 
 #include "example_cli.hpp"
+#include "example_ranks.hpp"
 
 namespace {
 // Thrown by the prior's step hook at --stop-at, on every rank at the same step (no collective
@@ -38,17 +39,9 @@ struct Stopped {
 int main(int argc, char** argv) {
   using namespace flowprior;
 #if defined(FLOWPRIOR_EXAMPLE_MPI)
-  // One process without mpirun (MPI's singleton start), or every rank of `mpirun -np N`.
   std::unique_ptr<mpi::Session> session;
-  try {
-    session = std::make_unique<mpi::Session>(&argc, &argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  const bool lead = rank == 0;
+  if (!examples::start_mpi(&argc, &argv, session)) return 1;
+  const bool lead = examples::world_rank() == 0;
 #else
   const bool lead = true;
 #endif

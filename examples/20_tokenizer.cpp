@@ -44,6 +44,7 @@
 #endif
 
 #include "example_cli.hpp"
+#include "example_ranks.hpp"
 
 namespace {
 
@@ -110,47 +111,11 @@ struct Options {
   }
 };
 
-// The processes of the run (docs/distributed.md "The tokenizer"): one, or the ranks of
-// `mpirun -np P`. Every rank holds the data and runs the same loader, which yields the global
-// batch; a step trains on the rank's slice (slice(): the one place that picks a rank's images,
-// for a loader that shards per rank later). Everything else runs on every rank with the same
-// inputs; rank 0 alone prints and writes.
-struct Ranks {
-  train::Communicator* comm = nullptr;  // not owned; nullptr: one process
-
-  int rank() const { return comm ? comm->rank() : 0; }
-  int size() const { return comm ? comm->size() : 1; }
-  bool lead() const { return rank() == 0; }
-
-  // The trainer's steps average over the ranks (collective: rank 0's state is broadcast).
-  template <class Trainer>
-  void attach(Trainer& trainer) const {
-    if (size() > 1) trainer.set_communicator(comm);
-  }
-
-  // This rank's images of a global batch x: columns [r n, (r + 1) n), n = x.cols / size().
-  // config_error when the ranks do not divide the batch (they would train on unequal shards).
-  ConstMatrixView<float> slice(ConstMatrixView<float> x) const {
-    if (x.cols % size() != 0)
-      raise_config("20_tokenizer", "a batch of " + std::to_string(x.cols) +
-                                       " images cannot be split over " + std::to_string(size()) +
-                                       " ranks");
-    const Index n = x.cols / size();
-    return ConstMatrixView<float>(x.data + x.rows * n * rank(), x.rows, n);
-  }
-
-  // f() on rank 0 alone (a write), or on every rank (`everywhere`: a read of the shared folder);
-  // then the ranks agree, so a failure on one rank is an error on all (distributed_error on the
-  // others) instead of a hang. One process: f().
-  template <class F>
-  void agree(const char* what, F&& f, bool everywhere = false) const {
-    if (size() == 1) {
-      f();
-      return;
-    }
-    train::agree_on(*comm, what, std::forward<F>(f), everywhere || lead());
-  }
-};
+// The processes of the run (docs/distributed.md "The tokenizer", examples/example_ranks.hpp).
+// Every rank holds the data and runs the same loader, which yields the global batch; a step
+// trains on the rank's slice. Everything else runs on every rank with the same inputs; rank 0
+// alone prints and writes.
+using Ranks = examples::Ranks;
 
 // The loader's images (float) as the model's scalar S: x itself for float, a copy in `buf` for
 // double.
@@ -464,17 +429,9 @@ int run(const Options& o, const Ranks& ranks) {
 
 int main(int argc, char** argv) {
 #if defined(FLOWPRIOR_EXAMPLE_MPI)
-  // One process without mpirun (MPI's singleton start), or every rank of `mpirun -np P`.
   std::unique_ptr<mpi::Session> session;
-  try {
-    session = std::make_unique<mpi::Session>(&argc, &argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  int world_rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  const bool lead = world_rank == 0;
+  if (!examples::start_mpi(&argc, &argv, session)) return 1;
+  const bool lead = examples::world_rank() == 0;
 #else
   const bool lead = true;
 #endif
@@ -536,6 +493,7 @@ int main(int argc, char** argv) {
   // Before any work, on every rank alike (no collective yet): the communicator and the options.
   // Rank 0 prints the error; every rank exits 1.
   Ranks ranks;
+  ranks.program = "20_tokenizer";
 #if defined(FLOWPRIOR_EXAMPLE_MPI)
   std::unique_ptr<mpi::MpiCommunicator> world;
 #endif

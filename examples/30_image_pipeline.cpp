@@ -184,14 +184,8 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // stage lines reach a log file as they happen
   double mpi_timeout = 300;
 #if defined(FLOWPRIOR_EXAMPLE_MPI)
-  // One process without mpirun (MPI's singleton start), or every rank of `mpirun -np P`.
   std::unique_ptr<flowprior::mpi::Session> session;
-  try {
-    session = std::make_unique<flowprior::mpi::Session>(&argc, &argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+  if (!flowprior::examples::start_mpi(&argc, &argv, session)) return 1;
 #endif
   CLI::App app{"flowprior: the image latent-alignment pipeline (the paper's Table 1 experiment)"};
   PipelineConfig c;
@@ -304,6 +298,7 @@ int main(int argc, char** argv) {
   c.plain = !no_plain;
   c.kl = !no_kl;
   Ranks ranks;
+  ranks.program = "image pipeline";
 #if defined(FLOWPRIOR_EXAMPLE_MPI)
   std::unique_ptr<flowprior::mpi::MpiCommunicator> world;
   try {

@@ -23,6 +23,7 @@
 #include <system_error>
 #include <vector>
 
+#include "../example_ranks.hpp"
 #include "config.hpp"
 
 namespace flowprior {
@@ -41,92 +42,12 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 // ---------------------------------------------------------------------------------------------
 
 /// The processes of the run (docs/distributed.md "The image pipeline"): one, or the ranks of
-/// `mpirun -np P`. Every rank runs the same program; each training step trains on the rank's
-/// slice of the global batch (--*-batch is the global batch, which P must divide) and averages
-/// the gradient over the ranks (the trainers' communicator). The stages that read images
-/// through a loader read only the rank's shard of each batch (shard); the in-memory batches
-/// (target samples, latent pools) are drawn whole on every rank and sliced (slice). Everything
-/// else (target samples, evaluation, sampling) runs on every rank with the same inputs and gives
-/// the same results there; rank 0 alone prints and writes.
-struct Ranks {
-  train::Communicator* comm = nullptr;  ///< not owned; nullptr: one process
-
-  int rank() const { return comm ? comm->rank() : 0; }
-  int size() const { return comm ? comm->size() : 1; }
-  bool lead() const { return rank() == 0; }
-
-  /// Runs the steps of `trainer` on the ranks (collective: rank 0's state is broadcast); one
-  /// process: nothing (the trainer keeps its own communicator).
-  template <class Trainer>
-  void attach(Trainer& trainer) const {
-    if (size() > 1) trainer.set_communicator(comm);
-  }
-
-  /// The batch of each rank for a global batch of `global` (--batch option `opt`): config_error
-  /// unless the ranks divide it.
-  Index per_rank(const char* opt, Index global) const {
-    if (global % size() != 0)
-      raise_config("image pipeline", std::string(opt) + " " + std::to_string(global) +
-                                         " (the global batch) must be a multiple of the " +
-                                         std::to_string(size()) + " ranks");
-    return global / size();
-  }
-
-  /// Makes a loader of global batch lc.batch_size read this rank's shard of each batch: its
-  /// columns [r B / P, (r + 1) B / P) when P divides B, the columns slice() would keep
-  /// (docs/data.md "Sharding").
-  void shard(ds::LoaderConfig& lc) const {
-    lc.shard_rank = rank();
-    lc.shard_count = size();
-  }
-
-  /// The sum over the ranks of a per-rank count, e.g. a sharded loader's skipped images
-  /// (collective: every rank calls it at the same point); one process: n.
-  std::uint64_t total(std::uint64_t n, const char* what) const {
-    if (size() == 1) return n;
-    double v = double(n);  // exact below 2^53
-    comm->allreduce_sum(&v, 1, what);
-    return std::uint64_t(v);
-  }
-
-  /// The smallest of the ranks' row counts n (collective: every rank calls it at the same
-  /// point); one process: n. A sharded loader gives a rank fewer rows when images of its shard
-  /// were unreadable, and the trainers need equal shards (their draws and their average assume
-  /// them), so every rank trains on that many rows of its shard: the few rows the others have
-  /// more are dropped for this step.
-  Index common_rows(Index n) const {
-    if (size() == 1) return n;
-    std::vector<double> all(static_cast<std::size_t>(size()), 0.0);
-    all[static_cast<std::size_t>(rank())] = double(n);
-    comm->allreduce_sum(all.data(), Index(all.size()), "the ranks' row counts");
-    return Index(*std::min_element(all.begin(), all.end()));
-  }
-
-  /// This rank's columns of a global batch x: [r n, (r + 1) n) for n = x.cols / size().
-  /// config_error when the ranks do not divide the batch (a loader batch shortened by skipped
-  /// images, say): the ranks would train on different numbers of rows.
-  template <class S>
-  ConstMatrixView<S> slice(ConstMatrixView<S> x) const {
-    if (x.cols % size() != 0)
-      raise_config("image pipeline", "a batch of " + std::to_string(x.cols) +
-                                         " images cannot be split over " + std::to_string(size()) +
-                                         " ranks (were unreadable images skipped?)");
-    const Index n = x.cols / size();
-    return ConstMatrixView<S>(x.data + x.rows * n * rank(), x.rows, n);
-  }
-
-  /// Runs f() on rank 0 alone (its writes), then the ranks agree: a failure there (a full disk)
-  /// is an error on every rank (distributed_error on the others) instead of a hang. One
-  /// process: f().
-  template <class F>
-  void on_lead(const char* what, F&& f) const {
-    if (size() == 1) {
-      f();
-      return;
-    }
-    train::agree_on(*comm, what, std::forward<F>(f), lead());
-  }
-};
+/// `mpirun -np P` (examples/example_ranks.hpp). The stages that read images through a loader read
+/// only the rank's shard of each batch (shard); the in-memory batches (target samples, latent
+/// pools) are drawn whole on every rank and sliced (slice). Everything else (target samples,
+/// evaluation, sampling) runs on every rank with the same inputs and gives the same results
+/// there; rank 0 alone prints and writes.
+using Ranks = examples::Ranks;
 
 // ---------------------------------------------------------------------------------------------
 // Data

@@ -676,7 +676,7 @@ inline Autoencoder autoencoder_stage(const PipelineConfig& c, const Data& d, con
   double sum_mse = 0, sum_align = 0;
   Index sum_n = 0;
   while (trainer.steps() < c.ae_steps) {
-    const ds::Batch b = loader.next();  // this rank's shard of the global batch
+    const ds::Batch b = loader.next();                 // this rank's shard of the global batch
     const Index rows = d.ranks.common_rows(b.size());  // equal shards (unreadable images)
     if (rows == 0) continue;
     const ConstMatrixView<float> mine = b.view().col_block(0, rows);
