@@ -112,9 +112,9 @@ struct Options {
 };
 
 // The processes of the run (docs/distributed.md "The tokenizer", examples/example_ranks.hpp).
-// Every rank holds the data and runs the same loader, which yields the global batch; a step
-// trains on the rank's slice. Everything else runs on every rank with the same inputs; rank 0
-// alone prints and writes.
+// Every rank holds the data; its loader builds only its shard of each global batch, which it
+// trains on. Everything else runs on every rank with the same inputs; rank 0 alone prints and
+// writes.
 using Ranks = examples::Ranks;
 
 // The loader's images (float) as the model's scalar S: x itself for float, a copy in `buf` for
@@ -270,11 +270,12 @@ int run(const Options& o, const Ranks& ranks) {
   model.init(init);
   Trainer trainer(model, o.trainer());
   ranks.attach(trainer);
-  ds::LoaderConfig lc;  // every rank loads the global batch and trains on its slice
+  ds::LoaderConfig lc;  // the global batch; each rank builds and trains on its shard of it
   lc.batch_size = o.batch;
   lc.threads = o.loader_threads;
   lc.seed = o.seed;
   lc.drop_last = true;  // equal batches: one workspace layout
+  ranks.shard(lc);
   ds::Loader loader(train_src, lc);
   Rng rng(o.seed);  // not drawn from: kept in the checkpoint for runs that add randomness
   if (o.resume) {
@@ -325,11 +326,13 @@ int run(const Options& o, const Ranks& ranks) {
   double recent = 0;
   Index recent_n = 0;
   while (trainer.steps() < last) {
-    const ds::Batch b = loader.next();
+    const ds::Batch b = loader.next();               // this rank's shard of the global batch
+    const Index rows = ranks.common_rows(b.size());  // equal shards (unreadable images)
+    if (rows == 0) continue;
     train::ReconstructionStats st;
     try {
-      st = trainer.step(
-          as_scalar<S>(ranks.slice(b.view()), xbuf));  // the losses are the global batch's
+      st = trainer.step(as_scalar<S>(b.view().col_block(0, rows),
+                                     xbuf));  // the losses are the global batch's
     } catch (const numeric_error&) {
       bar.finish("diverged");
       std::fprintf(stderr, "the last good state is in %s\n", ckpt.c_str());
@@ -383,6 +386,7 @@ int run(const Options& o, const Ranks& ranks) {
     write_curves(o.out + "/curves.png", log_step, log_mse, log_lr);
   });
 
+  const std::uint64_t skipped = ranks.total(loader.skipped_count(), "the skipped images");
   nlohmann::ordered_json cfg;
   for (const auto& kv : mc.entries()) cfg[kv.first] = kv.second;
   nlohmann::ordered_json doc = {{"example", "20_tokenizer"},
@@ -407,7 +411,7 @@ int run(const Options& o, const Ranks& ranks) {
                                   {"seconds", train_s},
                                   {"images_per_s", images_per_s},
                                   {"final_mse", log_mse.empty() ? 0.0 : log_mse.back()},
-                                  {"skipped_images", loader.skipped_count()}}},
+                                  {"skipped_images", skipped}}},
                                 {"heldout_ema", eval_json(ema_eval)},
                                 {"heldout_raw", eval_json(raw_eval)}};
   ranks.agree("20_tokenizer: writing metrics.json",
