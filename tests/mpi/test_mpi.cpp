@@ -446,14 +446,20 @@ TEST_CASE("mpi: MAR on two ranks at batch B takes the steps of one process at 2B
   fmpi::MpiCommunicator comm(MPI_COMM_WORLD, fast());
   using Gen = nn::MarGenerator<double>;
   const nn::MarConfig mc = tiny_mar();
-  Gen m1(mc), m2(mc);
+  Gen m1(mc), m2(mc), m4(mc);
   init_mar(m1, comm.rank() == 0 ? 3 : 30);  // rank 1 starts elsewhere: broadcast
   init_mar(m2, 3);
+  init_mar(m4, 3);
   train::MarTrainer<double> dist(m1, Convention::Code, mar_trainer_config());
   train::MarTrainer<double> one(m2, Convention::Code, mar_trainer_config());
-  dist.set_communicator(&comm);
+  train::MarTrainer<double> bucketed(m4, Convention::Code, mar_trainer_config());
+  train::ExchangeOptions blocking, small;
+  blocking.bucket = 0;
+  small.bucket = 9;  // the head's and the backbone's layers report during the backward
+  dist.set_communicator(&comm, blocking);
+  bucketed.set_communicator(&comm, small);
   const Index B = 3, T = mc.tokens, d = mc.token_dim;
-  Rng xr(4), r1(6), r2(6);
+  Rng xr(4), r1(6), r2(6), r4(6);
   Eigen::MatrixXd x(d, 2 * B * T);
   bool masks_differ = false;  // the ranks' masked counts differ at some step: the weighting acts
   for (int s = 0; s < 5; ++s) {
@@ -461,6 +467,10 @@ TEST_CASE("mpi: MAR on two ranks at batch B takes the steps of one process at 2B
     const auto s1 =
         dist.step(ConstMatrixView<double>(x.data() + d * B * T * comm.rank(), d, B * T), r1);
     const auto s2 = one.step(ConstMatrixView<double>(x.data(), d, 2 * B * T), r2);
+    const auto s4 =
+        bucketed.step(ConstMatrixView<double>(x.data() + d * B * T * comm.rank(), d, B * T), r4);
+    CHECK(s4.loss == s1.loss);
+    CHECK(s4.grad_norm == s1.grad_norm);
     CHECK(std::abs(s1.loss - s2.loss) <= 1e-12 * std::max(1.0, std::abs(s2.loss)));
     CHECK(std::abs(s1.grad_norm - s2.grad_norm) <= 1e-12 * std::max(1.0, s2.grad_norm));
     CHECK(s1.masked == s2.masked);
@@ -478,6 +488,7 @@ TEST_CASE("mpi: MAR on two ranks at batch B takes the steps of one process at 2B
   CHECK(max_rel_diff(p, params_of(m2.parameters())) < 1e-10);
   CHECK(max_rel_diff(dist.ema().weights(), one.ema().weights()) < 1e-10);
   CHECK(same_on_all_ranks(comm, p));
+  CHECK(params_of(m4.parameters()) == p);  // buckets during the backward: the same bits
 
   // The MAR checkpoint is collective: rank 0 writes, every rank resumes bit for bit.
   const auto dir = shared_dir(comm, "flowprior_mpi_mar_");

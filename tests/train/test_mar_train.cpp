@@ -554,3 +554,49 @@ TEST_CASE("mar: a checkpoint resumes bit for bit and other kinds are refused", "
   }
   std::remove(path.c_str());
 }
+
+// The gradient's reports for the overlapped data-parallel sum (nn/gradient_ready.hpp): the
+// head's, shifted to its slice at the end of the layout, then the backbone's, decreasing to 0,
+// each reported suffix already final; and grad_weight scales the gradient, not the loss.
+TEST_CASE("mar: the gradient's reports are final when made; grad_weight scales it", "[mar]") {
+  struct Recorder final : nn::GradientReady {
+    const Vec* g = nullptr;
+    std::vector<Index> los;
+    std::vector<Vec> snapshots;
+    void ready(Index lo) override {
+      los.push_back(lo);
+      snapshots.push_back(*g);
+    }
+  };
+  Model m(tiny());
+  Rng rng(43);
+  randomise(m, rng);
+  const Index B = 2, T = 4, BT = B * T, d = 3, K = 2, P = m.num_params();
+  Mat x = fpt::random_mat(d, BT, rng, -1.5, 1.5);
+  const std::vector<std::uint8_t> mask = {1, 0, 1, 1, 0, 1, 0, 0};
+  const loss::FlowDraws<double> draws = fixed_draws(Convention::Code, 4, d, K, rng);
+  train::MarScratch<double> ws;
+  Vec g = Vec::Zero(P);
+  Recorder rec;
+  rec.g = &g;
+  ws.set_gradient_ready(&rec);
+  const double value = train::mar_loss(m, Convention::Code, x, view(mask), draws, ws, g);
+  REQUIRE(rec.los.size() >= std::size_t(tiny().head_depth + tiny().depth + 3));
+  CHECK(rec.los.front() > m.head_offset());  // the head's final layer, in its slice
+  CHECK(rec.los.back() == 0);
+  bool head_done = false;
+  for (std::size_t k = 0; k < rec.los.size(); ++k) {
+    CAPTURE(k, rec.los[k]);
+    if (k > 0) CHECK(rec.los[k] < rec.los[k - 1]);
+    head_done = head_done || rec.los[k] == m.head_offset();
+    const Index lo = rec.los[k];
+    CHECK(rec.snapshots[k].tail(P - lo) == g.tail(P - lo));
+  }
+  CHECK(head_done);  // the head's ready(0), shifted
+  // grad_weight: the same loss, the gradient scaled.
+  ws.set_gradient_ready(nullptr);
+  Vec g2 = Vec::Zero(P);
+  const double value2 = train::mar_loss(m, Convention::Code, x, view(mask), draws, ws, g2, 0.375);
+  CHECK(value2 == value);
+  CHECK((g2 - 0.375 * g).cwiseAbs().maxCoeff() <= 1e-15 * g.cwiseAbs().maxCoeff());
+}

@@ -23,6 +23,7 @@
 #include <flowprior/core/size.hpp>
 #include <flowprior/core/types.hpp>
 #include <flowprior/nn/adaln_mlp.hpp>
+#include <flowprior/nn/gradient_ready.hpp>
 #include <flowprior/nn/linear.hpp>
 #include <flowprior/nn/params.hpp>
 #include <flowprior/nn/transformer.hpp>
@@ -164,10 +165,15 @@ class MarWorkspace {
   Context& context() { return ctx_.get(); }
   /// Runs on `ctx` from now on (not owned); nullptr returns to the workspace's own context.
   void set_context(Context* ctx) { ctx_.lend(ctx); }
+  /// From now on a backward on this workspace tells `ready` (not owned; nullptr: nobody) where
+  /// the backbone's gradient is final, block by block (gradient_ready.hpp).
+  void set_gradient_ready(GradientReady* ready) { ready_ = ready; }
+  GradientReady* gradient_ready() const { return ready_; }
 
  private:
   template <class, class>
   friend class MarGenerator;
+  GradientReady* ready_ = nullptr;
   Arena<S, Backend> fwd_, bwd_;
   Index batch_ = -1, fwd_layout_ = -1, bwd_layout_ = -1, masked_ = 0;
   std::array<Index, 8> key_{};
@@ -459,9 +465,12 @@ class MarGenerator {
                                    ConstMatrixView<S>(), c.nhat, c.rstd.data, c_out);
   }
 
-  // docs/math/mar.md (4)-(6).
+  // docs/math/mar.md (4)-(6). The backbone's layout is z_proj, mask_token, pos_embed, the
+  // blocks, the final norm (the head's slice follows), so each part's gradient is final once its
+  // backward is done: the workspace's GradientReady (if any) hears so, ending with 0.
   void run_backward(Context& ctx, Workspace& ws, ConstMatrixView<S> d_c, S* dp,
                     MatrixView<S> d_x) const {
+    GradientReady* ready = ws.ready_;
     const S* p = params_.data();
     const Caches& c = ws.c;
     const Index BT = d_c.cols;
@@ -470,8 +479,11 @@ class MarGenerator {
     Backend::norm_modulate_backward(ctx, ConstMatrixView<S>(c.nhat), c.rstd.data, p + norm_w_,
                                     p + norm_b_, ConstMatrixView<S>(), d_c, d_h, MatrixView<S>(),
                                     MatrixView<S>(), dp + norm_w_, dp + norm_b_);
-    for (std::size_t i = blocks_.size(); i-- > 0;)
+    if (ready) ready->ready(norm_w_);
+    for (std::size_t i = blocks_.size(); i-- > 0;) {
       blocks_[i].backward(ctx, p, c.blocks[i], d_h, dp, c.bs);
+      if (ready) ready->ready(blocks_[i].n1_w);
+    }
     // pos_embed: the sum over the images, position by position.
     Backend::sum_per_token(ctx, ConstMatrixView<S>(d_h),
                            MatrixView<S>(dp + pos_, cfg_.width, cfg_.tokens));
@@ -485,6 +497,7 @@ class MarGenerator {
     // z_proj: d_z = d_h at the unmasked columns, 0 at the masked ones (the zero column of d_h).
     Backend::gather_cols(ctx, ConstMatrixView<S>(c.d_h), ws.sel_.data(), c.d_z);
     z_proj_.backward_params(ctx, c.x_in, c.d_z, dp);
+    if (ready) ready->ready(0);
     if (!d_x.empty()) z_proj_.backward_input(ctx, p, c.d_z, d_x, true);
   }
 

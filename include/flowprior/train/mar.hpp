@@ -177,6 +177,21 @@ struct MarScratch {
   Context& context() { return model.context(); }
   /// Runs on `ctx` from now on (not owned); nullptr returns to the scratch's own context.
   void set_context(Context* ctx) { model.set_context(ctx); }
+  /// From now on mar_loss's gradient tells `ready` (not owned; nullptr: nobody) where the flat
+  /// gradient is final (nn/gradient_ready.hpp): the head's reports, shifted to its slice at the
+  /// end of the layout, then the backbone's.
+  void set_gradient_ready(nn::GradientReady* ready) {
+    head_ready.to = ready;
+    head.set_gradient_ready(ready ? &head_ready : nullptr);
+    model.set_gradient_ready(ready);
+  }
+
+  /// The head's reports shifted by its offset in the flat vector (set by mar_loss).
+  struct Shifted final : nn::GradientReady {
+    nn::GradientReady* to = nullptr;
+    Index offset = 0;
+    void ready(Index lo) override { to->ready(offset + lo); }
+  } head_ready;
 
   // Backend buffers and host staging (internal).
   Buffer<S> c, xm, cond, xt, v, d_cond, d_cm, d_c, tv, z, src, tmp, stages;
@@ -214,12 +229,15 @@ struct MarScratch {
 /// in convention conv (core/convention.hpp; the same formulas and primitives as
 /// loss/flow_loss.hpp, Reduction::Mean). x (d, B T) backend memory; mask B T host bytes (1 =
 /// masked) with M >= 1 masked tokens; draws: M rows, dim d, K draws each, in conv. Returns L.
+/// grad_weight scales the gradient (not the returned L): d_params += grad_weight dL/dparams,
+/// applied to the backward's seed (a data-parallel rank's weight, data_parallel.md (5)).
 /// Throws shape_error (x, mask, draws' rows or dim, d_params), value_error (no masked token, a
 /// time outside [0, 1]), convention_error (draws in the other convention).
 template <class S, class Backend>
 double mar_loss(const nn::MarGenerator<S, Backend>& model, Convention conv, mar_parts::CView<S> x,
                 ConstVectorView<std::uint8_t> mask, const loss::FlowDraws<S, Backend>& draws,
-                MarScratch<S, Backend>& ws, mar_parts::Vec<S> d_params = {}) {
+                MarScratch<S, Backend>& ws, mar_parts::Vec<S> d_params = {},
+                double grad_weight = 1.0) {
   const char* w = "train::mar_loss";
   using Scratch = MarScratch<S, Backend>;
   const nn::MarConfig& cfg = model.config();
@@ -294,9 +312,10 @@ double mar_loss(const nn::MarGenerator<S, Backend>& model, Convention conv, mar_
   if (!grad) return loss;
   // Backward: d_v = 2 r / (M K d); the head; d_cond summed over the K draws; scattered to d_c
   // (zero at unmasked columns); the backbone.                           mar.md (11)
-  Backend::scale(ctx, v, static_cast<S>(2.0 * scale));
+  Backend::scale(ctx, v, static_cast<S>(2.0 * scale * grad_weight));
   const MatrixView<S> d_cond = Scratch::view(ws.d_cond, W, MK, cap);
   Backend::fill(ctx, d_cond, S(0));
+  ws.head_ready.offset = model.head_offset();
   head.backward(ws.head, ConstMatrixView<S>(v), MatrixView<S>(),
                 VectorView<S>(d_params.data + model.head_offset(), head.num_params()), d_cond);
   const MatrixView<S> d_cm = Scratch::view(ws.d_cm, W, M + 1, BT + 1);
@@ -449,9 +468,12 @@ class MarTrainer {
   /// Runs the steps on the ranks of `ranks` from now on (not owned: the caller keeps it alive
   /// while the trainer uses it); nullptr returns to one process. Collective: every rank calls it;
   /// rank 0's parameters, optimizer state and EMA are broadcast to the others.
-  void set_communicator(Communicator* ranks) {
+  /// `opt`: the gradient sum in buckets during the backward (docs/distributed.md "Overlap": the
+  /// head's layers, then the backbone's); config_error for a negative bucket.
+  void set_communicator(Communicator* ranks, const ExchangeOptions& opt = {}) {
     const char* w = "MarTrainer::set_communicator";
-    exchange_.prepare(model_.num_params());
+    opt.validate();
+    exchange_.prepare(model_.num_params(), opt.bucket);
     comm_ = ranks;
     step_parts::broadcast_state<S, Backend>(comm(), model_.parameters(), &adam_, &ema_, w);
   }
@@ -499,22 +521,25 @@ class MarTrainer {
                loss::DrawShard{first_row, st.masked});
     const Index n = model_.num_params();
     const VectorView<S> g(grads_.data(), n);
+    // P ranks: the mean over this rank's M_r tokens, weighted so that the ranks' mean is the
+    // mean over the M tokens of the global batch (data_parallel.md (5)); the gradient's weight
+    // enters at the backward's seed, so that the buckets the backward reports are final.
+    const double weight = P == 1 ? 1.0 : double(P) * double(mine) / double(st.masked);
     try {
       Backend::fill(ctx, MatrixView<S>(grads_.data(), n, 1), S(0));
-      st.loss = mar_loss(model_, conv_, x, ConstVectorView<std::uint8_t>(mask_.data(), BT), draws_,
-                         ws_, g);
+      {
+        const step_parts::OverlapScope<MarScratch<S, Backend>, S, Backend> overlap(
+            ws_, exchange_, comm(), grads_.data());
+        st.loss = mar_loss(model_, conv_, x, ConstVectorView<std::uint8_t>(mask_.data(), BT),
+                           draws_, ws_, g, weight);
+      }
       if (!std::isfinite(st.loss))
         flowprior::detail::raise<numeric_error>("[flowprior.numeric] the loss is not finite (" +
                                                 short_number(st.loss) + ")");
-      if (P == 1) {
+      if (P == 1)
         st.grad_norm = step_parts::clipped_norm<S, Backend>(ctx, g, cfg_.clip_norm);
-      } else {
-        // The mean over this rank's M_r tokens, weighted so that the ranks' mean is the mean
-        // over the M tokens of the global batch.                      data_parallel.md (5)
-        const double weight = double(P) * double(mine) / double(st.masked);
+      else
         st.loss *= weight;
-        Backend::scale_vec(ctx, g, weight);
-      }
     } catch (const numeric_error& e) {
       step_parts::raise_diverged(w, adam_.steps() + 1, e);
     }
