@@ -230,3 +230,79 @@ TEST_CASE("training: DivergenceGuard stops on a non-finite or exploding loss", "
   REQUIRE_THROWS_AS(train::DivergenceGuard("x", 100.0, 1.0), flowprior::config_error);
   REQUIRE_THROWS_AS(train::DivergenceGuard("x", 100.0, -0.5), flowprior::config_error);
 }
+
+namespace {
+
+// Two identical ranks in one process: a sum doubles the data (the other rank holds the same),
+// broadcasts and barriers keep it; start_sum is the base class's (a blocking sum at once), so
+// the overlap's bucket logic runs without MPI. Records the sizes of the started sums.
+class Twin final : public train::Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  void allreduce_sum(double* d, Index n, const char*) override {
+    for (Index i = 0; i < n; ++i) d[i] *= 2;
+  }
+  void allreduce_sum(float* d, Index n, const char*) override {
+    for (Index i = 0; i < n; ++i) d[i] *= 2;
+  }
+  void broadcast(double*, Index, int, const char*) override {}
+  void broadcast(float*, Index, int, const char*) override {}
+  void barrier(const char*) override {}
+  void start_sum(double* d, Index n, const char* w) override {
+    started.push_back(n);
+    Communicator::start_sum(d, n, w);
+  }
+  std::vector<Index> started;
+};
+
+}  // namespace
+
+// The buckets of the overlapped gradient sum (train/communicator.hpp GradientExchange, docs/
+// distributed.md "Overlap"), without MPI: the same steps as one sum after the backward, bit for
+// bit, every value of the gradient in exactly one bucket of at most 7 values, and the options
+// checked.
+TEST_CASE("trainer: the bucketed gradient sum takes the steps of the single sum", "[train]") {
+  const Eigen::MatrixXd data = Eigen::MatrixXd::Random(2, 30);
+  const flowprior::ConstMatrixView<double> tv(data.data(), 2, data.cols());
+  train::TrainerConfig tc;
+  tc.batch = 5;
+  tc.K = 2;
+  auto run = [&](Index bucket, Twin& comm) {
+    Net net(net_config());
+    Rng init(3);
+    net.init(init);
+    for (Index i = 0; i < net.num_params(); ++i)
+      net.parameters().data[i] += 0.1 * flowprior::normal01(init);
+    train::FlowMatchingTrainer<Net> tr(net, Convention::Code, tc);
+    train::ExchangeOptions opt;
+    opt.bucket = bucket;
+    tr.set_communicator(&comm, opt);
+    Rng rng(9);
+    for (int s = 0; s < 3; ++s) tr.step(tv, rng);
+    return std::vector<double>(net.parameters().data, net.parameters().data + net.num_params());
+  };
+  Twin one_sum, buckets;
+  const auto p0 = run(0, one_sum);
+  const auto p7 = run(7, buckets);
+  CHECK(p7 == p0);
+  CHECK(one_sum.started.empty());
+  const Index n = Index(p0.size());
+  const Index per_step = (n + 6) / 7 + 1;  // the buckets, then the slots
+  REQUIRE(Index(buckets.started.size()) == 3 * per_step);
+  Index covered = 0;
+  for (Index k = 0; k < per_step - 1; ++k) {
+    CHECK(buckets.started[std::size_t(k)] <= 7);
+    covered += buckets.started[std::size_t(k)];
+  }
+  CHECK(covered == n);
+  CHECK(buckets.started[std::size_t(per_step - 1)] ==
+        train::step_parts::GradientExchange<double, flowprior::CpuBackend>::slots());
+  train::ExchangeOptions bad;
+  bad.bucket = -1;
+  CHECK_THROWS_AS(bad.validate(), flowprior::config_error);
+  Net net(net_config());
+  train::FlowMatchingTrainer<Net> tr(net, Convention::Code, tc);
+  CHECK_THROWS_WITH(tr.set_communicator(nullptr, bad),
+                    Catch::Matchers::Contains("bucket must be >= 0"));
+}
