@@ -28,6 +28,31 @@ void test_rhs(double t, ConstMatrixView<double> z, MatrixView<double> dz) {
 
 }  // namespace
 
+TEST_CASE("ode: an empty batch integrates to nothing on every solver, without a NaN step",
+          "[ode][robustness]") {
+  std::vector<double> work;
+  auto rhs = [&](double t, ConstMatrixView<double> z, MatrixView<double> dz) {
+    REQUIRE(std::isfinite(t));
+    test_rhs(t, z, dz);
+  };
+  for (const ode::Method m :
+       {ode::Method::Euler, ode::Method::Heun, ode::Method::RK4, ode::Method::Dopri5}) {
+    CAPTURE(ode::to_string(m));
+    ode::SolverOptions o;
+    o.method = m;
+    o.steps = 4;
+    Mat z(3, 0);
+    const auto st = ode::integrate<double>(rhs, 0.0, 1.0, z, o, work);
+    REQUIRE(z.cols() == 0);
+    if (m == ode::Method::Dopri5) REQUIRE(st.nfe == 0);
+    // And with observation times: every observation is still made, at its time.
+    std::vector<double> seen;
+    ode::integrate_observed<double>(rhs, 0.0, {0.25, 0.5, 1.0}, z, o, work,
+                                    [&](auto, double t, auto) { seen.push_back(t); });
+    REQUIRE(seen == std::vector<double>{0.25, 0.5, 1.0});
+  }
+}
+
 TEST_CASE("ode: fixed-step solvers converge at their order; dopri5 meets its tolerance", "[ode]") {
   std::vector<double> work;
   Mat z0(1, 2);

@@ -288,3 +288,23 @@ TEST_CASE("options: a negative alignment weight and absurd learning rates are re
   REQUIRE(p == std::vector<double>(3, 1.0));
   REQUIRE(adam.steps() == 0);
 }
+
+TEST_CASE("options: a divergence budget below one sample's tangents is refused, not exceeded",
+          "[model][robustness]") {
+  nn::AdaLNMlp<double> net(adaln_config(8, 1));
+  randomise(net, 14);
+  const Index d = net.dim(), B = 5;
+  const Eigen::MatrixXd x = Eigen::MatrixXd::Random(d, B);
+  const Eigen::VectorXd t = Eigen::VectorXd::Constant(B, 0.3);
+  Eigen::MatrixXd v(d, B), v_ref(d, B);
+  Eigen::VectorXd div(B), div_ref(B);
+  nn::AdaLNMlp<double>::Workspace ws;
+  net.divergence(x, t, v_ref, div_ref, ws);
+  for (const Index budget : {Index(-1), Index(0), d - 1}) {
+    CAPTURE(budget);
+    REQUIRE_THROWS_AS(net.divergence(x, t, v, div, ws, {}, budget), flowprior::config_error);
+  }
+  // One sample a pass (the smallest budget) gives the same divergence as one pass for all.
+  net.divergence(x, t, v, div, ws, {}, d);
+  REQUIRE((div - div_ref).cwiseAbs().maxCoeff() <= 1e-12 * (1.0 + div_ref.cwiseAbs().maxCoeff()));
+}

@@ -196,7 +196,7 @@ class AdaLNMlp
   /// Exact divergence tr(dv/dx) per sample, and v itself (field.hpp, in chunks of at most
   /// max_tangent_cols tangent columns). Cost about dim forward passes of the x-path.
   /// Time convention: the field's own.                                 adaln.md (15)
-  /// @pre x (dim, B), t (B) in [0, 1], v_out (dim, B), div_out (B).
+  /// @pre x (dim, B), t (B) in [0, 1], v_out (dim, B), div_out (B), max_tangent_cols >= dim.
   void divergence(ConstMatrixView<S> x, ConstVectorView<S> t, MatrixView<S> v_out,
                   VectorView<S> div_out, Workspace& ws, ConstMatrixView<S> cond = {},
                   Index max_tangent_cols = 4096) const {

@@ -199,7 +199,8 @@ class FieldBase {
   /// Exact divergence tr(dv/dx) per sample, and v itself: forward mode with the dim unit
   /// tangents of every sample batched into one pass, in chunks of at most max_tangent_cols
   /// tangent columns so that memory stays bounded. Time convention: the field's own.
-  /// @pre x (dim, B), t (B) in [0, 1], v_out (dim, B), div_out (B).
+  /// @pre x (dim, B), t (B) in [0, 1], v_out (dim, B), div_out (B), max_tangent_cols >= dim
+  /// (else config_error).
   void divergence(ConstMatrixView<S> x, ConstVectorView<S> t, MatrixView<S> v_out,
                   VectorView<S> div_out, Workspace& ws, Index max_tangent_cols = 4096) const {
     divergence_checked(Field::kNames.divergence, x, t, v_out, div_out, ws, {}, max_tangent_cols);
@@ -252,6 +253,11 @@ class FieldBase {
     check_unit_interval_on<Backend>(ws.context(), w, "t", t);
     check_cond(w, cond, B);
     const Index d = dim_;
+    if (max_tangent_cols < d)
+      flowprior::detail::raise<config_error>(
+          std::string("[flowprior.config] ") + w + ": max_tangent_cols = " +
+          std::to_string(max_tangent_cols) + " is below dim = " + std::to_string(d) +
+          " (one sample's dim tangents go through one pass)");
     const Index chunk = std::max<Index>(1, std::min<Index>(B, max_tangent_cols / d));
     for (Index r0 = 0; r0 < B; r0 += chunk) {
       const Index n = std::min(chunk, B - r0);

@@ -276,7 +276,8 @@ SolveStats dopri5(typename Backend::Context& ctx, F& f, double t0, double t1, Ma
   SolveStats st;
   const double dir = t1 >= t0 ? 1.0 : -1.0;
   const double span = std::abs(t1 - t0);
-  if (span == 0) return st;
+  // Nothing to integrate: an empty batch has no error norm to steer the step size (0 / 0).
+  if (span == 0 || n * B == 0) return st;
   const double count = double(n * B);
   double t = t0;
   f(t, ConstMatrixView<S>(z), k[0]);
