@@ -1,5 +1,8 @@
-// Core pieces: views, checks, random numbers, parameter layout, FLOP counts.
+// Core pieces: views, checks, random numbers, parameter layout, FLOP counts, lane sums.
+#include <cmath>
+#include <flowprior/backend/parallel.hpp>
 #include <flowprior/flowprior.hpp>
+#include <vector>
 
 #include "catch.hpp"
 #include "gradcheck.hpp"
@@ -103,4 +106,49 @@ TEST_CASE("flops: forward counts 2 multiply-adds per weight entry", "[core]") {
   for (const auto& t : mlp.layout().tensors())
     if (t.shape.size() == 2) mw += double(t.size());
   REQUIRE(mlp.matmul_flops_per_row().forward == 2 * mw);
+}
+
+TEST_CASE("lane sums: the documented lane order, to the bit, for every length", "[core]") {
+  namespace d = flowprior::detail;
+  Rng rng(7);
+  // Terms of many magnitudes and both signs, so that another order of the additions would give
+  // other bits (checked below: the serial sum differs for most lengths).
+  std::vector<double> x(1100), y(1100);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    x[i] = (flowprior::uniform01(rng) - 0.5) * std::pow(10.0, double(i % 13) - 6.0);
+    y[i] = flowprior::uniform01(rng) * std::pow(2.0, double(i % 7));
+  }
+  int serial_differs = 0;
+  for (const Index n : {0, 1, 2, 7, 8, 9, 15, 16, 17, 63, 1023, 1024, 1025, 1099}) {
+    // Reference: lane l adds the terms with i % 8 == l in increasing i; then lane l += lane l + w
+    // for w = 4, 2, 1.
+    double lanes_x[d::kSumLanes] = {}, lanes_y[d::kSumLanes] = {};
+    for (Index i = 0; i < n; ++i) {
+      lanes_x[i % d::kSumLanes] += x[std::size_t(i)];
+      lanes_y[i % d::kSumLanes] += x[std::size_t(i)] * y[std::size_t(i)];
+    }
+    for (int w = d::kSumLanes / 2; w > 0; w /= 2)
+      for (int l = 0; l < w; ++l) {
+        lanes_x[l] += lanes_x[l + w];
+        lanes_y[l] += lanes_y[l + w];
+      }
+    const double one = d::lane_sum(n, [&](Index i) { return x[std::size_t(i)]; });
+    const d::LanePair two = d::lane_sums(n, [&](Index i) {
+      return d::LanePair{x[std::size_t(i)], x[std::size_t(i)] * y[std::size_t(i)]};
+    });
+    REQUIRE(one == lanes_x[0]);
+    REQUIRE(two.a == lanes_x[0]);
+    REQUIRE(two.b == lanes_y[0]);
+    long double exact = 0;
+    double serial = 0, magnitude = 0;
+    for (Index i = 0; i < n; ++i) {
+      exact += static_cast<long double>(x[std::size_t(i)]);
+      serial += x[std::size_t(i)];
+      magnitude += std::abs(x[std::size_t(i)]);
+    }
+    // Any order of n double additions is within (n - 1) u sum |x_i| of the exact sum.
+    REQUIRE(std::abs(double(exact) - one) <= double(n) * 1.2e-16 * magnitude);
+    serial_differs += serial != one ? 1 : 0;
+  }
+  REQUIRE(serial_differs > 3);
 }

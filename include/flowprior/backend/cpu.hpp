@@ -760,15 +760,14 @@ struct CpuBackend {
     detail::for_cols(C, h.cols, [&](Index j0, Index j1) {
       for (Index b = j0; b < j1; ++b) {
         const S* x = h.col(b);
-        double mean = 0;
-        for (Index i = 0; i < C; ++i) mean += x[i];
-        mean /= static_cast<double>(C);
-        double var = 0;
-        for (Index i = 0; i < C; ++i) {
-          const double d = x[i] - mean;
-          var += d * d;
-        }
-        var /= static_cast<double>(C);  // biased variance, as torch.nn.LayerNorm
+        const double mean =
+            detail::lane_sum(C, [&](Index i) { return double(x[i]); }) / static_cast<double>(C);
+        const double var = detail::lane_sum(C,
+                                            [&](Index i) {
+                                              const double d = double(x[i]) - mean;
+                                              return d * d;
+                                            }) /
+                           static_cast<double>(C);  // biased variance, as torch.nn.LayerNorm
         const S rstd = static_cast<S>(1.0 / std::sqrt(var + static_cast<double>(eps)));
         rstd_out[b] = rstd;
         S* n = nhat_out.col(b);
@@ -830,15 +829,13 @@ struct CpuBackend {
             dsc[i] = dm[i] * (gamma ? n[i] * gamma[i] + beta[i] : n[i]);
           }
         }
-        double sum_g = 0, sum_gn = 0;
-        for (Index i = 0; i < C; ++i) {
+        const detail::LanePair sums = detail::lane_sums(C, [&](Index i) {
           const S da = mod ? dm[i] * (S(1) + sc[i]) : dm[i];
           const S g = gamma ? da * gamma[i] : da;
-          sum_g += g;
-          sum_gn += g * n[i];
-        }
-        const S mean_g = static_cast<S>(sum_g / static_cast<double>(C));
-        const S mean_gn = static_cast<S>(sum_gn / static_cast<double>(C));
+          return detail::LanePair{double(g), double(g * n[i])};
+        });
+        const S mean_g = static_cast<S>(sums.a / static_cast<double>(C));
+        const S mean_gn = static_cast<S>(sums.b / static_cast<double>(C));
         S* dh = d_h.col(b);
         const S r = rstd[b];
         for (Index i = 0; i < C; ++i) {
@@ -890,13 +887,11 @@ struct CpuBackend {
         const S* sc = mod ? scale.col(group ? group[b] : b) : nullptr;
         const S* x = dh.col(col);
         S* o = out.col(col);
-        double s1 = 0, s2 = 0;
-        for (Index i = 0; i < C; ++i) {
-          s1 += x[i];
-          s2 += x[i] * n[i];
-        }
-        const S m1 = static_cast<S>(s1 / static_cast<double>(C));
-        const S m2 = static_cast<S>(s2 / static_cast<double>(C));
+        const detail::LanePair sums = detail::lane_sums(C, [&](Index i) {
+          return detail::LanePair{double(x[i]), double(x[i] * n[i])};
+        });
+        const S m1 = static_cast<S>(sums.a / static_cast<double>(C));
+        const S m2 = static_cast<S>(sums.b / static_cast<double>(C));
         const S r = rstd[b];
         for (Index i = 0; i < C; ++i) {
           S y = r * (x[i] - m1 - n[i] * m2);
@@ -1163,28 +1158,25 @@ struct CpuBackend {
     });
   }
 
-  /// sum_i (x_i / divisor)^2 in double (divisor 1: sum_i x_i^2, no division), the partial sums
-  /// of the chunks added in chunk order (parallel.hpp sum_range: for a fixed thread count, the
-  /// same bits on every run). NaN or Inf if x holds one or the squares overflow.  optim.md (5)
+  /// sum_i (x_i / divisor)^2 in double (divisor 1: sum_i x_i^2, no division), each chunk summed
+  /// in the lanes of parallel.hpp lane_sum and the chunks' partial sums added in chunk order
+  /// (sum_range: for a fixed thread count, the same bits on every run). NaN or Inf if x holds
+  /// one or the squares overflow.                                                 optim.md (5)
   template <class S>
   static double sum_squares(Context&, ConstVectorView<S> x, double divisor = 1.0) {
     const S* p = x.data;
     if (divisor == 1.0)
       return detail::sum_range(x.size, [&](Index i0, Index i1) {
-        double acc = 0;
-        for (Index i = i0; i < i1; ++i) {
-          const double xi = static_cast<double>(p[i]);
-          acc += xi * xi;
-        }
-        return acc;
+        return detail::lane_sum(i1 - i0, [&](Index i) {
+          const double xi = static_cast<double>(p[i0 + i]);
+          return xi * xi;
+        });
       });
     return detail::sum_range(x.size, [&](Index i0, Index i1) {
-      double acc = 0;
-      for (Index i = i0; i < i1; ++i) {
-        const double xi = static_cast<double>(p[i]) / divisor;
-        acc += xi * xi;
-      }
-      return acc;
+      return detail::lane_sum(i1 - i0, [&](Index i) {
+        const double xi = static_cast<double>(p[i0 + i]) / divisor;
+        return xi * xi;
+      });
     });
   }
 
