@@ -123,7 +123,7 @@ endfunction()
 #   benchmarks: a BLAS is not always faster (OpenBLAS 0.3.21 runs a generic SSE3 kernel on CPUs it
 #   does not recognise). The result is cached per compiler and options (FLOWPRIOR_ENGINE_RATES).
 function(flowprior_fastest_engine out options openmp_target)
-  set(_key "${CMAKE_CXX_COMPILER};${options};${CMAKE_BUILD_TYPE}")
+  set(_key "${CMAKE_CXX_COMPILER};${options};${CMAKE_BUILD_TYPE};$ENV{OPENBLAS_CORETYPE}")
   if(DEFINED FLOWPRIOR_ENGINE_RATES_KEY AND FLOWPRIOR_ENGINE_RATES_KEY STREQUAL _key
      AND DEFINED FLOWPRIOR_ENGINE_FASTEST)
     set(${out} ${FLOWPRIOR_ENGINE_FASTEST} PARENT_SCOPE)
@@ -153,8 +153,23 @@ function(flowprior_fastest_engine out options openmp_target)
       message(STATUS "flowprior: GEMM engine probe of ${_engine} did not run; skipped")
       continue()
     endif()
-    string(STRIP "${_out}" _rate)
-    list(APPEND _rates "${_engine} ${_rate}")
+    string(STRIP "${_out}" _out)
+    string(REPLACE " " ";" _fields "${_out}")
+    list(GET _fields 0 _rate)
+    list(LENGTH _fields _nfields)
+    if(_nfields GREATER 1)
+      list(GET _fields 1 _core)
+      list(APPEND _rates "${_engine} (${_core}) ${_rate}")
+      # OpenBLAS 0.3.21 falls back to its SSE3 kernel (Prescott) on CPUs newer than it knows
+      # (Sapphire Rapids, Zen 4); OPENBLAS_CORETYPE, read when the library loads, overrides it.
+      if(_core STREQUAL "Prescott" AND NOT DEFINED ENV{OPENBLAS_CORETYPE})
+        message(STATUS "flowprior: OpenBLAS runs its generic SSE3 kernel (Prescott) on this CPU. "
+                       "If the CPU has AVX-512 or AVX2, export OPENBLAS_CORETYPE=SkylakeX or "
+                       "Haswell before configuring and running (docs/backends.md \"GEMM engines\")")
+      endif()
+    else()
+      list(APPEND _rates "${_engine} ${_rate}")
+    endif()
     if(_rate GREATER _best_rate)
       set(_best ${_engine})
       set(_best_rate ${_rate})

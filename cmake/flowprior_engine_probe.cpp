@@ -1,6 +1,7 @@
 // Configure-time probe of a GEMM engine (cmake/FlowpriorBlas.cmake, flowprior_fastest_engine):
 // times CpuBackend::gemm on a product of the flow head's shape with the engine this program was
-// compiled for, on the OpenMP team, and prints the best rate of seven runs in GFLOP/s.
+// compiled for, on the OpenMP team, and prints the best rate of seven runs in GFLOP/s (for
+// OpenBLAS, followed by the name of the kernel it runs).
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
@@ -27,6 +28,13 @@ int main() {
     const double g = 2.0 * double(m) * double(n) * double(k) / s / 1e9;
     if (g > best) best = g;
   }
-  std::printf("%.1f\n", C(0, 0) == C(0, 0) ? best : 0.0);  // (C read: the products happened)
+  std::printf("%.1f", C(0, 0) == C(0, 0) ? best : 0.0);  // (C read: the products happened)
+#if defined(FLOWPRIOR_CBLAS_OPENBLAS)
+  // The kernel OpenBLAS picked for this CPU (a DYNAMIC_ARCH build falls back to a generic one on
+  // CPUs it does not know; CMake then prints how to choose another).
+  const char* core = openblas_get_corename();
+  std::printf(" %s", core != nullptr && core[0] != '\0' ? core : "unknown");
+#endif
+  std::printf("\n");
   return 0;
 }
