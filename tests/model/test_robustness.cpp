@@ -300,11 +300,15 @@ TEST_CASE("options: a divergence budget below one sample's tangents is refused, 
   Eigen::VectorXd div(B), div_ref(B);
   nn::AdaLNMlp<double>::Workspace ws;
   net.divergence(x, t, v_ref, div_ref, ws);
-  for (const Index budget : {Index(-1), Index(0), d - 1}) {
+  for (const Index budget : {Index(-1), Index(1), d - 1}) {
     CAPTURE(budget);
     REQUIRE_THROWS_AS(net.divergence(x, t, v, div, ws, {}, budget), flowprior::config_error);
   }
-  // One sample a pass (the smallest budget) gives the same divergence as one pass for all.
-  net.divergence(x, t, v, div, ws, {}, d);
-  REQUIRE((div - div_ref).cwiseAbs().maxCoeff() <= 1e-12 * (1.0 + div_ref.cwiseAbs().maxCoeff()));
+  // One sample a pass (the smallest budget) and two gives the same divergence as one pass for
+  // all (the default); an explicit 0 is the default.
+  for (const Index budget : {d, 2 * d, Index(0)}) {
+    CAPTURE(budget);
+    net.divergence(x, t, v, div, ws, {}, budget);
+    REQUIRE((div - div_ref).cwiseAbs().maxCoeff() <= 1e-12 * (1.0 + div_ref.cwiseAbs().maxCoeff()));
+  }
 }

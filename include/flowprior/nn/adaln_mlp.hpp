@@ -196,10 +196,11 @@ class AdaLNMlp
   /// Exact divergence tr(dv/dx) per sample, and v itself (field.hpp, in chunks of at most
   /// max_tangent_cols tangent columns). Cost about dim forward passes of the x-path.
   /// Time convention: the field's own.                                 adaln.md (15)
-  /// @pre x (dim, B), t (B) in [0, 1], v_out (dim, B), div_out (B), max_tangent_cols >= dim.
+  /// @pre x (dim, B), t (B) in [0, 1], v_out (dim, B), div_out (B), max_tangent_cols 0
+  /// (automatic: 4096, or dim if larger) or at least dim.
   void divergence(ConstMatrixView<S> x, ConstVectorView<S> t, MatrixView<S> v_out,
                   VectorView<S> div_out, Workspace& ws, ConstMatrixView<S> cond = {},
-                  Index max_tangent_cols = 4096) const {
+                  Index max_tangent_cols = 0) const {
     this->divergence_checked(kNames.divergence, x, t, v_out, div_out, ws, cond, max_tangent_cols);
   }
 

@@ -149,6 +149,8 @@ class FieldBase {
   /// The backend the field runs on (the losses run their primitives on it too).
   using BackendType = Backend;
   using Context = typename Backend::Context;
+  /// Tangent columns of one divergence pass when the caller leaves the budget at 0.
+  static constexpr Index kAutoTangentCols = 4096;
 
   /// The data dimension d (x and v are (d, B)).
   Index dim() const { return dim_; }
@@ -198,11 +200,12 @@ class FieldBase {
 
   /// Exact divergence tr(dv/dx) per sample, and v itself: forward mode with the dim unit
   /// tangents of every sample batched into one pass, in chunks of at most max_tangent_cols
-  /// tangent columns so that memory stays bounded. Time convention: the field's own.
-  /// @pre x (dim, B), t (B) in [0, 1], v_out (dim, B), div_out (B), max_tangent_cols >= dim
-  /// (else config_error).
+  /// tangent columns so that memory stays bounded (0, the default: kAutoTangentCols, or one
+  /// sample's dim columns when dim is larger). Time convention: the field's own.
+  /// @pre x (dim, B), t (B) in [0, 1], v_out (dim, B), div_out (B), max_tangent_cols 0 or at
+  /// least dim (else config_error).
   void divergence(ConstMatrixView<S> x, ConstVectorView<S> t, MatrixView<S> v_out,
-                  VectorView<S> div_out, Workspace& ws, Index max_tangent_cols = 4096) const {
+                  VectorView<S> div_out, Workspace& ws, Index max_tangent_cols = 0) const {
     divergence_checked(Field::kNames.divergence, x, t, v_out, div_out, ws, {}, max_tangent_cols);
   }
 
@@ -253,12 +256,13 @@ class FieldBase {
     check_unit_interval_on<Backend>(ws.context(), w, "t", t);
     check_cond(w, cond, B);
     const Index d = dim_;
-    if (max_tangent_cols < d)
+    if (max_tangent_cols != 0 && max_tangent_cols < d)
       flowprior::detail::raise<config_error>(
           std::string("[flowprior.config] ") + w + ": max_tangent_cols = " +
           std::to_string(max_tangent_cols) + " is below dim = " + std::to_string(d) +
-          " (one sample's dim tangents go through one pass)");
-    const Index chunk = std::max<Index>(1, std::min<Index>(B, max_tangent_cols / d));
+          " (one sample's dim tangents go through one pass; 0 chooses automatically)");
+    const Index budget = max_tangent_cols != 0 ? max_tangent_cols : std::max(kAutoTangentCols, d);
+    const Index chunk = std::max<Index>(1, std::min<Index>(B, budget / d));
     for (Index r0 = 0; r0 < B; r0 += chunk) {
       const Index n = std::min(chunk, B - r0);
       run_forward(x.col_block(r0, n), ConstVectorView<S>(t.data + r0, n), v_out.col_block(r0, n),
